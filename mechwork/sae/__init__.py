@@ -1,0 +1,28 @@
+"""Sparse autoencoders: TopK (k-sparse, AuxK) and ReLU+L1 SAEs, a fast sparse trainer, honest evaluation,
+SAELens interop, latent browsing.
+
+Public API::
+
+    cfg = TrainConfig(saes=(SAEConfig(d_sae=2048, k=32),), store="acts/", site="resid_post.2")
+    result = train(cfg)                      # or train(cfg, activations=tensor_or_iterator)
+    sae = result.sae; sae.encode(x); sae.decode(f); sae(x); sae.save(path)
+    sae = load(path)                         # mechwork or SAELens folders
+    evaluate(sae, model, source, site)       # FVU, L0, dead/dense fractions, CE-loss recovered, KL
+    with splice(model, sae, site): ...       # the SAE's reconstruction replaces the activation
+"""
+
+from __future__ import annotations
+
+from .config import SAEConfig, TrainConfig, sweep
+from .io import load, read_card, save
+from .model import SAE, StepOutput, geometric_median
+from .saelens import install_hook as _install_hook
+from .saelens import register as register_saelens
+from .trainer import JointLoss, TrainResult, train
+
+_install_hook()
+
+__all__ = [
+    "SAE", "SAEConfig", "TrainConfig", "TrainResult", "StepOutput", "JointLoss", "train", "sweep", "load", "save",
+    "read_card", "register_saelens", "geometric_median",
+]
