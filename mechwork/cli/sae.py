@@ -1,0 +1,204 @@
+"""``mechwork sae``: train SAEs (sweeps in one pass), evaluate them spliced into the model, browse latents."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import ConfigError
+
+TRAIN_EXAMPLES = """examples:
+  # stream activations of the shipped model (no cache needed), sweep k over one pass:
+  mechwork sae train --model toy-mixed --site resid_post.2 --tokens 2000000 --k 16,32 --width 2048 --out runs/l2
+  # from an activation cache written by `mechwork cache collect`:
+  mechwork sae train --from-cache acts/ --site resid_post.2 --k 32 --width 4096 --out runs/l2
+  # from a JSON TrainConfig (flags given on the command line override its fields):
+  mechwork sae train --config run.json --out runs/l2
+  # continue an interrupted run (same config):
+  mechwork sae train --config runs/l2/cfg.json --resume
+"""
+EVAL_EXAMPLES = """examples:
+  mechwork sae eval runs/l2/saes/topk_k32_w2048_s0
+  mechwork sae eval sae_checkpoints/toy-mixed/blocks.2.hook_resid_post --tokens 50000 --json
+"""
+SHOW_EXAMPLES = """examples:
+  mechwork sae show sae_checkpoints/toy-mixed/blocks.2.hook_resid_post            # the best-matching latents
+  mechwork sae show runs/l2/saes/topk_k32_w2048_s0 12 40 133 --top 8 --html latents.html
+"""
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def _floats(s: str) -> list[float]:
+    try:
+        return [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("sae", help="sparse autoencoders: train, evaluate, browse latents",
+                       description="Train TopK (k-sparse) or ReLU SAEs on cached or streamed activations, evaluate them "
+                       "spliced into the model, and look at what their latents mean.",
+                       epilog=TRAIN_EXAMPLES + EVAL_EXAMPLES + SHOW_EXAMPLES, formatter_class=fmt)
+    ssub = p.add_subparsers(dest="sae_command", metavar="SAE_COMMAND")
+
+    tr = ssub.add_parser("train", help="train one or several SAEs in one pass", epilog=TRAIN_EXAMPLES, formatter_class=fmt,
+                         description="Train SAEs; comma-separated --k/--width/--seeds/--l1 values train the whole grid "
+                         "in one pass over the same batches. Writes <out>/saes/<name>/ (SAELens folder format), "
+                         "<out>/metrics.jsonl, <out>/cfg.json and <out>/checkpoint/.")
+    src = tr.add_argument_group("data (one of --from-cache, --model, or --config naming one)")
+    src.add_argument("--config", help="a TrainConfig JSON file")
+    src.add_argument("--from-cache", dest="store", help="activation store folder (mechwork cache)")
+    src.add_argument("--model", help="stream from this model on the generated corpus (e.g. toy-mixed)")
+    src.add_argument("--site", help="site, e.g. resid_post.2 or blocks.2.hook_resid_post")
+    src.add_argument("--tokens", type=int, help="training tokens (default: one pass over the cache)")
+    sae = tr.add_argument_group("SAEs (comma-separated lists sweep)")
+    sae.add_argument("--arch", choices=("topk", "relu"), help="architecture (default topk)")
+    sae.add_argument("--k", type=_ints, help="active latents per token, e.g. 16,32")
+    sae.add_argument("--width", type=_ints, help="number of latents d_sae, e.g. 2048,4096")
+    sae.add_argument("--seeds", type=_ints, help="initialisation seeds, e.g. 0,1")
+    sae.add_argument("--l1", type=_floats, help="ReLU SAEs: L1 coefficients")
+    sae.add_argument("--k-start", type=int, help="k-sparse schedule: start at this k and decrease to --k")
+    sae.add_argument("--alpha", type=float, help="inference keeps round(alpha*k) latents")
+    sae.add_argument("--normalize", choices=("none", "scale", "layer_norm"), help="input normalisation")
+    opt = tr.add_argument_group("optimisation and run")
+    opt.add_argument("--batch-size", type=int)
+    opt.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4/sqrt(width/16384))")
+    opt.add_argument("--out", help="output folder")
+    opt.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    opt.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA if available)")
+    opt.add_argument("--dense", action="store_true", help="use the dense reference step instead of the sparse kernels")
+    opt.add_argument("--wandb", dest="wandb_project", help="log to this Weights & Biases project")
+    opt.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    opt.add_argument("--stop-at", type=int, help="stop after this step and checkpoint (resume later)")
+    opt.add_argument("--no-progress", action="store_true")
+    tr.set_defaults(func=run_train)
+
+    ev = ssub.add_parser("eval", help="FVU, L0, dead latents, CE-loss recovered and KL with the SAE spliced in",
+                         epilog=EVAL_EXAMPLES, formatter_class=fmt)
+    ev.add_argument("saes", nargs="+", metavar="SAE_DIR")
+    ev.add_argument("--model", help="model (default: the one the SAE was trained on)")
+    ev.add_argument("--site", help="site (default: the SAE's own)")
+    ev.add_argument("--from-cache", dest="store", help="evaluate on the windows of this activation store")
+    ev.add_argument("--tokens", type=int, default=16384, help="tokens to evaluate on (default 16384)")
+    ev.add_argument("--k", type=int, help="TopK: latents kept at inference")
+    ev.add_argument("--json", action="store_true", help="print JSON")
+    ev.set_defaults(func=run_eval)
+
+    sh = ssub.add_parser("show", help="top-activating contexts and best-matching tags of latents", epilog=SHOW_EXAMPLES,
+                         formatter_class=fmt)
+    sh.add_argument("sae", metavar="SAE_DIR")
+    sh.add_argument("latents", nargs="*", type=int, metavar="LATENT", help="latent indices (default: the best-matching ones)")
+    sh.add_argument("--model", help="model (default: the one the SAE was trained on)")
+    sh.add_argument("--from-cache", dest="store", help="browse the tokens of this activation store instead")
+    sh.add_argument("--tokens", type=int, default=20000, help="tokens to scan (default 20000)")
+    sh.add_argument("--top", type=int, default=5, help="contexts per latent")
+    sh.add_argument("--html", help="also write a self-contained HTML dashboard here")
+    sh.set_defaults(func=run_show)
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from ..sae import SAEConfig, TrainConfig, sweep
+
+    base = TrainConfig.from_json(args.config, ignore=("mechwork_version", "kind")) if args.config else TrainConfig()
+    changes = {k: getattr(args, k) for k in ("store", "model", "site", "tokens", "batch_size", "lr", "out", "checkpoint_every",
+                                             "device", "wandb_project") if getattr(args, k) is not None}
+    if args.dense:
+        changes["sparse"] = False
+    sae_base = base.saes[0] if args.config else SAEConfig()
+    fields = {k: v for k, v in (("architecture", args.arch), ("k_start", args.k_start), ("alpha", args.alpha),
+                                 ("normalize", args.normalize)) if v is not None}
+    axes = {k: v for k, v in (("k", args.k), ("d_sae", args.width), ("seed", args.seeds), ("l1_coefficient", args.l1)) if v}
+    if fields or axes or not args.config:
+        changes["saes"] = sweep(sae_base.replace(**fields), **axes)
+    cfg = base.replace(**changes)
+    if cfg.out is None:
+        raise ConfigError("give an output folder with --out (or 'out' in the config)")
+    return cfg
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..sae import train
+
+    cfg = _train_config(args)
+    result = train(cfg, resume=args.resume, stop_at_step=args.stop_at, progress=not args.no_progress)
+    if result.stopped_early:
+        print(f"stopped at step {result.steps} of the run; checkpoint in {Path(cfg.out) / 'checkpoint'} (resume with --resume)")
+        return 0
+    rows = result.final_metrics()
+    print(f"trained {len(result.saes)} SAE(s) on {result.tokens:,} tokens in {result.seconds:.1f} s")
+    for name, r in rows.items():
+        print(f"  {name}: FVU {r['fvu']:.4f}  L0 {r['l0']:.1f}  dead {r['dead_fraction']:.1%}  -> {Path(cfg.out) / 'saes' / name}")
+    return 0
+
+
+def _model_for(sae: Any, spec: str | None, store: Any = None) -> Any:
+    from ..models import load_model
+
+    spec = spec or (getattr(store, "model_spec", None) if store is not None else None) or sae.meta.get("model")
+    if not spec:
+        raise ConfigError("the SAE does not record its model; pass --model")
+    return load_model(spec, device="cpu")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else str(v)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..sae import load
+    from ..sae.evaluate import evaluate
+
+    store = _open_store(args.store)
+    results = {}
+    for path in args.saes:
+        sae = load(path)
+        model = _model_for(sae, args.model, store)
+        res = evaluate(sae, model, store, args.site, n_tokens=args.tokens, k=args.k)
+        res.pop("latent_freq", None)
+        results[path] = res
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    keys = ("fvu", "l0", "dead_fraction", "dense_fraction", "ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered",
+            "ce_loss_recovered_mean_ablation", "kl_sae", "n_tokens")
+    for path, res in results.items():
+        print(f"{path} @ {res['site']} (k={res['k']})")
+        print("  " + "  ".join(f"{k}={_fmt(res[k])}" for k in keys))
+    return 0
+
+
+def _open_store(path: str | None) -> Any:
+    if path is None:
+        return None
+    from ..cache import ActivationStore
+
+    return ActivationStore.open(path)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from ..sae import load
+    from ..sae.dashboard import pick_latents, render_text, write_html
+    from ..sae.latents import scan
+
+    sae = load(args.sae)
+    store = _open_store(args.store)
+    model = None if store is not None else _model_for(sae, args.model)
+    sc = scan(sae, store, model=model, n_tokens=args.tokens)
+    latents = args.latents or pick_latents(sc, 10)
+    print(render_text(sc, latents, n=args.top))
+    if args.html:
+        info = {"sae": args.sae, "site": sae.site, "tokens scanned": sc.n_tokens}
+        print(f"wrote {write_html(args.html, sc, latents, title=f'SAE latents: {Path(args.sae).name}', n=max(args.top, 8), info=info)}")
+    return 0
