@@ -25,9 +25,9 @@ RESUMABLE_FIELDS = {"out", "checkpoint_every", "log_every", "wandb_project", "de
 
 
 def save_checkpoint(path: str | Path, *, step: int, tokens: int, cfg: TrainConfig, saes: list, optimizer: torch.optim.Optimizer,
-                    since_fired: list[torch.Tensor]) -> Path:
-    """Write the full training state after ``step`` steps."""
-    tensors: dict[str, torch.Tensor] = {}
+                    since_fired: list[torch.Tensor], extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the full training state after ``step`` steps (``extra``: further named tensors of the run)."""
+    tensors: dict[str, torch.Tensor] = dict(extra or {})
     for sae, fired in zip(saes, since_fired):
         name = sae.cfg.label
         for pname, t in list(sae.named_parameters()) + list(sae.named_buffers()):
@@ -70,8 +70,8 @@ def check_same_config(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> N
 
 
 def load_checkpoint(path: str | Path, *, cfg: TrainConfig, saes: list, optimizer: torch.optim.Optimizer,
-                    since_fired: list[torch.Tensor]) -> tuple[int, int]:
-    """Restore the state written by :func:`save_checkpoint` in place; returns ``(step, tokens)``."""
+                    since_fired: list[torch.Tensor], extra: dict[str, torch.Tensor] | None = None) -> tuple[int, int]:
+    """Restore the state written by :func:`save_checkpoint` in place (``extra`` tensors too); returns ``(step, tokens)``."""
     path = Path(path)
     meta = read_trainer_json(path)
     check_same_config(meta["config"], cfg, path)
@@ -98,6 +98,11 @@ def load_checkpoint(path: str | Path, *, cfg: TrainConfig, saes: list, optimizer
                 if "step" in st:
                     st["step"] = st["step"].reshape(())
                 opt_state[pos[id(p)]] = st
+    for key, t in (extra or {}).items():
+        src = _need(state, key, path)
+        if src.shape != t.shape:
+            raise CheckpointError(f"{path / STATE_FILE}: {key} has shape {tuple(src.shape)}, expected {tuple(t.shape)}")
+        t.copy_(src)
     sd = optimizer.state_dict()
     sd["state"] = opt_state
     optimizer.load_state_dict(sd)

@@ -118,7 +118,8 @@ class _Run:
         self.since_fired = [torch.zeros(s.d_sae, dtype=torch.long, device=device) for s in saes]
         self.step, self.tokens = 0, 0
         self.history: list[dict[str, Any]] = []
-        self._window: list[list[StepOutput]] = []
+        # running sums since the last log record, per SAE: loss, fvu, l0, aux, steps (saved in checkpoints)
+        self.acc = torch.zeros(len(saes), 5, dtype=torch.float64, device=device)
         self.last_checkpoint: Path | None = None
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if cfg.autocast and device.type == "cuda" else contextlib.nullcontext())
@@ -155,10 +156,11 @@ class _Run:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         n = x.shape[0]
-        for s, o, f in zip(self.saes, outs, self.since_fired):
+        for i, (s, o, f) in enumerate(zip(self.saes, outs, self.since_fired)):
             s.normalize_decoder()
             f += n
             f[o.fired] = 0
+            self.acc[i] += torch.stack([o.loss.detach(), o.fvu, o.l0, o.aux, torch.ones_like(o.fvu)]).double()
         self.step += 1
         self.tokens += n
         return outs
@@ -167,24 +169,28 @@ class _Run:
         where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
         return f"training stopped: {what}. The SAEs were not updated with this batch; {where}."
 
-    def record(self, outs_window: list[list[StepOutput]]) -> list[dict[str, Any]]:
+    def record(self) -> list[dict[str, Any]]:
+        """Turn the running sums into one record per SAE (averages since the last record) and reset them."""
         recs = []
         lr_factor = self.cfg.lr_factor(self.step - 1, self.steps)
+        sums = self.acc.cpu()
         for i, s in enumerate(self.saes):
-            os_ = [w[i] for w in outs_window]
-            mean = lambda a: float(torch.stack([getattr(o, a).detach().float() for o in os_]).mean())  # noqa: E731
+            loss, fvu, l0, aux, n = (float(v) for v in sums[i])
+            n = max(n, 1.0)
             dead = float((self.since_fired[i] >= s.cfg.dead_tokens).float().mean())
-            recs.append({"step": self.step, "tokens": self.tokens, "sae": s.cfg.label, "loss": mean("loss"),
-                         "fvu": mean("fvu"), "l0": mean("l0"), "aux": mean("aux"), "dead_fraction": dead,
+            recs.append({"step": self.step, "tokens": self.tokens, "sae": s.cfg.label, "loss": loss / n, "fvu": fvu / n,
+                         "l0": l0 / n, "aux": aux / n, "dead_fraction": dead,
                          "k": s.cfg.k_at(self.step - 1, self.steps) if s.cfg.architecture == "topk" else None,
                          "lr": self.opt.param_groups[i]["base_lr"] * lr_factor})
+        self.acc.zero_()
         self.history += recs
         return recs
 
     def checkpoint(self) -> None:
         assert self.out is not None
         self.last_checkpoint = save_checkpoint(self.out / "checkpoint", step=self.step, tokens=self.tokens, cfg=self.cfg,
-                                               saes=self.saes, optimizer=self.opt, since_fired=self.since_fired)
+                                               saes=self.saes, optimizer=self.opt, since_fired=self.since_fired,
+                                               extra={"run/metric_sums": self.acc})
 
 
 @torch.no_grad()
@@ -252,7 +258,8 @@ def train(config: TrainConfig | dict | str | Path, activations: Tensor | Iterabl
     if resume:
         if out is None or not (out / "checkpoint").is_dir():
             raise CheckpointError(f"resume=True but there is no checkpoint in {out}/checkpoint")
-        run.step, run.tokens = load_checkpoint(out / "checkpoint", cfg=cfg, saes=saes, optimizer=run.opt, since_fired=run.since_fired)
+        run.step, run.tokens = load_checkpoint(out / "checkpoint", cfg=cfg, saes=saes, optimizer=run.opt, since_fired=run.since_fired,
+                                               extra={"run/metric_sums": run.acc})
         run.last_checkpoint = out / "checkpoint"
         run.history = _read_history(out, run.step)
     elif any(s.b_dec_init != "zeros" or s.normalize == "scale" for s in cfg.saes):
@@ -271,16 +278,14 @@ def _loop(run: _Run, stop_at_step: int | None, progress: bool) -> TrainResult:
     end = run.steps if stop_at_step is None else min(run.steps, stop_at_step)
     logger = _Logger(cfg, out, run.step, end, progress)
     t0 = time.perf_counter()
-    window: list[list[StepOutput]] = []
     try:
         batches = run.source.batches(cfg.batch_size, start=run.step)
         while run.step < end:
             x = next(batches).to(run.device, non_blocking=True)
-            window.append(run.one_step(x))
+            run.one_step(x)
             logger.tick()
-            if run.step % cfg.log_every == 0 or run.step == end:
-                logger.log(run.record(window))
-                window = []
+            if run.step % cfg.log_every == 0 or run.step == run.steps:
+                logger.log(run.record())
             if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < run.steps:
                 run.checkpoint()
     finally:
