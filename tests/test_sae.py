@@ -176,7 +176,7 @@ def test_bad_configs_raise():
         ms.TrainConfig(saes=(ms.SAEConfig(), ms.SAEConfig()))
     with pytest.raises(ConfigError, match="unknown field"):
         ms.TrainConfig.from_dict({"batch_sise": 3})
-    with pytest.raises(ShapeError, match="d_in=10.*width 8"):
+    with pytest.raises(ShapeError, match=r"d_in=10 but the data \(the activations\) has width 8"):
         ms.train(ms.TrainConfig(saes=(ms.SAEConfig(d_in=10, d_sae=16, k=2),), batch_size=8), torch.randn(64, 8), progress=False)
     with pytest.raises(ConfigError, match="no training data"):
         ms.train(ms.TrainConfig(), progress=False)

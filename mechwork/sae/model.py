@@ -262,7 +262,8 @@ class SAE(nn.Module):
         """Project out of ``W_dec.grad`` the component parallel to each (unit) decoder row."""
         g = self.W_dec.grad
         if g is not None:
-            g -= (g * self.W_dec).sum(-1, keepdim=True) * self.W_dec
+            along = torch.einsum("md,md->m", g, self.W_dec)  # row dot products (a batched matmul: fast)
+            g.addcmul_(self.W_dec, along[:, None], value=-1.0)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

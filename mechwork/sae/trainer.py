@@ -96,9 +96,10 @@ def _fill_d_in(cfg: TrainConfig, shape: tuple[int, ...], where: str) -> TrainCon
     saes = []
     for s in cfg.saes:
         if s.d_in is not None and s.d_in != d_in:
-            raise ShapeError(f"SAE {s.label!r} is configured for d_in={s.d_in} but {where} has width {d_in} (per-token shape {shape})")
+            raise ShapeError(f"SAE {s.label!r} is configured for d_in={s.d_in} but the data ({where}) has width {d_in} "
+                             f"(per-token shape {shape})")
         if s.input_shape is not None and tuple(s.input_shape) != shape:
-            raise ShapeError(f"SAE {s.label!r} expects per-token shape {tuple(s.input_shape)}, {where} has {shape}")
+            raise ShapeError(f"SAE {s.label!r} expects per-token shape {tuple(s.input_shape)}, the data ({where}) has {shape}")
         if s.architecture not in ("topk", "relu"):
             raise ConfigError(f"mechwork trains topk and relu SAEs, not {s.architecture!r}")
         saes.append(s.replace(d_in=d_in, input_shape=shape if len(shape) > 1 else None))
@@ -245,7 +246,8 @@ def train(config: TrainConfig | dict | str | Path, activations: Tensor | Iterabl
     """
     cfg = _as_config(config)
     source = make_source(cfg, activations, model)
-    where = "the store" if cfg.store else "the model's site" if (cfg.model or model is not None) else "the activations"
+    where = ("the store" if cfg.store or hasattr(activations, "sites") else "the model's site" if (cfg.model or model is not None)
+             else "the activations")
     cfg = _fill_d_in(cfg, source.shape, where)
     steps = total_steps(cfg, source)
     device = parse_device(cfg.device)

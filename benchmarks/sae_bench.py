@@ -1,0 +1,163 @@
+"""SAE benchmark: training-step throughput of mechwork's TopK SAE vs SAELens's TopKTrainingSAE, and dictionary
+recovery on synthetic data.
+
+Speed (same process, same thread count, same batch, interleaved repeats):
+  * floor: the encoder matmul alone (``x @ W_enc``, the one dense op a TopK step cannot avoid);
+  * mechwork sparse step (the trainer's step: loss, sparse backward, decoder-gradient projection, clipping,
+    fused Adam, decoder renormalisation, dead-latent counters);
+  * mechwork dense reference step (same math, plain autograd);
+  * SAELens ``TopKTrainingSAE`` trained by ``SAETrainer._train_step`` (its defaults: Adam, clipping, AuxK).
+Settings: d_in 512 x 16384 latents and GPT-2-small-sized 768 x 24576, k 32, batch 2048.
+
+Quality: synthetic dictionary (METHODS 3.6/3.9 setting: 256-d, 512 unit features, 32 active, coefficients
+U[0, 1]); mechwork TopK and SAELens TopK trained on the same batches for the same steps; MMCS / MCC.
+
+Run: ``python benchmarks/sae_bench.py [--threads 2] [--quick]``; writes benchmarks/results/sae.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import torch  # noqa: E402
+
+from benchmarks._common import print_table, write_results  # noqa: E402
+
+SETTINGS = [(512, 16384, 32, 2048), (768, 24576, 32, 2048)]
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _median_time(fns: dict, repeat: int, warmup: int) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved so that machine noise hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync()
+            times[k].append(time.perf_counter() - t0)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
+def _mechwork_step(d: int, m: int, k: int, x: torch.Tensor, *, sparse: bool):
+    import mechwork.sae as ms
+    from mechwork.sae.trainer import _Run
+
+    cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_in=d, d_sae=m, k=k, b_dec_init="zeros"),), batch_size=x.shape[0],
+                         tokens=x.shape[0] * 10_000, sparse=sparse, lr=2e-4, device=str(x.device))
+    sae = ms.SAE(cfg.saes[0], device=x.device)
+    run = _Run(cfg, [sae], None, 10_000, x.device, None)
+    return lambda: run.one_step(x)
+
+
+def _saelens_step(d: int, m: int, k: int, x: torch.Tensor, *, autocast: bool = False):
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=m, k=k, device=str(x.device)))
+    tcfg = SAETrainerConfig(total_training_samples=x.shape[0] * 10_000, train_batch_size_samples=x.shape[0], lr=2e-4,
+                            lr_end=2e-4, device=str(x.device), autocast=autocast)
+    trainer = SAETrainer(tcfg, sae, data_provider=iter(()))
+    return lambda: trainer._train_step(sae, x), trainer
+
+
+def speed(settings, repeat: int, device: torch.device) -> list[dict]:
+    rows = []
+    for d, m, k, b in settings:
+        torch.manual_seed(0)
+        x = torch.randn(b, d, device=device)
+        W = torch.randn(d, m, device=device) / d**0.5
+        sl_step, _ = _saelens_step(d, m, k, x)
+        fns = {
+            "floor": lambda: x @ W,
+            "mechwork": _mechwork_step(d, m, k, x, sparse=True),
+            "mechwork_dense": _mechwork_step(d, m, k, x, sparse=False),
+            "saelens": sl_step,
+        }
+        t = _median_time(fns, repeat=repeat, warmup=2)
+        tps = {name: b / sec for name, sec in t.items()}
+        rows.append({"d_in": d, "d_sae": m, "k": k, "batch": b, "device": device.type,
+                     "floor_tok_s": tps["floor"], "mechwork_tok_s": tps["mechwork"], "mechwork_dense_tok_s": tps["mechwork_dense"],
+                     "saelens_tok_s": tps["saelens"], "x_saelens": tps["mechwork"] / tps["saelens"],
+                     "x_floor": tps["mechwork"] / tps["floor"]})
+        del fns, sl_step
+    return rows
+
+
+def recovery_bench(steps: int, batch: int, device: torch.device) -> list[dict]:
+    import mechwork.sae as ms
+    from mechwork.sae.synthetic import SyntheticDictionary, recovery
+
+    sd = SyntheticDictionary(d=256, n_features=512, n_active=32, seed=0)
+    rows = []
+    for width in (512, 1024):
+        data = sd.batches(batch, seed=1)
+        batches = [next(data) for _ in range(steps)]
+        t0 = time.perf_counter()
+        res = ms.train(ms.TrainConfig(saes=(ms.SAEConfig(d_sae=width, k=32),), batch_size=batch, tokens=batch * steps, lr=1e-3,
+                                      warmup_steps=50, device=str(device)), batches, progress=False)
+        sec = time.perf_counter() - t0
+        ev = ms.evaluate(res.sae, None, sd.sample(8192, seed=7)[0].to(device))
+        rows.append({"impl": "mechwork", "d_sae": width, "steps": steps, "seconds": sec, **recovery(res.sae.W_dec, sd.features),
+                     "fvu": ev["fvu"], "dead_fraction": ev["dead_fraction"]})
+        # SAELens TopK on the same batches, same steps, same lr (its defaults otherwise)
+        step, trainer = _saelens_step(256, width, 32, batches[0].to(device))
+        for g in trainer.optimizer.param_groups:
+            g["lr"] = 1e-3
+        t0 = time.perf_counter()
+        for bx in batches:
+            trainer._train_step(trainer.sae, bx.to(device))
+        sec = time.perf_counter() - t0
+        sl = trainer.sae
+        W = sl.W_dec.detach()
+        with torch.no_grad():
+            xs = sd.sample(8192, seed=7)[0].to(device)
+            f = sl.encode(xs)
+            err = (xs - sl.decode(f)).pow(2).sum() / (xs - xs.mean(0)).pow(2).sum()
+        rows.append({"impl": "saelens", "d_sae": width, "steps": steps, "seconds": sec, **recovery(W, sd.features),
+                     "fvu": float(err), "dead_fraction": float(((f != 0).sum(0) == 0).float().mean())})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="first setting only, short recovery run")
+    ap.add_argument("--recovery-steps", type=int, default=600)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    settings = SETTINGS[:1] if args.quick else SETTINGS
+    rows = speed(settings, args.repeat, device)
+    print_table(rows, ["d_in", "d_sae", "k", "batch", "floor_tok_s", "mechwork_tok_s", "mechwork_dense_tok_s", "saelens_tok_s",
+                       "x_saelens", "x_floor"], title=f"TopK training step, tokens/s ({device.type}, {args.threads} threads)")
+    rec = recovery_bench(100 if args.quick else args.recovery_steps, 4096, device)
+    print_table(rec, ["impl", "d_sae", "steps", "seconds", "mmcs", "mcc", "recovered_0.9", "fvu", "dead_fraction"],
+                title="Synthetic dictionary recovery: 256-d, 512 features, 32 active, batch 4096")
+    if not args.no_write:
+        write_results("sae", {"threads": args.threads, "repeat": args.repeat, "speed": rows, "recovery": rec,
+                              "targets": {"x_saelens": 3.0, "x_floor": 0.4},
+                              "notes": "medians of interleaved repeats on a shared, noisy machine; compare ratios only"})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
