@@ -221,3 +221,23 @@ def test_geometric_median_is_robust_to_outliers():
     x[:100] += 50.0
     gm = geometric_median(x)
     assert gm.norm() < 3.0 < x.mean(0).norm()
+
+
+def test_registered_architecture_with_non_flat_inputs_trains_saves_and_loads(tmp_path):
+    """A new architecture (here a subclass taking [batch, channels, grid] inputs) reuses the trainer as is."""
+
+    class GridSAE(SAE):
+        pass
+
+    ms.register_architecture("test_grid", GridSAE)
+    x = torch.randn(1280, 2, 8)
+    cfg = ms.TrainConfig(saes=(ms.SAEConfig(architecture="test_grid", d_sae=32, k=4),), batch_size=128, lr=3e-3)
+    res = ms.train(cfg, x, progress=False)
+    sae = res.sae
+    assert isinstance(sae, GridSAE) and sae.input_shape == (2, 8) and res.steps == 10
+    assert sae(x[:3]).shape == (3, 2, 8) and sae.encode(x[:3]).shape == (3, 32)
+    sae.save(tmp_path / "g")
+    back = ms.load(tmp_path / "g")
+    assert isinstance(back, GridSAE) and torch.equal(back(x[:3]), sae(x[:3]))
+    with pytest.raises(ShapeError, match=r"per-token shape \(2, 8\)"):
+        ms.train(cfg.replace(saes=(sae.cfg,)), torch.randn(640, 4, 4), progress=False)

@@ -18,7 +18,7 @@ from .dashboard import render_html, render_text, write_html
 from .evaluate import evaluate, splice
 from .io import load, read_card, save
 from .latents import LatentScan, scan
-from .model import SAE, StepOutput, geometric_median
+from .model import SAE, SAE_CLASSES, StepOutput, geometric_median, register_architecture
 from .saelens import install_hook as _install_hook
 from .saelens import register as register_saelens
 from .synthetic import SyntheticDictionary, recovery
@@ -29,5 +29,5 @@ _install_hook()
 __all__ = [
     "SAE", "SAEConfig", "TrainConfig", "TrainResult", "StepOutput", "JointLoss", "train", "sweep", "load", "save",
     "read_card", "register_saelens", "geometric_median", "evaluate", "splice", "scan", "LatentScan", "render_text",
-    "render_html", "write_html", "SyntheticDictionary", "recovery",
+    "render_html", "write_html", "SyntheticDictionary", "recovery", "register_architecture", "SAE_CLASSES",
 ]

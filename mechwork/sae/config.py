@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from ..core.config import Config
 from ..core.errors import ConfigError
 
-ARCHITECTURES = ("topk", "relu")
+#: architectures a config may name; :func:`mechwork.sae.model.register_architecture` adds more
+ARCHITECTURES: list[str] = ["topk", "relu"]
 NORMALIZE = ("none", "scale", "layer_norm")
 B_DEC_INIT = ("geometric_median", "mean", "zeros")
 
@@ -86,7 +87,7 @@ class SAEConfig(Config):
     input_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        _choice("architecture", self.architecture, ARCHITECTURES)
+        _choice("architecture", self.architecture, tuple(ARCHITECTURES))
         _choice("normalize", self.normalize, NORMALIZE)
         _choice("b_dec_init", self.b_dec_init, B_DEC_INIT)
         if self.d_sae < 1:
@@ -96,7 +97,7 @@ class SAEConfig(Config):
         if self.input_shape is not None:
             if self.d_in is not None and math.prod(self.input_shape) != self.d_in:
                 raise ConfigError(f"input_shape {self.input_shape} has {math.prod(self.input_shape)} elements but d_in is {self.d_in}")
-        if self.architecture == "topk":
+        if self.architecture != "relu":  # every other architecture selects k latents
             if not 1 <= self.k <= self.d_sae:
                 raise ConfigError(f"k must be between 1 and d_sae={self.d_sae}, got k={self.k}")
             if self.k_start is not None and not self.k <= self.k_start <= self.d_sae:
@@ -135,7 +136,7 @@ class SAEConfig(Config):
         """Folder name: ``name`` or ``topk_k32_w2048_s0`` / ``relu_l1-1.0_w2048_s0``."""
         if self.name:
             return self.name
-        sparsity = f"k{self.k}" if self.architecture == "topk" else f"l1-{self.l1_coefficient:g}"
+        sparsity = f"k{self.k}" if self.architecture != "relu" else f"l1-{self.l1_coefficient:g}"
         return f"{self.architecture}_{sparsity}_w{self.d_sae}_s{self.seed}"
 
     def k_at(self, step: int, total_steps: int) -> int:

@@ -266,7 +266,7 @@ def evaluate(sae: SAE, model: Any = None, source: Any = None, site: str | None =
     out["ce_loss_recovered"] = _recovered(ce["zero"], ce["sae"], ce["clean"])
     out["ce_loss_recovered_mean_ablation"] = _recovered(ce["mean"], ce["sae"], ce["clean"])
     out["kl_div_score"] = (kl["zero"] - kl["sae"]) / kl["zero"] if kl["zero"] else math.nan
-    out.update(site=s.name, k=k if k is not None else (sae.cfg.k_infer if sae.architecture == "topk" else None))
+    out.update(site=s.name, k=k if k is not None else (sae.cfg.k_infer if sae.activation == "topk" else None))
     return out
 
 

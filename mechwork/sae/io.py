@@ -21,7 +21,7 @@ from ..core.devices import parse_device, parse_dtype
 from ..core.errors import CheckpointError, ConfigError
 from ..core.io import atomic_dir, atomic_write_json, load_tensors, read_json, save_tensors
 from .config import SAEConfig
-from .model import SAE
+from .model import SAE, SAE_CLASSES
 
 WEIGHTS = "sae_weights.safetensors"
 CFG = "cfg.json"
@@ -60,7 +60,7 @@ def save(sae: SAE, path: str | Path, *, card: dict[str, Any] | None = None, port
     if sae.jumprelu:
         arch = "jumprelu"
     elif portable:
-        arch = "topk" if cfg.architecture == "topk" else "standard"
+        arch = "topk" if sae.activation == "topk" else "standard"
     else:
         arch = f"mechwork_{cfg.architecture}"
     tensors = _folded(sae) if portable else {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec,
@@ -73,7 +73,7 @@ def save(sae: SAE, path: str | Path, *, card: dict[str, Any] | None = None, port
         "normalize_activations": "layer_norm" if cfg.normalize == "layer_norm" else "none",
         "reshape_activations": "hook_z" if len(sae.input_shape) == 2 and str(sae.site or "").endswith("hook_z") else "none",
     }
-    if cfg.architecture == "topk" and not sae.jumprelu:
+    if sae.activation == "topk":
         d.update(k=cfg.k_infer if portable else cfg.k, rescale_acts_by_decoder_norm=False)
         if not portable:
             d["alpha"] = cfg.alpha
@@ -117,7 +117,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: s
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path / CFG} is not a JSON object; not an SAE config")
     arch = raw.get("architecture", "standard")
-    if arch not in _SUPPORTED:
+    if arch not in _SUPPORTED and not (arch.startswith("mechwork_") and arch.removeprefix("mechwork_") in SAE_CLASSES):
         raise CheckpointError(f"{path / CFG}: architecture {arch!r} is not supported; mechwork loads {', '.join(_SUPPORTED)}")
     for key in ("d_in", "d_sae"):
         if not isinstance(raw.get(key), int) or raw[key] < 1:
@@ -139,7 +139,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: s
             meta = {**meta, **(mw.get("meta") or {})}
     if (cfg.d_in, cfg.d_sae) != (raw["d_in"], raw["d_sae"]):
         raise CheckpointError(f"{path / CFG}: d_in/d_sae {raw['d_in']}/{raw['d_sae']} disagree with the mechwork config {cfg.d_in}/{cfg.d_sae}")
-    sae = SAE(cfg, dtype=dt, meta=meta, jumprelu=jumprelu, apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)))
+    sae = SAE_CLASSES.get(cfg.architecture, SAE)(cfg, dtype=dt, meta=meta, jumprelu=jumprelu, apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)))
     _fill(sae, weights, raw, path)
     return sae.to(dev)
 

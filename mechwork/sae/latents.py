@@ -141,7 +141,7 @@ def _decoder_for(model: Any, store: Any = None) -> Callable[[Sequence[int]], lis
 
 def _codes(sae: SAE, x: Tensor, k: int | None) -> tuple[Tensor, Tensor]:
     x = x.to(sae.W_dec.device, sae.W_dec.dtype)
-    if sae.architecture == "topk":
+    if sae.activation == "topk":
         vals, idx = sae.encode_topk(x, k=k)
     else:
         f = sae.encode(x).reshape(x.shape[0], -1)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..core.errors import ConfigError, ShapeError
 from . import sparse as sp
-from .config import SAEConfig
+from .config import ARCHITECTURES, SAEConfig
 
 LN_EPS = 1e-5  # SAELens's layer_norm normalisation: (x - mean) / (std_unbiased + eps)
 
@@ -63,9 +63,13 @@ class SAE(nn.Module):
 
     Notes
     -----
+    ``activation`` is ``"topk"``, ``"relu"`` or ``"jumprelu"`` (SAELens JumpReLU folders); a subclass registered
+    with :func:`register_architecture` keeps TopK behaviour unless it sets ``base_activation``.
     ``encode`` keeps ``round(alpha * k)`` latents (``cfg.k_infer``) unless ``k`` is given; ``forward`` uses the
     sparse decoder. Inputs may have any leading axes: ``[..., *input_shape]`` or ``[..., d_in]``.
     """
+
+    base_activation: str = ""
 
     def __init__(self, cfg: SAEConfig, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
                  meta: dict[str, Any] | None = None, jumprelu: bool = False, apply_b_dec_to_input: bool = True) -> None:
@@ -75,6 +79,7 @@ class SAE(nn.Module):
         self.cfg = cfg
         self.meta: dict[str, Any] = dict(meta or {})
         self.jumprelu = jumprelu
+        self.activation = "jumprelu" if jumprelu else (self.base_activation or ("relu" if cfg.architecture == "relu" else "topk"))
         self.apply_b_dec_to_input = apply_b_dec_to_input
         m, d = cfg.d_sae, cfg.d_in
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -157,7 +162,7 @@ class SAE(nn.Module):
     def _activate(self, pre: Tensor, k: int | None) -> Tensor:
         if self.jumprelu:
             return pre.relu() * (pre > self.threshold)
-        if self.cfg.architecture == "relu":
+        if self.activation == "relu":
             return pre.relu()
         vals, idx = pre.topk(k or self.cfg.k_infer, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
@@ -165,15 +170,15 @@ class SAE(nn.Module):
     def encode(self, x: Float[Tensor, "... d_in"], *, k: int | None = None) -> Float[Tensor, "... d_sae"]:
         """Latent activations (dense). TopK keeps ``k`` latents (default ``round(alpha * k)``)."""
         x2, lead = self._flatten(x)
-        if k is not None and not (self.cfg.architecture == "topk" and not self.jumprelu and 1 <= k <= self.d_sae):
+        if k is not None and not (self.activation == "topk" and 1 <= k <= self.d_sae):
             raise ConfigError(f"k={k} applies to TopK SAEs only and must be between 1 and d_sae={self.d_sae}")
         f = self._activate(self.pre_acts(self.normalize_in(x2)), k)
         return f.reshape(*lead, self.d_sae)
 
     def encode_topk(self, x: Float[Tensor, "... d_in"], *, k: int | None = None) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
         """TopK codes as ``(values, latent indices)``, one row per token (flattened leading axes)."""
-        if self.cfg.architecture != "topk" or self.jumprelu:
-            raise ConfigError(f"encode_topk needs a TopK SAE, this one is {self.architecture}")
+        if self.activation != "topk":
+            raise ConfigError(f"encode_topk needs a TopK SAE, this one is {self.activation}")
         x2, _ = self._flatten(x)
         vals, idx = self.pre_acts(self.normalize_in(x2)).topk(k or self.cfg.k_infer, dim=-1, sorted=False)
         return vals.relu(), idx
@@ -196,7 +201,7 @@ class SAE(nn.Module):
         x2, lead = self._flatten(x)
         x_n = self.normalize_in(x2)
         pre = self.pre_acts(x_n)
-        if self.cfg.architecture == "topk" and not self.jumprelu:
+        if self.activation == "topk":
             vals, idx = pre.topk(self.cfg.k_infer, dim=-1, sorted=False)
             out = self.decode_topk(vals.relu(), idx)
         else:
@@ -218,7 +223,7 @@ class SAE(nn.Module):
         with torch.no_grad():
             total_var = (x_n - x_n.mean(0)).pow(2).sum().clamp_min(1e-12)
         zero = x_n.new_zeros(())
-        if self.cfg.architecture == "topk":
+        if self.activation == "topk":
             return self._topk_loss(x_n, total_var, step, total_steps, dead, sparse, keep)
         pre = self.pre_acts(x_n)
         f = pre.relu()
@@ -300,5 +305,23 @@ class SAE(nn.Module):
         return load(path, device=device)
 
     def extra_repr(self) -> str:
-        sparsity = f"k={self.cfg.k}" if self.architecture == "topk" else self.architecture
+        sparsity = f"k={self.cfg.k}" if self.activation == "topk" else self.activation
         return f"d_in={self.d_in}, d_sae={self.d_sae}, {sparsity}, normalize={self.cfg.normalize!r}, site={self.site!r}"
+
+
+#: SAE class per architecture name; the trainer builds ``SAE_CLASSES[cfg.architecture](cfg, ...)``.
+SAE_CLASSES: dict[str, type[SAE]] = {"topk": SAE, "relu": SAE}
+
+
+def register_architecture(name: str, cls: type[SAE]) -> None:
+    """Make ``SAEConfig(architecture=name)`` build ``cls`` (a subclass of :class:`SAE`).
+
+    A new architecture overrides what differs (``training_loss``, ``encode``/``decode``, the decoder constraint
+    in ``remove_parallel_grad``/``normalize_decoder``, inputs that are not flat vectors) and trains with the
+    same trainer: N SAEs per step, a joint loss, checkpoints and exact resume.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, SAE)):
+        raise ConfigError(f"{cls!r} is not a subclass of mechwork.sae.SAE")
+    SAE_CLASSES[name] = cls
+    if name not in ARCHITECTURES:
+        ARCHITECTURES.append(name)

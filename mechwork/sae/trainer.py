@@ -25,7 +25,7 @@ from ..core.errors import CheckpointError, ConfigError, NonFiniteError, ShapeErr
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import SAEConfig, TrainConfig
 from .data import make_source, total_steps
-from .model import SAE, StepOutput
+from .model import SAE, SAE_CLASSES, StepOutput
 
 JointLoss = Callable[[list[SAE], list[StepOutput], Tensor], Tensor]
 N_INIT = 32768
@@ -100,8 +100,6 @@ def _fill_d_in(cfg: TrainConfig, shape: tuple[int, ...], where: str) -> TrainCon
                              f"(per-token shape {shape})")
         if s.input_shape is not None and tuple(s.input_shape) != shape:
             raise ShapeError(f"SAE {s.label!r} expects per-token shape {tuple(s.input_shape)}, the data ({where}) has {shape}")
-        if s.architecture not in ("topk", "relu"):
-            raise ConfigError(f"mechwork trains topk and relu SAEs, not {s.architecture!r}")
         saes.append(s.replace(d_in=d_in, input_shape=shape if len(shape) > 1 else None))
     return cfg.replace(saes=tuple(saes))
 
@@ -181,7 +179,7 @@ class _Run:
             dead = float((self.since_fired[i] >= s.cfg.dead_tokens).float().mean())
             recs.append({"step": self.step, "tokens": self.tokens, "sae": s.cfg.label, "loss": loss / n, "fvu": fvu / n,
                          "l0": l0 / n, "aux": aux / n, "dead_fraction": dead,
-                         "k": s.cfg.k_at(self.step - 1, self.steps) if s.cfg.architecture == "topk" else None,
+                         "k": s.cfg.k_at(self.step - 1, self.steps) if s.activation == "topk" else None,
                          "lr": self.opt.param_groups[i]["base_lr"] * lr_factor})
         self.acc.zero_()
         self.history += recs
@@ -254,7 +252,7 @@ def train(config: TrainConfig | dict | str | Path, activations: Tensor | Iterabl
     meta = dict(source.info)
     if cfg.model or model is not None:
         meta.update(model=cfg.model or getattr(model, "mechwork_spec", None), site=source.site.name)
-    saes = [SAE(s, device=device, meta=meta) for s in cfg.saes]
+    saes = [SAE_CLASSES[s.architecture](s, device=device, meta=meta) for s in cfg.saes]
     run = _Run(cfg, saes, source, steps, device, joint_loss)
     out = run.out
     if resume:
