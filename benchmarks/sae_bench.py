@@ -107,22 +107,21 @@ def recovery_bench(steps: int, batch: int, device: torch.device) -> list[dict]:
     sd = SyntheticDictionary(d=256, n_features=512, n_active=32, seed=0)
     rows = []
     for width in (512, 1024):
-        data = sd.batches(batch, seed=1)
-        batches = [next(data) for _ in range(steps)]
         t0 = time.perf_counter()
         res = ms.train(ms.TrainConfig(saes=(ms.SAEConfig(d_sae=width, k=32),), batch_size=batch, tokens=batch * steps, lr=1e-3,
-                                      warmup_steps=50, device=str(device)), batches, progress=False)
+                                      warmup_steps=50, device=str(device)), sd.batches(batch, seed=1), progress=False)
         sec = time.perf_counter() - t0
         ev = ms.evaluate(res.sae, None, sd.sample(8192, seed=7)[0].to(device))
         rows.append({"impl": "mechwork", "d_sae": width, "steps": steps, "seconds": sec, **recovery(res.sae.W_dec, sd.features),
                      "fvu": ev["fvu"], "dead_fraction": ev["dead_fraction"]})
         # SAELens TopK on the same batches, same steps, same lr (its defaults otherwise)
-        step, trainer = _saelens_step(256, width, 32, batches[0].to(device))
+        data = sd.batches(batch, seed=1)  # the same batches, regenerated (seeded)
+        step, trainer = _saelens_step(256, width, 32, torch.zeros(batch, 256, device=device))
         for g in trainer.optimizer.param_groups:
             g["lr"] = 1e-3
         t0 = time.perf_counter()
-        for bx in batches:
-            trainer._train_step(trainer.sae, bx.to(device))
+        for _ in range(steps):
+            trainer._train_step(trainer.sae, next(data).to(device))
         sec = time.perf_counter() - t0
         sl = trainer.sae
         W = sl.W_dec.detach()

@@ -163,9 +163,10 @@ def scan(sae: SAE, source: Any = None, *, model: Any = None, site: str | None = 
     if model is None:
         if not (hasattr(source, "window") and hasattr(source, "sites")):
             raise DataError("scan() needs a model, or an ActivationStore as the source")
-        name = source.site_name(site or sae.site) if hasattr(source, "site_name") else (site or sae.site)
+        name = site or sae.site
         if name is None:
             raise SiteError("pass site= (the SAE does not record its site)")
+        name = source.site_name(name) if hasattr(source, "site_name") else name
         ctx, total = int(source.context), int(source.n_tokens)
         n_win = max(1, min(n_tokens, total) // ctx)
         n = min(n_win * ctx, total)

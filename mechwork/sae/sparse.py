@@ -84,6 +84,7 @@ def sparse_decode(
 
 
 _WORKSPACE: dict[tuple, Tensor] = {}
+_MAX_BUFFERS = 4
 
 
 def _pre_acts(x_in: Tensor, W_enc_T: Tensor, b_enc: Tensor) -> Tensor:
@@ -96,10 +97,12 @@ def _pre_acts(x_in: Tensor, W_enc_T: Tensor, b_enc: Tensor) -> Tensor:
     if x_in.device.type != "cpu" or torch.is_autocast_enabled():
         return torch.addmm(b_enc, x_in, W_enc_T.t())
     key = (x_in.shape[0], W_enc_T.shape[0], x_in.dtype)
-    buf = _WORKSPACE.get(key)
+    buf = _WORKSPACE.pop(key, None)
     if buf is None:
-        _WORKSPACE.clear()
-        buf = _WORKSPACE[key] = torch.empty(key[:2], dtype=x_in.dtype)
+        buf = torch.empty(key[:2], dtype=x_in.dtype)
+        while len(_WORKSPACE) >= _MAX_BUFFERS:  # a sweep over widths keeps one buffer per width
+            _WORKSPACE.pop(next(iter(_WORKSPACE)))
+    _WORKSPACE[key] = buf  # most recently used last
     torch.mm(x_in, W_enc_T.to(x_in.dtype).t(), out=buf)
     return buf.add_(b_enc.to(x_in.dtype))
 
