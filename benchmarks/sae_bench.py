@@ -140,6 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="first setting only, short recovery run")
     ap.add_argument("--recovery-steps", type=int, default=600)
+    ap.add_argument("--no-recovery", action="store_true", help="speed table only")
+    ap.add_argument("--out-name", default="sae", help="results file name (benchmarks/results/<name>.json)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -148,11 +150,12 @@ def main(argv=None) -> int:
     rows = speed(settings, args.repeat, device)
     print_table(rows, ["d_in", "d_sae", "k", "batch", "floor_tok_s", "mechwork_tok_s", "mechwork_dense_tok_s", "saelens_tok_s",
                        "x_saelens", "x_floor"], title=f"TopK training step, tokens/s ({device.type}, {args.threads} threads)")
-    rec = recovery_bench(100 if args.quick else args.recovery_steps, 4096, device)
-    print_table(rec, ["impl", "d_sae", "steps", "seconds", "mmcs", "mcc", "recovered_0.9", "fvu", "dead_fraction"],
-                title="Synthetic dictionary recovery: 256-d, 512 features, 32 active, batch 4096")
+    rec = [] if args.no_recovery else recovery_bench(100 if args.quick else args.recovery_steps, 4096, device)
+    if rec:
+        print_table(rec, ["impl", "d_sae", "steps", "seconds", "mmcs", "mcc", "recovered_0.9", "fvu", "dead_fraction"],
+                    title="Synthetic dictionary recovery: 256-d, 512 features, 32 active, batch 4096")
     if not args.no_write:
-        write_results("sae", {"threads": args.threads, "repeat": args.repeat, "speed": rows, "recovery": rec,
+        write_results(args.out_name, {"threads": args.threads, "repeat": args.repeat, "speed": rows, "recovery": rec,
                               "targets": {"x_saelens": 3.0, "x_floor": 0.4},
                               "notes": "medians of interleaved repeats on a shared, noisy machine; compare ratios only"})
     return 0

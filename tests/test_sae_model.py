@@ -71,9 +71,9 @@ def test_train_from_store_and_bad_store_input(toy_mixed):
     from mechwork.data import Corpus
 
     store = collect(toy_mixed, Corpus(5), ["resid_post.0", "mlp_post.0"], n_tokens=8192, progress=False)
-    cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_sae=128, k=8),), site="resid_post.0", batch_size=512, lr=3e-3)
-    res = ms.train(cfg, store, progress=False)
-    assert res.steps == 16 and res.sae.d_in == 128
+    cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_sae=128, k=8),), site="resid_post.0", batch_size=512, lr=3e-3, tokens=8192 * 4)
+    res = ms.train(cfg, store, progress=False)  # four epochs over the store, a fresh permutation each
+    assert res.steps == 64 and res.sae.d_in == 128
     assert res.sae.meta["site"] == "blocks.0.hook_resid_post"
     ev = ms.evaluate(res.sae, None, store, "resid_post.0", n_tokens=4096)
     assert ev["fvu"] < 0.6
@@ -119,6 +119,8 @@ def test_shipped_saes_load_and_meet_their_card(toy_mixed_any, site):
         pytest.fail(f"shipped SAE missing: {path}")
     sae = ms.load(path)
     card = ms.read_card(path)
+    assert card["model_sha256"] == shipped.model_sha256(), (
+        "toy-mixed was retrained after this SAE was: retrain the shipped SAEs with `python -m mechwork.sae.shipped`")
     ev = ms.evaluate(sae, toy_mixed_any, n_tokens=shipped.CHECK_TOKENS, seed=shipped.EVAL_SEED)
     assert ev["fvu"] <= 0.1 and ev["ce_loss_recovered"] >= 0.9 and ev["dead_fraction"] < 0.05, ev
     recorded = card["eval"]

@@ -52,7 +52,7 @@ cells = [
         "                               'ce_loss_recovered', 'ce_loss_recovered_mean_ablation', 'kl_sae')}"
     ),
     nbf.v4.new_markdown_cell(
-        "The shipped SAEs (`sae_checkpoints/toy-mixed/<site>/`, 2048 latents, k=32, 4M tokens) are larger; their "
+        "The shipped SAEs (`sae_checkpoints/toy-mixed/<site>/`, 2048 latents, k=32, 2M tokens) are larger; their "
         "`card.json` records how they were trained and measured."
     ),
     nbf.v4.new_code_cell(

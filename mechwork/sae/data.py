@@ -206,6 +206,8 @@ def store_source(store: Any, site: str | None, *, seed: int) -> TensorSource:
         if len(sites) != 1:
             raise SiteError(f"the activation store holds several sites {sites}; choose one with site=")
         site = sites[0]
+    if site not in sites and hasattr(store, "site_name"):
+        site = store.site_name(site)  # the store resolves aliases ('resid_post.2', 'z.1') and names close matches
     if site not in sites:
         alias = _match_alias(site, sites)
         if alias is None:

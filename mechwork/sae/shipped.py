@@ -28,9 +28,18 @@ def path(model: str, site: str) -> Path:
     return ROOT / model / site
 
 
+def model_sha256(model: str = MODEL) -> str:
+    """Hash of the shipped model's weights: the cards record it, so a retrained model is noticed."""
+    import hashlib
+
+    from ..models.zoo import ENTRIES
+
+    return hashlib.sha256((ENTRIES[model].path / "model.safetensors").read_bytes()).hexdigest()
+
+
 def recipe(site: str) -> TrainConfig:
     """The training run of the shipped SAE at ``site``."""
-    return TrainConfig(saes=(SAEConfig(d_sae=2048, k=32, name="sae"),), model=MODEL, site=site, tokens=4_000_000,
+    return TrainConfig(saes=(SAEConfig(d_sae=2048, k=32, name="sae"),), model=MODEL, site=site, tokens=2_000_000,
                        batch_size=2048, lr=2e-3, warmup_steps=100, decay_fraction=0.3, data_seed=0, stream_buffer=65536,
                        log_every=50)
 
@@ -56,7 +65,7 @@ def train_shipped(site: str, *, root: Path = ROOT, progress: bool = True) -> dic
     sc = scan(sae, model=model, n_tokens=20_000, seed=EVAL_SEED + 1)
     coverage = sc.tag_coverage()
     card = {
-        "model": MODEL, "site": site, "tokens": result.tokens, "train_seconds": round(seconds, 1), "threads": 1,
+        "model": MODEL, "model_sha256": model_sha256(), "site": site, "tokens": result.tokens, "train_seconds": round(seconds, 1), "threads": 1,
         "config": cfg.to_dict(), "training": result.final_metrics()["sae"],
         "eval": {"seed": EVAL_SEED, "split": "test", **{k: v for k, v in ev.items() if k != "latent_freq_hist"}},
         "latent_freq_hist": ev["latent_freq_hist"],
