@@ -12,7 +12,8 @@ Settings: d_in 512 x 16384 latents and GPT-2-small-sized 768 x 24576, k 32, batc
 Quality: synthetic dictionary (METHODS 3.6/3.9 setting: 256-d, 512 unit features, 32 active, coefficients
 U[0, 1]); mechwork TopK and SAELens TopK trained on the same batches for the same steps; MMCS / MCC.
 
-Run: ``python benchmarks/sae_bench.py [--threads 2] [--quick]``; writes benchmarks/results/sae.json.
+Run: ``python benchmarks/sae_bench.py [--threads 1,2] [--quick]``; writes benchmarks/results/sae.json. The recovery
+runs use the first thread count.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def speed(settings, repeat: int, device: torch.device) -> list[dict]:
         }
         t = _median_time(fns, repeat=repeat, warmup=2)
         tps = {name: b / sec for name, sec in t.items()}
-        rows.append({"d_in": d, "d_sae": m, "k": k, "batch": b, "device": device.type,
+        rows.append({"threads": torch.get_num_threads(), "d_in": d, "d_sae": m, "k": k, "batch": b, "device": device.type,
                      "floor_tok_s": tps["floor"], "mechwork_tok_s": tps["mechwork"], "mechwork_dense_tok_s": tps["mechwork_dense"],
                      "saelens_tok_s": tps["saelens"], "x_saelens": tps["mechwork"] / tps["saelens"],
                      "x_floor": tps["mechwork"] / tps["floor"]})
@@ -136,7 +137,7 @@ def recovery_bench(steps: int, batch: int, device: torch.device) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts for the speed table (default 1,2)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="first setting only, short recovery run")
     ap.add_argument("--recovery-steps", type=int, default=600)
@@ -144,18 +145,22 @@ def main(argv=None) -> int:
     ap.add_argument("--out-name", default="sae", help="results file name (benchmarks/results/<name>.json)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    threads = [int(t) for t in str(args.threads).split(",")]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     settings = SETTINGS[:1] if args.quick else SETTINGS
-    rows = speed(settings, args.repeat, device)
-    print_table(rows, ["d_in", "d_sae", "k", "batch", "floor_tok_s", "mechwork_tok_s", "mechwork_dense_tok_s", "saelens_tok_s",
-                       "x_saelens", "x_floor"], title=f"TopK training step, tokens/s ({device.type}, {args.threads} threads)")
+    rows = []
+    for t in threads:
+        torch.set_num_threads(t)
+        rows += speed(settings, args.repeat, device)
+    print_table(rows, ["threads", "d_in", "d_sae", "k", "batch", "floor_tok_s", "mechwork_tok_s", "mechwork_dense_tok_s",
+                       "saelens_tok_s", "x_saelens", "x_floor"], title=f"TopK training step, tokens/s ({device.type})")
+    torch.set_num_threads(threads[0])
     rec = [] if args.no_recovery else recovery_bench(100 if args.quick else args.recovery_steps, 4096, device)
     if rec:
         print_table(rec, ["impl", "d_sae", "steps", "seconds", "mmcs", "mcc", "recovered_0.9", "fvu", "dead_fraction"],
                     title="Synthetic dictionary recovery: 256-d, 512 features, 32 active, batch 4096")
     if not args.no_write:
-        write_results(args.out_name, {"threads": args.threads, "repeat": args.repeat, "speed": rows, "recovery": rec,
+        write_results(args.out_name, {"threads": threads, "repeat": args.repeat, "speed": rows, "recovery": rec,
                               "targets": {"x_saelens": 3.0, "x_floor": 0.4},
                               "notes": "medians of interleaved repeats on a shared, noisy machine; compare ratios only"})
     return 0

@@ -20,7 +20,6 @@ import math
 from typing import Any, Iterator
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from ..core.errors import DataError, ShapeError, SiteError
@@ -299,8 +298,3 @@ def _evaluate_acts(sae: SAE, source: Any, site: str | None, *, n_tokens: int, k:
         acc.add(x, sae.decode(f).reshape(x.shape), f)
     return acc.metrics(dense_threshold)
 
-
-def fvu(x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"]) -> float:
-    """Fraction of variance unexplained of one batch."""
-    x, x_hat = x.double(), x_hat.double()
-    return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-30))

@@ -23,7 +23,7 @@ from ..core.config import save_config
 from ..core.devices import parse_device
 from ..core.errors import CheckpointError, ConfigError, NonFiniteError, ShapeError
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import SAEConfig, TrainConfig
+from .config import TrainConfig
 from .data import make_source, total_steps
 from .model import SAE, SAE_CLASSES, StepOutput
 
@@ -368,4 +368,4 @@ def _truncate_history(out: Path, step: int) -> None:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in recs))
 
 
-__all__ = ["train", "TrainResult", "JointLoss", "SAEConfig"]
+__all__ = ["train", "TrainResult", "JointLoss"]
