@@ -194,7 +194,7 @@ class SAE(nn.Module):
 
     def decode_topk(self, vals: Float[Tensor, "n k"], idx: Int[Tensor, "n k"]) -> Float[Tensor, "n d_in"]:
         """Reconstruction from TopK codes with the sparse decoder."""
-        return self.normalize_out(sp.sparse_decode(vals, idx, self.W_dec, self.b_dec))
+        return self.normalize_out(sp.decode(vals, idx, self.W_dec, self.b_dec))
 
     def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_in"]:
         """Reconstruct ``x`` (same shape)."""
@@ -243,16 +243,16 @@ class SAE(nn.Module):
         n_dead = 0 if dead is None else int(dead.sum())
         k_aux = min(self.cfg.k_aux_eff, n_dead) if self.cfg.aux_coefficient > 0 else 0
         x_in = x_n - self.b_dec
-        enc, dec = (sp.sparse_topk_encode, sp.sparse_decode) if sparse else (sp.dense_topk_encode, sp.dense_decode)
-        vals, idx, aux_vals, aux_idx = enc(x_in, self.W_enc_T, self.b_enc, k, dead if k_aux else None, k_aux)
-        x_hat = dec(vals, idx, self.W_dec, self.b_dec)
+        vals, idx, aux_vals, aux_idx = sp.topk_encode(x_in, self.W_enc_T, self.b_enc, k, dead if k_aux else None, k_aux,
+                                                      sparse=sparse)
+        x_hat = sp.decode(vals, idx, self.W_dec, self.b_dec, sparse=sparse)
         err = x_n - x_hat
         fvu = err.pow(2).sum() / total_var
         loss = fvu
         aux = x_n.new_zeros(())
         if k_aux:
             e = err.detach()
-            e_hat = dec(aux_vals, aux_idx, self.W_dec, torch.zeros_like(self.b_dec))
+            e_hat = sp.decode(aux_vals, aux_idx, self.W_dec, torch.zeros_like(self.b_dec), sparse=sparse)
             aux = (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
             loss = loss + self.cfg.aux_coefficient * min(1.0, n_dead / max(1, self.cfg.k_aux_eff)) * aux
         active = vals > 0

@@ -12,7 +12,8 @@ A TopK SAE step has one unavoidable dense operation: the encoder pre-activations
   ``embedding_bag``).
 
 The encoder is stored row-major as ``W_enc_T [d_sae, d_in]`` so that these gathers read contiguous rows.
-:func:`dense_topk_forward` is the plain-autograd reference the tests compare against.
+:func:`topk_encode` and :func:`decode` with ``sparse=False`` are the plain-autograd reference the tests compare
+against.
 """
 
 from __future__ import annotations
@@ -74,13 +75,6 @@ class SparseDecode(torch.autograd.Function):
         g_W = segment_sum(idx, vals, g.to(W_dec.dtype), W_dec.shape[0]) if ctx.needs_input_grad[2] else None
         g_b = g.sum(0) if ctx.needs_input_grad[3] else None
         return g_vals, None, g_W, g_b
-
-
-def sparse_decode(
-    vals: Float[Tensor, "n k"], idx: Int[Tensor, "n k"], W_dec: Float[Tensor, "m d"], b_dec: Float[Tensor, " d"]
-) -> Float[Tensor, "n d"]:
-    """Decode ``k`` (value, index) pairs per row; see :class:`SparseDecode`."""
-    return SparseDecode.apply(vals, idx, W_dec, b_dec)
 
 
 _WORKSPACE: dict[tuple, Tensor] = {}
@@ -158,27 +152,23 @@ class SparseTopKEncode(torch.autograd.Function):
         return g_x, g_W, g_b, None, None, None
 
 
-def sparse_topk_encode(
+def topk_encode(
     x_in: Float[Tensor, "n d"],
     W_enc_T: Float[Tensor, "m d"],
     b_enc: Float[Tensor, " m"],
     k: int,
     dead: Bool[Tensor, " m"] | None = None,
     k_aux: int = 0,
+    *,
+    sparse: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Sparse-backward TopK encoder; see :class:`SparseTopKEncode`."""
-    return SparseTopKEncode.apply(x_in, W_enc_T, b_enc, k, dead, k_aux)
+    """TopK selection ``(vals, idx, aux_vals, aux_idx)`` of ``x_in @ W_enc_T.T + b_enc``.
 
-
-def dense_topk_encode(
-    x_in: Float[Tensor, "n d"],
-    W_enc_T: Float[Tensor, "m d"],
-    b_enc: Float[Tensor, " m"],
-    k: int,
-    dead: Bool[Tensor, " m"] | None = None,
-    k_aux: int = 0,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The same selection as :func:`sparse_topk_encode` with plain autograd (the numerical reference)."""
+    ``sparse=True`` uses :class:`SparseTopKEncode` (backward through the selected entries only); ``False``
+    is the plain-autograd reference with the same result.
+    """
+    if sparse:
+        return SparseTopKEncode.apply(x_in, W_enc_T, b_enc, k, dead, k_aux)
     pre = x_in @ W_enc_T.to(x_in.dtype).t() + b_enc.to(x_in.dtype)
     vals, idx, aux_vals, aux_idx = _select(pre, k, dead, k_aux)
     if aux_vals is None:
@@ -186,9 +176,13 @@ def dense_topk_encode(
     return vals, idx, aux_vals, aux_idx
 
 
-def dense_decode(
-    vals: Float[Tensor, "n k"], idx: Int[Tensor, "n k"], W_dec: Float[Tensor, "m d"], b_dec: Float[Tensor, " d"]
+def decode(
+    vals: Float[Tensor, "n k"], idx: Int[Tensor, "n k"], W_dec: Float[Tensor, "m d"], b_dec: Float[Tensor, " d"], *,
+    sparse: bool = True,
 ) -> Float[Tensor, "n d"]:
-    """Scatter the ``k`` values into a dense ``[n, d_sae]`` code and multiply by ``W_dec`` (the reference)."""
+    """``sum_m vals[:, m] W_dec[idx[:, m]] + b_dec``: :class:`SparseDecode`, or (``sparse=False``) a dense
+    ``[n, d_sae]`` code times ``W_dec`` (the reference)."""
+    if sparse:
+        return SparseDecode.apply(vals, idx, W_dec, b_dec)
     f = torch.zeros(vals.shape[0], W_dec.shape[0], dtype=vals.dtype, device=vals.device).scatter(1, idx, vals)
     return f @ W_dec.to(f.dtype) + b_dec
