@@ -241,3 +241,11 @@ def test_registered_architecture_with_non_flat_inputs_trains_saves_and_loads(tmp
     assert isinstance(back, GridSAE) and torch.equal(back(x[:3]), sae(x[:3]))
     with pytest.raises(ShapeError, match=r"per-token shape \(2, 8\)"):
         ms.train(cfg.replace(saes=(sae.cfg,)), torch.randn(640, 4, 4), progress=False)
+
+
+def test_wandb_logging_when_asked(synth, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    _, x = synth
+    cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_sae=32, k=2),), batch_size=128, tokens=128 * 4, log_every=2, wandb_project="mechwork-test")
+    assert ms.train(cfg, x, progress=False).steps == 4

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Any, Iterator
 
 import torch
@@ -40,6 +41,9 @@ def _site_for(model: Any, sae: SAE, site: str | None, strict: bool) -> Site:
     own = _own_site(model, sae.site)
     if strict and own is not None and own != s.name:
         raise SiteError(f"the SAE was trained on {sae.site} but is being spliced at {s.name}; pass strict=False to do it anyway")
+    trained_on, spec = sae.meta.get("model"), getattr(model, "mechwork_spec", None)
+    if strict and trained_on and spec and str(trained_on) != str(spec):
+        warnings.warn(f"the SAE was trained on activations of {trained_on!r}, the model is {spec!r}", stacklevel=3)
     return s
 
 
