@@ -82,18 +82,34 @@ def _plan(model: Any, sites: Any, context: int, dtype: torch.dtype) -> _Plan:
     return _Plan(site_list, entries, streams, stop_at_layer(model, site_list))
 
 
+class _Captured(Exception):
+    """Raised by the last hook that fires: every requested site is captured, the rest of the pass is skipped."""
+
+
 def _forward(model: Any, tokens: Tensor, sites: Sequence[Site], stop: int | None, autocast: torch.dtype | None = None) -> dict[str, Tensor]:
+    """Activations of ``sites`` for one batch, under inference mode.
+
+    The pass stops at ``stop_at_layer`` and, finer still, right after the last requested site: its hook raises
+    :class:`_Captured` (on both backends; the bridge cleans up its stop-at-layer state in a ``finally``). A site
+    in the last block thus skips the final LayerNorm and the unembedding, which ``stop_at_layer`` cannot.
+    """
     acts: dict[str, Tensor] = {}
+    wanted = len(sites)
 
     def hook_for(name: str) -> Any:
         def hook(t: Tensor, hook: Any = None) -> None:
             acts[name] = t
+            if len(acts) == wanted:
+                raise _Captured
 
         return hook
 
     ac = torch.autocast(tokens.device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
-    with torch.inference_mode(), ac:
-        run_with_hooks(model, tokens, [(s.name, hook_for(s.name)) for s in sites], stop_at_layer=stop, return_type=None)
+    try:
+        with torch.inference_mode(), ac:
+            run_with_hooks(model, tokens, [(s.name, hook_for(s.name)) for s in sites], stop_at_layer=stop, return_type=None)
+    except _Captured:
+        pass
     missing = [s.name for s in sites if s.name not in acts]
     if missing:
         raise DataError(f"hooks did not fire for {missing}; the model's forward pass does not reach these sites")
@@ -151,7 +167,7 @@ def collect(
     """Run ``model`` over ``source`` once and store the activations of every site in ``sites``.
 
     One batched forward pass per batch under inference mode computes all sites (any mix of layers and kinds,
-    per-head sites such as ``hook_z`` and attention patterns included) and stops after the last block needed.
+    per-head sites such as ``hook_z`` and attention patterns included) and stops right after the last site needed (no final LayerNorm or unembedding for block sites).
     Documents are packed into windows of ``context`` tokens; row ``window * context + pos`` of every site
     belongs to token ``store.tokens[row]``.
 
