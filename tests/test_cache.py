@@ -57,15 +57,22 @@ def test_attention_only_model(toy_induction, tmp_path):
         assert (store[s] - _reference(toy_induction, tokens, s)).abs().max().item() <= 1e-6
 
 
-def test_stops_after_last_needed_layer(toy_mixed):
+@pytest.mark.parametrize("sites, started", [(["resid_post.0", "z.1"], 2), (["resid_post.3"], 4)])
+def test_stops_after_last_needed_site(toy_mixed_any, sites, started):
+    """The pass ends right after the last requested site: later blocks, ln_final and unembed never run."""
+    model = toy_mixed_any
     calls = {i: 0 for i in range(4)}
-    handles = [b.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1)) for i, b in enumerate(toy_mixed.blocks)]
+    calls["unembed"] = 0
+    handles = [b.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1)) for i, b in enumerate(model.blocks)]
+    handles.append(model.unembed.register_forward_pre_hook(lambda m, a: calls.__setitem__("unembed", calls["unembed"] + 1)))
     try:
-        collect(toy_mixed, torch.randint(3, 200, (4, 64)), ["resid_post.0", "z.1"], batch_size=2, bos=False, progress=False)
+        store = collect(model, torch.randint(3, 200, (4, 64)), sites, batch_size=2, bos=False, progress=False)
     finally:
         for h in handles:
             h.remove()
-    assert calls[0] == calls[1] == 2 and calls[2] == calls[3] == 0
+    assert [calls[i] for i in range(4)] == [2] * started + [0] * (4 - started) and calls["unembed"] == 0
+    assert store.n_tokens == 256
+    assert not any(hp.fwd_hooks for hp in model.hook_dict.values())  # the aborted pass left no hook behind
 
 
 def test_texts_are_packed_with_bos(toy_mixed, texts):
