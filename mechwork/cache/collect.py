@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -15,148 +12,14 @@ from torch import Tensor
 from .. import __version__
 from ..core.devices import dtype_name, parse_device, parse_dtype
 from ..core.errors import CheckpointError, ConfigError, DataError, ShapeError
-from ..core.hooks import check_tokens, model_device, model_dtype, run_with_hooks
+from ..core.hooks import check_tokens, model_device, model_dtype
 from ..core.io import PathLike, save_tensors
-from ..core.sites import Site, enable, resolve, stop_at_layer
 from ..data.sources import TokenSource, Windows, pack
 from . import format as F
 from .stats import Moments, scalar_summary
 from .store import ActivationStore, check_store, load_manifest, merge_shard_stats
+from .plan import autocast_dtype, check_int, fingerprint, forward, make_plan, rows_of, shard_tokens_for
 from .writer import DiskSink, MemorySink, Pipeline, PinnedPool, Stream, clear_uncommitted
-
-SHARD_BYTES = 256 << 20  # default target size of the largest shard file of a store
-_UNSUPPORTED = {"attn_scores": "masked positions hold -inf; cache hook_pattern instead"}
-
-
-@dataclass(frozen=True)
-class _Plan:
-    sites: list[Site]
-    entries: tuple[F.SiteEntry, ...]
-    streams: list[Stream]
-    stop: int | None
-
-
-def _check_int(name: str, v: Any, *, lo: int = 1, none: bool = False) -> None:
-    if v is None and none:
-        return
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ConfigError(f"{name} must be an integer >= {lo}{' or None' if none else ''}, got {v!r}")
-
-
-def _dirname(site: Site) -> str:
-    return site.name.replace("/", "_")
-
-
-def _row_shape(site: Site, context: int) -> tuple[int, ...] | None:
-    if site.shape is None:
-        return None
-    return tuple(context if s == "pos" else int(s) for s in site.shape)
-
-
-def _rows(t: Tensor, site: Site, context: int) -> Tensor:
-    """``[batch, pos, *shape]`` rows of one hooked tensor (attention patterns: one row per query position)."""
-    if site.layout.startswith("batch head"):  # [batch, head, q, k] -> [batch, q, head, k], k padded to context
-        t = t.transpose(1, 2)
-        if t.shape[-1] < context:
-            t = torch.nn.functional.pad(t, (0, context - t.shape[-1]))
-    return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
-
-
-def _plan(model: Any, sites: Any, context: int, dtype: torch.dtype) -> _Plan:
-    site_list = resolve(model, sites)
-    for s in site_list:
-        if s.kind in _UNSUPPORTED:
-            raise ConfigError(f"site {s.name} cannot be cached: {_UNSUPPORTED[s.kind]}")
-        enable(model, s)
-    shapes = {s.name: _row_shape(s, context) for s in site_list}
-    unknown = [s for s in site_list if shapes[s.name] is None]
-    if unknown:  # backend-specific hook points: learn their shapes from one short forward pass
-        probe = _forward(model, torch.zeros((1, min(context, 2)), dtype=torch.long, device=model_device(model)), unknown, None)
-        for s in unknown:
-            t = probe[s.name]
-            if t.ndim < 2 or t.shape[0] != 1 or t.shape[1] != min(context, 2):
-                raise ShapeError(f"site {s.name} gives tensors of shape {tuple(t.shape)}, not [batch, pos, ...]; it cannot be cached per token")
-            shapes[s.name] = tuple(t.shape[2:])
-    entries = tuple(F.SiteEntry(s.name, s.alias, s.kind, s.layer, shapes[s.name], _dirname(s)) for s in site_list)  # type: ignore[arg-type]
-    streams = [Stream(e.name, e.dir, dtype, tuple(e.shape)) for e in entries] + [Stream(F.TOKENS, F.TOKENS, torch.int64, (3,))]
-    return _Plan(site_list, entries, streams, stop_at_layer(model, site_list))
-
-
-class _Captured(Exception):
-    """Raised by the last hook that fires: every requested site is captured, the rest of the pass is skipped."""
-
-
-def _forward(model: Any, tokens: Tensor, sites: Sequence[Site], stop: int | None, autocast: torch.dtype | None = None) -> dict[str, Tensor]:
-    """Activations of ``sites`` for one batch, under inference mode.
-
-    The pass stops at ``stop_at_layer`` and, finer still, right after the last requested site: its hook raises
-    :class:`_Captured` (on both backends; the bridge cleans up its stop-at-layer state in a ``finally``). A site
-    in the last block thus skips the final LayerNorm and the unembedding, which ``stop_at_layer`` cannot.
-    """
-    acts: dict[str, Tensor] = {}
-    wanted = len(sites)
-
-    def hook_for(name: str) -> Any:
-        def hook(t: Tensor, hook: Any = None) -> None:
-            acts[name] = t
-            if len(acts) == wanted:
-                raise _Captured
-
-        return hook
-
-    ac = torch.autocast(tokens.device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
-    try:
-        with torch.inference_mode(), ac:
-            run_with_hooks(model, tokens, [(s.name, hook_for(s.name)) for s in sites], stop_at_layer=stop, return_type=None)
-    except _Captured:
-        pass
-    missing = [s.name for s in sites if s.name not in acts]
-    if missing:
-        raise DataError(f"hooks did not fire for {missing}; the model's forward pass does not reach these sites")
-    return acts
-
-
-FINGERPRINT_SAMPLE = 4096  # values per parameter entering the weight fingerprint
-
-
-def _fingerprint(model: Any) -> str:
-    """Parameter count and a float64 checksum of an evenly strided sample of every parameter.
-
-    It only has to tell models apart (to refuse resuming a store with another model), so it reads at most
-    ``FINGERPRINT_SAMPLE`` values per parameter: hashing every weight of a GPT-2-sized model costs seconds.
-    """
-    n = 0
-    total = 0.0
-    with torch.inference_mode():
-        for i, p in enumerate(model.parameters()):
-            flat = p.detach().reshape(-1)
-            n += flat.numel()
-            sample = flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLE)].double()
-            weights = torch.arange(1, sample.numel() + 1, dtype=torch.float64, device=sample.device) % 97 + i + 1
-            total += float((sample.abs() + sample * weights).sum())
-    return f"{n}:{total:.12g}"
-
-
-def _shard_tokens(streams: list[Stream], context: int, batch_size: int, requested: int | None, n_tokens: int | None, align: int) -> int:
-    """Rows per shard: whole batches of whole windows, page-aligned in every stream, about SHARD_BYTES large."""
-    grain = math.lcm(batch_size * context, F.align_rows([s.row_bytes for s in streams], align))
-    if requested is None:
-        requested = max(SHARD_BYTES // max(s.row_bytes for s in streams), 1)
-        if n_tokens is not None:
-            requested = min(requested, n_tokens)
-    return max(1, -(-requested // grain)) * grain
-
-
-def _autocast_dtype(autocast: Any) -> torch.dtype | None:
-    if autocast in (None, False):
-        return None
-    if autocast is True:
-        return torch.bfloat16
-    dt = parse_dtype(autocast)
-    if dt not in (torch.bfloat16, torch.float16):
-        raise ConfigError(f"autocast must be True, 'bfloat16' or 'float16', got {autocast!r}")
-    return dt
-
 
 def collect(
     model: Any,
@@ -251,12 +114,12 @@ class _Run:
                 shard_tokens: int | None, seed: int, autocast: Any) -> "_Run":
         self = cls()
         self.model = model
-        _check_int("n_tokens", n_tokens, none=True)
-        _check_int("batch_size", batch_size)
-        _check_int("shard_tokens", shard_tokens, none=True)
+        check_int("n_tokens", n_tokens, none=True)
+        check_int("batch_size", batch_size)
+        check_int("shard_tokens", shard_tokens, none=True)
         n_ctx = int(model.cfg.n_ctx)
         context = n_ctx if context is None else context
-        _check_int("context", context, lo=2 if bos else 1)
+        check_int("context", context, lo=2 if bos else 1)
         if context > n_ctx:
             raise ConfigError(f"context {context} exceeds the model's n_ctx {n_ctx}")
         if not isinstance(bos, bool):
@@ -267,7 +130,7 @@ class _Run:
         if out is not None and device is not None and parse_device(device).type != "cpu":
             raise ConfigError(f"device={device!r} applies to in-memory stores; a disk store is read onto a device with store.batches(..., device=...)")
         self.store_device = parse_device(device) if device is not None else torch.device("cpu")
-        self.autocast = _autocast_dtype(autocast)
+        self.autocast = autocast_dtype(autocast)
         tokenizer = getattr(model, "tokenizer", None)
         self.bos_id = None
         if bos:
@@ -280,14 +143,14 @@ class _Run:
         if self.source.finite is False and n_tokens is None:
             raise ConfigError(f"the source ({self.source.description}) never ends: pass n_tokens")
         self.n_tokens, self.batch_size, self.context = n_tokens, batch_size, context
-        self.plan = _plan(model, sites, context, self.dtype)
+        self.plan = make_plan(model, sites, context, self.dtype)
         self.device = model_device(model)
         spec = getattr(model, "mechwork_spec", None) or getattr(model.cfg, "model_name", None) or type(model).__name__
-        st = _shard_tokens(self.plan.streams, context, batch_size, shard_tokens, n_tokens, F.ALIGN)
+        st = shard_tokens_for(self.plan.streams, context, batch_size, shard_tokens, n_tokens, F.ALIGN)
         self.manifest = F.Manifest(
             model_spec=str(spec), sites=self.plan.entries, dtype=dtype_name(self.dtype), context=context, bos=bos,
             batch_size=batch_size, shard_tokens=st, source=self.source.description, mechwork_version=__version__,
-            fingerprint=_fingerprint(model), seed=seed, autocast=dtype_name(self.autocast) if self.autocast else None,
+            fingerprint=fingerprint(model), seed=seed, autocast=dtype_name(self.autocast) if self.autocast else None,
             requested_tokens=n_tokens,
         )
         self.root = None if out is None else Path(out).expanduser()
@@ -387,18 +250,19 @@ class _Run:
                 break
             tokens = check_tokens(self.model, w.tokens, what="source tokens").to(self.device, non_blocking=True)
             keep = w.tokens.numel() if self.n_tokens is None else min(w.tokens.numel(), self.n_tokens - row)
-            acts = _forward(self.model, tokens, self.plan.sites, self.plan.stop, self.autocast)
+            acts = forward(self.model, tokens, self.plan.sites, self.plan.stop, self.autocast)
             payload: dict[str, Tensor] = {}
             taken: list[tuple[str, Tensor]] = []
             for s in self.plan.sites:
-                x = _rows(acts[s.name], s, self.context)[:keep]
+                x = rows_of(acts[s.name], s, self.context)[:keep]
                 if tuple(x.shape[1:]) != tuple(entries[s.name].shape):
                     raise ShapeError(f"site {s.name} gave per-token shape {tuple(x.shape[1:])}, expected {tuple(entries[s.name].shape)}")
                 moments[s.name].update(x.reshape(keep, -1))
                 if pool is not None:
-                    buf = pool.take(s.name)[:keep]
-                    buf.copy_(x.to(self.dtype), non_blocking=True)
-                    taken.append((s.name, buf))
+                    whole = pool.take(s.name)
+                    buf = whole[:keep]
+                    buf.copy_(x, non_blocking=True)  # device -> pinned host, cast on the way
+                    taken.append((s.name, whole))
                     payload[s.name] = buf
                 else:
                     payload[s.name] = x.to(self.dtype).contiguous() if self.root is not None else x
@@ -476,7 +340,7 @@ def save_store(store: ActivationStore, root: Path, *, overwrite: bool = False) -
     root.mkdir(parents=True, exist_ok=True)
     m = store.manifest
     streams = [Stream(e.name, e.dir, store.dtype, tuple(e.shape)) for e in m.sites] + [Stream(F.TOKENS, F.TOKENS, torch.int64, (3,))]
-    st = m.shard_tokens if m.align == F.ALIGN else _shard_tokens(streams, m.context, m.batch_size, m.shard_tokens, None, F.ALIGN)
+    st = m.shard_tokens if m.align == F.ALIGN else shard_tokens_for(streams, m.context, m.batch_size, m.shard_tokens, None, F.ALIGN)
     manifest = m.replace(shards=(), n_tokens=0, complete=False, align=F.ALIGN, shard_tokens=st)
     manifest.to_json(root / F.MANIFEST)
     sink = DiskSink(root, manifest, streams)

@@ -223,13 +223,12 @@ class Pipeline:
             item = self.q.get()
             if item is _STOP:
                 return
-            if self.error is not None:
-                continue  # drain after a failure
             fn, args, event, release = item
             try:
-                if event is not None:
-                    event.synchronize()
-                fn(*args)
+                if self.error is None:  # after a failure: drain, but still hand pinned buffers back
+                    if event is not None:
+                        event.synchronize()
+                    fn(*args)
             except BaseException as e:  # noqa: BLE001 - handed to the producer
                 self.error = e
             finally:
