@@ -136,6 +136,39 @@ def test_task_source_and_prompt_labels(toy_mixed):
         collect(toy_mixed, task, ["resid_post.2"], progress=False)
 
 
+def test_pad_packing_gives_per_prompt_activations(toy_mixed_any, tmp_path):
+    """packing='pad': one prompt per window, activations equal to each prompt run alone, padding kept out."""
+    model = toy_mixed_any
+    batch = mechwork.tasks.get("gender").prompts(12, seed=1)
+    width = batch.clean.shape[1]
+    store = collect(model, batch, ["resid_post.2", "z.1"], context=width, packing="pad", batch_size=5, progress=False)
+    assert store.n_tokens == 12 * width and store.manifest.packing == "pad"
+    docs, toks = store.docs.reshape(12, width), store.tokens.reshape(12, width)
+    for i in range(12):
+        n = int(batch.pos[i]) + 1
+        assert (docs[i, :n] == i).all() and (docs[i, n:] == -1).all()
+        assert torch.equal(toks[i, :n], batch.clean[i, :n])
+    for s in store.sites:
+        for i in (0, 5, 11):
+            n = int(batch.pos[i]) + 1
+            _, cache = model.run_with_cache(batch.clean[i : i + 1, :n])
+            got = store[s].reshape(12, width, *store.shape(s))[i, :n]
+            assert (got - cache[mechwork.site(model, s).name][0]).abs().max().item() <= 1e-5, s
+    real = store.docs >= 0
+    x = store["resid_post.2"][real].double()
+    st = store.stats("resid_post.2")
+    assert st["count"] == int(real.sum())
+    torch.testing.assert_close(st["mean"].double(), x.mean(0), rtol=1e-5, atol=1e-6)
+    idx = torch.cat(list(store.row_indices(16, rows=real)))
+    assert torch.equal(idx.sort().values, real.nonzero().squeeze(1))
+    saved = store.save(tmp_path / "pad")
+    assert saved.manifest.packing == "pad" and saved.stats("resid_post.2")["count"] == int(real.sum())
+    with pytest.raises(mechwork.DataError, match="packing='pad'"):
+        collect(model, batch, ["resid_post.2"], context=4, packing="pad", progress=False)
+    with pytest.raises(mechwork.ConfigError, match="packing"):
+        collect(model, batch, ["resid_post.2"], packing="none", progress=False)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_storage_dtypes(toy_mixed, dtype, tmp_path):
     tokens = torch.randint(3, 200, (4, 64), generator=torch.Generator().manual_seed(2))

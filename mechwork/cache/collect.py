@@ -14,7 +14,7 @@ from ..core.devices import dtype_name, parse_device, parse_dtype
 from ..core.errors import CheckpointError, ConfigError, DataError, ShapeError
 from ..core.hooks import check_tokens, model_device, model_dtype
 from ..core.io import PathLike, save_tensors
-from ..data.sources import TokenSource, Windows, pack
+from ..data.sources import TokenSource, Windows, pack, pad_windows
 from . import format as F
 from .stats import Moments, scalar_summary
 from .store import ActivationStore, check_store, load_manifest, merge_shard_stats
@@ -39,6 +39,7 @@ def collect(
     shard_tokens: int | None = None,
     seed: int = 0,
     autocast: bool | str | torch.dtype | None = None,
+    packing: str = "concat",
 ) -> ActivationStore:
     """Run ``model`` over ``source`` once and store the activations of every site in ``sites``.
 
@@ -81,6 +82,12 @@ def collect(
         Seed of generated sources (task prompts).
     autocast : bool or str, optional
         Run the forward pass under ``torch.autocast`` (``True``: bfloat16).
+    packing : {"concat", "pad"}
+        ``"concat"`` packs documents back to back into full windows (no padding: what SAE training wants).
+        ``"pad"`` puts each document alone in a right-padded window, so its activations are exactly those of
+        the document run by itself (what probes and erasers fitted on task prompts want); padding rows have
+        ``store.docs == -1``, are left out of the statistics, and ``batches(..., rows=store.docs >= 0)`` skips
+        them. A document longer than ``context`` is then an error.
 
     Returns
     -------
@@ -97,7 +104,7 @@ def collect(
     """
     run = _Run.prepare(model, source, sites, out=out, n_tokens=n_tokens, batch_size=batch_size, context=context,
                        dtype=dtype, device=device, resume=resume, bos=bos, overwrite=overwrite, shard_tokens=shard_tokens,
-                       seed=seed, autocast=autocast)
+                       seed=seed, autocast=autocast, packing=packing)
     if run.done is not None:
         return run.done
     return run.execute(progress=progress)
@@ -111,7 +118,7 @@ class _Run:
     @classmethod
     def prepare(cls, model: Any, source: Any, sites: Any, *, out: PathLike | None, n_tokens: int | None, batch_size: int,
                 context: int | None, dtype: Any, device: Any, resume: bool, bos: bool, overwrite: bool,
-                shard_tokens: int | None, seed: int, autocast: Any) -> "_Run":
+                shard_tokens: int | None, seed: int, autocast: Any, packing: str) -> "_Run":
         self = cls()
         self.model = model
         check_int("n_tokens", n_tokens, none=True)
@@ -124,6 +131,9 @@ class _Run:
             raise ConfigError(f"context {context} exceeds the model's n_ctx {n_ctx}")
         if not isinstance(bos, bool):
             raise ConfigError(f"bos must be True or False, got {bos!r}")
+        if packing not in ("concat", "pad"):
+            raise ConfigError(f"packing must be 'concat' or 'pad', got {packing!r}")
+        self.packing = packing
         self.dtype = parse_dtype(dtype, default=model_dtype(model))
         if self.dtype not in F.STORAGE_DTYPES:
             raise ConfigError(f"storage dtype must be float32, float16, bfloat16 or float64, got {self.dtype}")
@@ -139,6 +149,8 @@ class _Run:
                 self.bos_id = getattr(tokenizer, "eos_token_id", None)  # GPT-2 style: BOS and EOS share an id
             if self.bos_id is None:
                 raise ConfigError("bos=True but the model's tokenizer has no BOS (or EOS) token; pass bos=False")
+        self.pad_id = next((i for i in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
+                            if i is not None), 0)
         self.source = TokenSource(source, tokenizer=tokenizer, seed=seed)
         if self.source.finite is False and n_tokens is None:
             raise ConfigError(f"the source ({self.source.description}) never ends: pass n_tokens")
@@ -151,7 +163,7 @@ class _Run:
             model_spec=str(spec), sites=self.plan.entries, dtype=dtype_name(self.dtype), context=context, bos=bos,
             batch_size=batch_size, shard_tokens=st, source=self.source.description, mechwork_version=__version__,
             fingerprint=fingerprint(model), seed=seed, autocast=dtype_name(self.autocast) if self.autocast else None,
-            requested_tokens=n_tokens,
+            requested_tokens=n_tokens, packing=packing,
         )
         self.root = None if out is None else Path(out).expanduser()
         if self.root is not None:
@@ -194,6 +206,8 @@ class _Run:
 
     # -------------------------------------------------------------------------------------- loop
     def _windows(self) -> Iterator[Windows]:
+        if self.packing == "pad":
+            return pad_windows(self.source.documents(), self.context, bos_id=self.bos_id, pad_id=self.pad_id, batch=self.batch_size)
         return pack(self.source.documents(), self.context, bos_id=self.bos_id, batch=self.batch_size)
 
     def _skip_committed(self, windows: Iterator[Windows]) -> None:
@@ -253,11 +267,13 @@ class _Run:
             acts = forward(self.model, tokens, self.plan.sites, self.plan.stop, self.autocast)
             payload: dict[str, Tensor] = {}
             taken: list[tuple[str, Tensor]] = []
+            real = (w.doc.reshape(-1)[:keep] >= 0).to(self.device) if self.packing == "pad" else None
             for s in self.plan.sites:
                 x = rows_of(acts[s.name], s, self.context)[:keep]
                 if tuple(x.shape[1:]) != tuple(entries[s.name].shape):
                     raise ShapeError(f"site {s.name} gave per-token shape {tuple(x.shape[1:])}, expected {tuple(entries[s.name].shape)}")
-                moments[s.name].update(x.reshape(keep, -1))
+                flat = x.reshape(keep, -1)
+                moments[s.name].update(flat if real is None else flat[real])  # padding rows stay out of the statistics
                 if pool is not None:
                     whole = pool.take(s.name)
                     buf = whole[:keep]
@@ -353,7 +369,8 @@ def save_store(store: ActivationStore, root: Path, *, overwrite: bool = False) -
             sink.write(i, {k: v[lo:hi].to("cpu").contiguous() for k, v in data.items()})
             shard_m = {e.name: Moments.zeros(e.d) for e in m.sites}
             for e in m.sites:
-                shard_m[e.name].update(data[e.name][lo:hi].to("cpu").reshape(hi - lo, -1))
+                rows = data[e.name][lo:hi].to("cpu").reshape(hi - lo, -1)
+                shard_m[e.name].update(rows if m.packing != "pad" else rows[data[F.TOKENS][lo:hi, 1] >= 0])
             sink.end_shard(i, hi - lo, shard_m)
     except BaseException:
         sink.abort()
