@@ -40,6 +40,8 @@ def register(sub: Any) -> None:
     c.add_argument("--backend", default="auto", choices=("auto", "hooked", "bridge"), help="TransformerLens backend")
     c.add_argument("--autocast", action="store_true", help="run the forward pass under bfloat16 autocast")
     c.add_argument("--no-bos", action="store_true", help="do not start documents and windows with BOS")
+    c.add_argument("--packing", default="concat", choices=("concat", "pad"),
+                   help="concat: documents back to back (default); pad: one document per padded window (task prompts)")
     c.add_argument("--seed", type=int, default=0, help="seed of generated sources (default 0)")
     c.add_argument("--shard-tokens", type=int, default=None, help="rows per shard file (default: about 256 MiB)")
     c.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -98,7 +100,7 @@ def _collect(args: argparse.Namespace) -> int:
     store = collect(model, source, args.sites, out=args.out, n_tokens=n_tokens, batch_size=args.batch_size,
                     context=args.context, dtype=args.dtype, resume=args.resume, overwrite=args.overwrite,
                     bos=not args.no_bos, progress=not args.quiet, shard_tokens=args.shard_tokens, seed=args.seed,
-                    autocast=True if args.autocast else None)
+                    autocast=True if args.autocast else None, packing=args.packing)
     dt = time.perf_counter() - t0
     print(f"{store.n_tokens:,} tokens x {len(store.sites)} sites ({store.nbytes / 1e9:.3f} GB {store.manifest.dtype}) "
           f"in {dt:.1f} s -> {store.path}")
@@ -114,9 +116,9 @@ def _info(args: argparse.Namespace) -> int:
     print(f"store      {store.path}")
     print(f"status     {'complete' if m.complete else 'UNFINISHED (resume with --resume)'}")
     print(f"model      {m.model_spec}  (fingerprint {m.fingerprint})")
-    print(f"tokens     {m.n_tokens:,} in {len(m.shards)} shards of up to {m.shard_tokens:,} rows; context {m.context}, "
+    print(f"tokens     {m.n_tokens:,} in {len(m.shards)} shard(s) of up to {m.shard_tokens:,} rows; context {m.context}, "
           f"bos {m.bos}")
-    print(f"source     {m.source}")
+    print(f"source     {m.source} (packing {m.packing})")
     print(f"dtype      {m.dtype}; {size / 1e9:.3f} GB on disk; mechwork {m.mechwork_version}")
     print()
     rows = []
