@@ -265,3 +265,20 @@ def test_batches_options(small_store):
     assert torch.equal(torch.sort(sub).values, torch.arange(200))
     b = next(small_store.batches("resid_post.1", 8, dtype="float64"))
     assert b.dtype == torch.float64
+
+
+def test_staged_copy_path_of_the_gpu(toy_mixed, tmp_path, monkeypatch):
+    """The GPU path's buffer pool (take -> copy -> writer thread -> give back), run on the CPU with one buffer
+    per site so that every batch waits for the writer: same bytes as the direct path, last short batch included."""
+    import importlib
+
+    C = importlib.import_module("mechwork.cache.collect")  # the module (the package exports the function of that name)
+    tokens = torch.randint(3, 200, (9, 64), generator=torch.Generator().manual_seed(8))
+    kw = dict(batch_size=2, bos=False, shard_tokens=256, progress=False, n_tokens=9 * 64 - 10)
+    direct = collect(toy_mixed, tokens, ["resid_post.1", "z.2"], out=tmp_path / "direct", **kw)
+    monkeypatch.setattr(C, "STAGED_ON_CPU", True)
+    monkeypatch.setattr(C, "POOL_DEPTH", 1)
+    staged = collect(toy_mixed, tokens, ["resid_post.1", "z.2"], out=tmp_path / "staged", dtype="bfloat16", **kw)
+    for s in direct.sites:
+        assert torch.equal(staged[s], direct[s].to(torch.bfloat16))
+    assert torch.equal(staged.tokens, direct.tokens) and staged.n_tokens == 9 * 64 - 10

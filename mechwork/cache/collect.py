@@ -110,6 +110,10 @@ def collect(
     return run.execute(progress=progress)
 
 
+POOL_DEPTH = 4  # pinned buffers per site in flight on the GPU path
+STAGED_ON_CPU = False  # tests switch this on to run the GPU path's buffer pool on a CPU
+
+
 class _Run:
     """One collection: the validated arguments, the plan, the sink, and the loop."""
 
@@ -236,7 +240,9 @@ class _Run:
             sink: Any = MemorySink(self.plan.streams, self.n_tokens, self.store_device)
         else:
             sink = Pipeline(DiskSink(self.root, m, self.plan.streams), depth=3)
-        pool = PinnedPool(self.plan.streams[:-1], self.batch_size * self.context, depth=4) if on_gpu and self.root else None
+        pool = None
+        if (on_gpu or STAGED_ON_CPU) and self.root is not None:
+            pool = PinnedPool(self.plan.streams[:-1], self.batch_size * self.context, depth=POOL_DEPTH, pin=on_gpu)
         windows = self._windows()
         bar = tqdm(total=self.n_tokens, initial=m.n_tokens, unit="tok", unit_scale=True, desc="collect", disable=not progress)
         try:
@@ -286,8 +292,9 @@ class _Run:
             payload[F.TOKENS] = torch.stack([w.tokens, w.doc, w.doc_pos], dim=-1).reshape(-1, 3)[:keep]
             event = release = None
             if pool is not None:
-                event = torch.cuda.Event()
-                event.record()
+                if self.device.type == "cuda":
+                    event = torch.cuda.Event()
+                    event.record()
                 release = lambda t=taken: [pool.give(n, b) for n, b in t]  # noqa: E731
             sink.write(shard, payload, event=event, release=release)
             row += keep

@@ -281,14 +281,19 @@ class Pipeline:
 
 
 class PinnedPool:
-    """Reusable pinned host buffers per stream for non-blocking device-to-host copies (GPU path)."""
+    """Reusable pinned host buffers per stream for non-blocking device-to-host copies (GPU path).
 
-    def __init__(self, streams: list[Stream], rows: int, depth: int) -> None:
+    ``depth`` buffers per stream circulate between the producer (``take``, then a non-blocking copy) and the
+    writer thread (``give`` once the batch is on disk), which bounds the host memory in flight. ``pin=False``
+    gives ordinary buffers (the tests run this path on a CPU).
+    """
+
+    def __init__(self, streams: list[Stream], rows: int, depth: int, *, pin: bool = True) -> None:
         self.free: dict[str, queue.Queue] = {}
         for s in streams:
             q: queue.Queue = queue.Queue()
             for _ in range(depth):
-                q.put(torch.empty((rows, *s.shape), dtype=s.dtype, pin_memory=True))
+                q.put(torch.empty((rows, *s.shape), dtype=s.dtype, pin_memory=pin))
             self.free[s.name] = q
 
     def take(self, name: str) -> Tensor:
