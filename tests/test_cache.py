@@ -94,6 +94,9 @@ def test_texts_are_packed_with_bos(toy_mixed, texts):
     assert store.n_tokens == n_tokens  # no token lost; the last window may be short
     w, p = store.window(torch.tensor([40, 41]))
     assert w.shape == (2, 32) and p.tolist() == [8, 9] and torch.equal(w[0], store.tokens[32:64])
+    shown = store.examples(torch.tensor([40, 32]), toy_mixed, before=3)
+    assert shown[0] == f"{tok.decode(store.tokens[37:40].tolist())} [[{tok.decode([int(store.tokens[40])])}]]"
+    assert shown[1] == f"[[{tok.decode([bos])}]]"  # a window's first row has nothing before it
 
 
 def test_no_bos_is_plain_concatenation(toy_mixed):
