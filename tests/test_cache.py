@@ -285,3 +285,23 @@ def test_staged_copy_path_of_the_gpu(toy_mixed, tmp_path, monkeypatch):
     for s in direct.sites:
         assert torch.equal(staged[s], direct[s].to(torch.bfloat16))
     assert torch.equal(staged.tokens, direct.tokens) and staged.n_tokens == 9 * 64 - 10
+
+
+def test_background_iterator_order_errors_and_close():
+    from mechwork.cache.background import Background
+
+    assert list(Background(iter(range(100)), depth=3)) == list(range(100))
+
+    def failing():
+        yield 1
+        raise mechwork.DataError("bad document 2")
+
+    it = Background(failing())
+    assert next(it) == 1
+    with pytest.raises(mechwork.DataError, match="bad document 2"):
+        next(it)
+    endless = Background(iter(int, 1), depth=2)  # never ends
+    assert next(endless) == 0
+    endless.close()
+    endless._thread.join(5)
+    assert not endless._thread.is_alive()

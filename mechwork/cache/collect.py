@@ -18,6 +18,7 @@ from ..data.sources import TokenSource, Windows, pack, pad_windows
 from . import format as F
 from .stats import Moments, scalar_summary
 from .store import ActivationStore, check_store, load_manifest, merge_shard_stats
+from .background import Background
 from .plan import autocast_dtype, check_int, fingerprint, forward, make_plan, rows_of, shard_tokens_for
 from .writer import DiskSink, MemorySink, Pipeline, PinnedPool, Stream, clear_uncommitted
 
@@ -243,7 +244,7 @@ class _Run:
         pool = None
         if (on_gpu or STAGED_ON_CPU) and self.root is not None:
             pool = PinnedPool(self.plan.streams[:-1], self.batch_size * self.context, depth=POOL_DEPTH, pin=on_gpu)
-        windows = self._windows()
+        windows = Background(self._windows(), depth=4, name="mechwork-cache-tokens")  # tokenising overlaps the forward
         bar = tqdm(total=self.n_tokens, initial=m.n_tokens, unit="tok", unit_scale=True, desc="collect", disable=not progress)
         try:
             self._skip_committed(windows)
@@ -257,6 +258,7 @@ class _Run:
                 sink.abort()
             raise
         finally:
+            windows.close()
             bar.close()
 
     def _loop(self, windows: Iterator[Windows], sink: Any, pool: PinnedPool | None, bar: Any) -> None:
