@@ -16,11 +16,12 @@ from ..core.hooks import check_tokens, model_device, model_dtype
 from ..core.io import PathLike, save_tensors
 from ..data.sources import TokenSource, Windows, pack, pad_windows
 from . import format as F
-from .stats import Moments, scalar_summary
-from .store import ActivationStore, check_store, load_manifest, merge_shard_stats
 from .background import Background
 from .plan import autocast_dtype, check_int, fingerprint, forward, make_plan, rows_of, shard_tokens_for
+from .stats import Moments, scalar_summary
+from .store import ActivationStore, check_store, load_manifest, merge_shard_stats
 from .writer import DiskSink, MemorySink, Pipeline, PinnedPool, Stream, clear_uncommitted
+
 
 def collect(
     model: Any,
