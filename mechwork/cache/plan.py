@@ -23,6 +23,9 @@ _UNSUPPORTED = {"attn_scores": "masked positions hold -inf; cache hook_pattern i
 
 @dataclass(frozen=True)
 class Plan:
+    """What one collection stores: the resolved sites, their manifest entries, the row streams written (sites,
+    then the token stream) and the ``stop_at_layer`` of the forward pass."""
+
     sites: list[Site]
     entries: tuple[F.SiteEntry, ...]
     streams: list[Stream]
@@ -30,6 +33,7 @@ class Plan:
 
 
 def check_int(name: str, v: Any, *, lo: int = 1, none: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``v`` is an int ``>= lo`` (or ``None`` when allowed); bools are refused."""
     if v is None and none:
         return
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -37,10 +41,12 @@ def check_int(name: str, v: Any, *, lo: int = 1, none: bool = False) -> None:
 
 
 def dirname(site: Site) -> str:
+    """The folder of a site's shards inside a store."""
     return site.name.replace("/", "_")
 
 
 def row_shape(site: Site, context: int) -> tuple[int, ...] | None:
+    """Per-token shape of a site for windows of ``context`` tokens (``None`` when the site's shape is unknown)."""
     if site.shape is None:
         return None
     return tuple(context if s == "pos" else int(s) for s in site.shape)
@@ -56,6 +62,7 @@ def rows_of(t: Tensor, site: Site, context: int) -> Tensor:
 
 
 def make_plan(model: Any, sites: Any, context: int, dtype: torch.dtype) -> Plan:
+    """Resolve and validate ``sites`` (switching on gated hooks), and find every site's per-token shape."""
     site_list = resolve(model, sites)
     for s in site_list:
         if s.kind in _UNSUPPORTED:
