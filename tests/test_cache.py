@@ -305,3 +305,12 @@ def test_background_iterator_order_errors_and_close():
     endless.close()
     endless._thread.join(5)
     assert not endless._thread.is_alive()
+
+
+def test_site_patterns(toy_mixed):
+    store = collect(toy_mixed, torch.randint(3, 200, (2, 64)), ["resid_post.*", "blocks.1.attn.hook_?"], bos=False, progress=False)
+    heads = [s.name for s in mechwork.sites(toy_mixed) if s.name.startswith("blocks.1.attn.hook_") and len(s.name) == 20]
+    assert sorted(heads) == [f"blocks.1.attn.hook_{x}" for x in "kqvz"]
+    assert store.sites == [f"blocks.{i}.hook_resid_post" for i in range(4)] + heads  # the model's site order
+    with pytest.raises(mechwork.SiteError, match="matches no site"):
+        collect(toy_mixed, torch.randint(3, 200, (2, 64)), ["resid_mid.9*"], bos=False, progress=False)

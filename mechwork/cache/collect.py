@@ -56,7 +56,8 @@ def collect(
     source : texts, token tensor, task, prompt batch, corpus, file path, or generator of token batches
         See :mod:`mechwork.data.sources`.
     sites : str or sequence of str
-        Full hook names or aliases (``"resid_post.2"``, ``"z.1"``).
+        Full hook names or aliases (``"resid_post.2"``, ``"z.1"``), or shell-style patterns (``"resid_post.*"``:
+        every layer's residual stream).
     out : str or Path, optional
         Folder to stream the store into (created); ``None`` keeps it in memory.
     n_tokens : int, optional

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -11,9 +12,10 @@ import torch
 from torch import Tensor
 
 from ..core.devices import parse_dtype
-from ..core.errors import ConfigError, DataError, ShapeError
+from ..core.errors import ConfigError, DataError, ShapeError, SiteError
 from ..core.hooks import model_device, run_with_hooks
 from ..core.sites import Site, enable, resolve, stop_at_layer
+from ..core.sites import sites as all_sites
 from . import format as F
 from .writer import Stream
 
@@ -61,9 +63,25 @@ def rows_of(t: Tensor, site: Site, context: int) -> Tensor:
     return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
 
 
+def expand_patterns(model: Any, sites: Any) -> Any:
+    """Expand shell-style patterns (``"resid_post.*"``, ``"blocks.*.attn.hook_z"``) into the matching sites, in
+    forward order; other names pass through unchanged (and are validated by :func:`resolve`)."""
+    names = [sites] if isinstance(sites, (str, Site, tuple)) else list(sites)
+    out: list[Any] = []
+    for n in names:
+        if not (isinstance(n, str) and any(c in n for c in "*?[")):
+            out.append(n)
+            continue
+        hits = [s.name for s in all_sites(model) if fnmatch.fnmatchcase(s.name, n) or fnmatch.fnmatchcase(s.alias, n)]
+        if not hits:
+            raise SiteError(f"the pattern {n!r} matches no site of the model; list them with mechwork.sites(model)")
+        out.extend(hits)
+    return out
+
+
 def make_plan(model: Any, sites: Any, context: int, dtype: torch.dtype) -> Plan:
     """Resolve and validate ``sites`` (switching on gated hooks), and find every site's per-token shape."""
-    site_list = resolve(model, sites)
+    site_list = resolve(model, expand_patterns(model, sites))
     for s in site_list:
         if s.kind in _UNSUPPORTED:
             raise ConfigError(f"site {s.name} cannot be cached: {_UNSUPPORTED[s.kind]}")

@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
                         epilog=EPILOG_COLLECT, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("model", help="shipped model name, model folder or hub name (see `mechwork zoo list`)")
     c.add_argument("--sites", nargs="+", required=True, metavar="SITE",
-                   help="hook names or aliases, e.g. resid_post.1 z.2 blocks.3.mlp.hook_post")
+                   help="hook names, aliases or patterns, e.g. resid_post.1 z.2 blocks.3.mlp.hook_post 'resid_post.*'")
     c.add_argument("--tokens", type=float, default=None, metavar="N",
                    help="number of tokens (rows) to collect; 1e6 style accepted (default: the whole source)")
     c.add_argument("--out", required=True, type=Path, help="output folder")
