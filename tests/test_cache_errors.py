@@ -270,3 +270,13 @@ def test_cli_collect_and_info(tmp_path, capsys):
         _cli(["cache", "collect", "toy-mixed", "--sites", "z.2", "--tokens", "0.5", "--out", str(tmp_path / "x")])
     with pytest.raises(ConfigError, match="--source"):
         _cli(["cache", "collect", "toy-mixed", "--sites", "z.2", "--out", str(tmp_path / "x"), "--source", "nope.txt"])
+
+
+def test_resume_when_only_the_finishing_step_was_lost(toy_mixed, good_store, store_copy):
+    """Killed after the last shard was committed but before the statistics and the final manifest."""
+    _edit_manifest(store_copy, complete=False, summary={})
+    (store_copy / F.STATS).unlink()
+    store = collect(toy_mixed, TOKENS, SITES, out=store_copy, resume=True, **KW)
+    assert store.manifest.complete
+    for name in (F.MANIFEST, F.STATS):
+        assert (store_copy / name).read_bytes() == (good_store.path / name).read_bytes()
