@@ -301,7 +301,11 @@ def main() -> None:
     p.add_argument("--workdir", default=None, help="folder for the stores (default: a temporary folder)")
     p.add_argument("--results", default=None, help="folder for the JSON (default benchmarks/results)")
     p.add_argument("--name", default="cache")
+    p.add_argument("--quick", action="store_true", help="a one-minute smoke run with tiny sizes (numbers not meaningful)")
+    p.add_argument("--no-write", action="store_true", help="print the table, write no JSON")
     args = p.parse_args()
+    if args.quick:
+        args.tokens, args.tokens_all, args.saelens_tokens, args.repeat, args.read_tokens = 1024, 512, 512, 1, 16384
     args.no_saelens = args.saelens_tokens == 0
     for shape in args.shapes.split(","):
         if shape not in SHAPES:
@@ -331,7 +335,8 @@ def main() -> None:
     print_table(rows, ["model", "measure", "sites", "tokens", "seconds", "tok/s", "ratio", "GB", "GB/s", "target"],
                 title=f"activation caching on {args.device} ({args.threads} torch threads; load average "
                       f"{load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}); ratios are medians of paired runs")
-    write_results(args.name, {"results": results, "rows": rows}, args.results)
+    if not args.no_write:
+        write_results(args.name, {"results": results, "rows": rows}, args.results)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
