@@ -266,6 +266,9 @@ def test_cli_collect_and_info(tmp_path, capsys):
     assert _cli(["cache", "info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "complete" in text and "blocks.2.attn.hook_z" in text and "2,000" in text
+    assert _cli(["cache", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_tokens"] == 2000 and info["complete"] and info["summary"]["blocks.2.attn.hook_z"]["count"] == 2000
     with pytest.raises(ConfigError, match="--tokens"):
         _cli(["cache", "collect", "toy-mixed", "--sites", "z.2", "--tokens", "0.5", "--out", str(tmp_path / "x")])
     with pytest.raises(ConfigError, match="--source"):

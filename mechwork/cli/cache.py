@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ def register(sub: Any) -> None:
                         description="Check an activation store against its manifest and describe it.",
                         epilog="example:\n  mechwork cache info acts/", formatter_class=argparse.RawDescriptionHelpFormatter)
     i.add_argument("path", type=Path, help="store folder")
+    i.add_argument("--json", action="store_true", help="print the manifest (with its statistics summary) as JSON")
     i.set_defaults(func=_info)
     def _help(args: argparse.Namespace) -> int:
         p.print_help()
@@ -113,6 +115,9 @@ def _info(args: argparse.Namespace) -> int:
     store = ActivationStore.open(args.path, partial=True)
     m = store.manifest
     size = sum(f.stat().st_size for f in Path(args.path).rglob("*") if f.is_file())
+    if args.json:
+        print(json.dumps({**m.to_dict(), "path": str(store.path), "bytes_on_disk": size}, indent=2))
+        return 0
     print(f"store      {store.path}")
     print(f"status     {'complete' if m.complete else 'UNFINISHED (resume with --resume)'}")
     print(f"model      {m.model_spec}  (fingerprint {m.fingerprint})")
