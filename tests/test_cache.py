@@ -314,3 +314,10 @@ def test_site_patterns(toy_mixed):
     assert store.sites == [f"blocks.{i}.hook_resid_post" for i in range(4)] + heads  # the model's site order
     with pytest.raises(mechwork.SiteError, match="matches no site"):
         collect(toy_mixed, torch.randint(3, 200, (2, 64)), ["resid_mid.9*"], bos=False, progress=False)
+
+
+def test_corpus_source_depends_on_its_seed_only(toy_mixed):
+    corpus = Corpus(seed=9)
+    a = collect(toy_mixed, corpus, ["resid_post.0"], n_tokens=300, progress=False)
+    b = collect(toy_mixed, corpus, ["resid_post.0"], n_tokens=300, progress=False)  # same object, used again
+    assert torch.equal(a.tokens, b.tokens) and "seed 9" in a.manifest.source

@@ -19,6 +19,7 @@ Accepted sources
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from dataclasses import dataclass
@@ -144,7 +145,8 @@ class TokenSource:
             yield from TokenSource(batch)._docs_prompts()
 
     def _docs_corpus(self) -> Iterator[Tensor]:
-        corpus = self.source
+        # a fresh copy: the documents depend on the corpus's seed only, not on what the object already produced
+        corpus = dataclasses.replace(self.source) if dataclasses.is_dataclass(self.source) else self.source
         while True:
             yield from self._tokenize(corpus.texts(TEXT_BATCH))
 
