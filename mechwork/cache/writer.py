@@ -47,6 +47,10 @@ class Stream:
         return n * F.element_size(self.dtype)
 
 
+SYNC_EVERY = 32 << 20  # bytes appended to a shard file between two fdatasync calls (0: only when it is closed)
+_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+
 class _ShardFile:
     """A shard being written: raw appends to a temporary file, header fixed up at the end, fsync, rename."""
 
@@ -56,10 +60,16 @@ class _ShardFile:
         self.f = open(self.tmp, "wb", buffering=0)
         self.f.write(F.header(stream.name, stream.dtype, (0, *stream.shape), align=align))
         self.rows = 0
+        self.unsynced = 0
 
     def append(self, t: Tensor) -> int:
         self.rows += int(t.shape[0])
-        return F.write_all(self.f, F.tensor_bytes(t))
+        n = F.write_all(self.f, F.tensor_bytes(t))
+        self.unsynced += n
+        if SYNC_EVERY and self.unsynced >= SYNC_EVERY:  # flush as we go (on the writer thread, overlapping the
+            _datasync(self.f.fileno())  # forward pass) so that closing the shard has little left to wait for
+            self.unsynced = 0
+        return n
 
     def finish(self) -> None:
         self.f.seek(0)
