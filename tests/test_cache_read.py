@@ -67,6 +67,8 @@ def test_gather_rows_every_dtype(dtype):
     out = gather_rows(src, idx)
     assert out.dtype == dtype and torch.equal(out, src[idx])
     assert gather_rows(src, torch.empty(0, dtype=torch.long)).shape == (0, 4, 6)
+    strided = src.transpose(1, 2)
+    assert torch.equal(gather_rows(strided, idx), strided[idx])
 
 
 def test_shuffled_batches_cross_shard_boundaries(store):

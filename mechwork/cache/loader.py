@@ -87,6 +87,8 @@ def gather_rows(src: Tensor, idx: Tensor, *, pin: bool = False) -> Tensor:
     """
     if src.device.type != "cpu":
         return src.index_select(0, idx.to(src.device))
+    if not src.is_contiguous():  # a strided view: reshaping it would copy all of it for every batch
+        return src.index_select(0, idx).pin_memory() if pin else src.index_select(0, idx)
     out = torch.empty((idx.numel(), *src.shape[1:]), dtype=src.dtype, pin_memory=pin)
     if idx.numel() == 0 or src[0].numel() == 0:
         return out
