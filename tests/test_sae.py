@@ -121,6 +121,13 @@ def test_resume_refuses_a_different_config(synth, tmp_path):
         ms.train(cfg.replace(saes=(ms.SAEConfig(d_sae=64, k=4),)), x, progress=False, resume=True)
     with pytest.raises(CheckpointError):
         ms.train(cfg.replace(out=str(tmp_path / "none")), x, progress=False, resume=True)
+    state = tmp_path / "checkpoint" / "state.safetensors"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="state.safetensors"):
+        ms.train(cfg, x, progress=False, resume=True)
+    (tmp_path / "checkpoint" / "trainer.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="trainer.json has no 'step'"):
+        ms.train(cfg, x, progress=False, resume=True)
 
 
 def test_nan_in_activations_stops_with_step_and_keeps_checkpoint(synth, tmp_path):
