@@ -1,0 +1,423 @@
+"""What every patching method shares: input validation, the base and source runs, and a forward pass that
+resumes from a layer and a position.
+
+Terminology: the *base* run is the one that gets patched (the corrupted run when denoising, the clean run
+when noising); the *source* run supplies the patched-in activations. Scores are changes of the metric
+relative to the base run.
+
+Work that need not be redone is skipped on backends that allow it (``HookedTransformer``): a patch at layer
+``l`` leaves every layer below ``l`` as in the base run (resume from the cached ``resid_pre``), and in a
+causal model a patch that first changes position ``p`` leaves every position before ``p`` unchanged (run
+only positions ``>= p`` and attend to the base run's cached keys and values). The TransformerBridge has no
+``start_at_layer`` and always runs full forwards.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..core.errors import ConfigError, DataError, NonFiniteError, ShapeError, SiteError
+from ..core.hooks import check_tokens, model_device, run_with_hooks
+from ..core.sites import Site, is_bridge, site as resolve_site
+from .grid import to_canonical
+
+Metric = Callable[[Tensor, Any], Tensor]
+DIRECTIONS = ("denoise", "noise")
+
+
+@dataclass
+class Cost:
+    """Work done by one method call."""
+
+    forwards: int = 0
+    backwards: int = 0
+    rows: int = 0
+    full_equiv: float = 0.0  # work in units of one full forward pass over the batch
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"forwards": self.forwards, "backwards": self.backwards, "rows": self.rows,
+                "full_forward_equivalents": round(self.full_equiv, 3), "seconds": round(self.seconds, 4)}
+
+
+@dataclass
+class Context:
+    """Validated inputs plus the cached base and source runs."""
+
+    model: Any
+    batch: Any
+    metric: Metric
+    direction: str
+    sites: list[Site]
+    base_tokens: Tensor
+    src_tokens: Tensor
+    base_acts: dict[str, Tensor] = field(default_factory=dict)
+    src_acts: dict[str, Tensor] = field(default_factory=dict)
+    base_metric: Tensor | None = None
+    src_metric: Tensor | None = None
+    base_logits: Tensor | None = None
+    resid: dict[int, Tensor] = field(default_factory=dict)
+    kv: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    layer_skip: bool = False
+    pos_skip: bool = False
+    cost: Cost = field(default_factory=Cost)
+
+    @property
+    def n(self) -> int:
+        return int(self.base_tokens.shape[0])
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.base_tokens.shape[1])
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.cfg.n_layers)
+
+    @property
+    def clean_metric(self) -> float:
+        m = self.src_metric if self.direction == "denoise" else self.base_metric
+        return float(m.mean())  # type: ignore[union-attr]
+
+    @property
+    def corrupted_metric(self) -> float:
+        m = self.base_metric if self.direction == "denoise" else self.src_metric
+        return float(m.mean())  # type: ignore[union-attr]
+
+    def changed(self, name: str, sources: dict[str, Tensor] | None = None) -> Tensor:
+        """Canonical ``[batch, pos, head]``: where the source activation differs from the base one."""
+        src = (sources or self.src_acts)[name]
+        return to_canonical(src != self.base_acts[name], _layout(self, name)).any(-1)
+
+    def start(self, layer: int, p0: int) -> tuple[int | None, int]:
+        """The (start layer, first position) a forward can actually resume from on this backend."""
+        if not self.layer_skip:
+            return None, 0
+        return layer, (p0 if self.pos_skip else 0)
+
+    def account(self, rows: int, layer: int | None, p0: int, *, backward: bool = False) -> None:
+        c = self.cost
+        c.forwards += 1
+        c.backwards += int(backward)
+        c.rows += rows
+        frac_l = 1.0 if layer is None else (self.n_layers - layer) / self.n_layers
+        c.full_equiv += rows / self.n * frac_l * (self.n_pos - p0) / self.n_pos * (3.0 if backward else 1.0)
+
+
+def _layout(ctx: Context, name: str) -> str:
+    for s in ctx.sites:
+        if s.name == name:
+            return s.layout
+    return resolve_site(ctx.model, name).layout
+
+
+# --- input validation ---------------------------------------------------------------------------------------
+
+
+def resolve_metric(metric: Any, batch: Any) -> Metric:
+    """A per-prompt metric ``(logits, batch) -> [batch]`` from a callable, a task, or None (the batch's task)."""
+    if metric is None:
+        from .. import tasks
+
+        return tasks.get(batch.task).metric
+    if callable(metric) and not hasattr(metric, "prompts"):
+        return metric
+    if hasattr(metric, "metric") and callable(metric.metric):
+        return metric.metric
+    raise ConfigError(f"metric must be a callable (logits, batch) -> one value per prompt, or a task; got {type(metric).__name__}")
+
+
+def check_batch(model: Any, batch: Any) -> Any:
+    """Validate a prompt batch (clean and corrupted of equal shape, valid tokens) and move it to the model."""
+    for attr in ("clean", "corrupted", "select"):
+        if not hasattr(batch, attr):
+            raise DataError(
+                f"batch must be a PromptBatch (mechwork.tasks.get(name).prompts(n)) with clean and corrupted tokens; "
+                f"got {type(batch).__name__} without .{attr}"
+            )
+    clean, corrupted = batch.clean, batch.corrupted
+    if not isinstance(clean, Tensor) or not isinstance(corrupted, Tensor):
+        raise DataError("batch.clean and batch.corrupted must be token tensors")
+    if clean.shape != corrupted.shape:
+        raise ShapeError(
+            f"clean tokens {tuple(clean.shape)} and corrupted tokens {tuple(corrupted.shape)} differ in shape; "
+            "patching needs position-aligned pairs of equal length"
+        )
+    check_tokens(model, clean, what="batch.clean")
+    check_tokens(model, corrupted, what="batch.corrupted")
+    if clean.ndim != 2:
+        raise ShapeError(f"batch tokens must be [batch, pos], got {tuple(clean.shape)}")
+    dev = model_device(model)
+    return batch.to(dev) if hasattr(batch, "to") else batch
+
+
+def check_direction(direction: str) -> str:
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"direction must be 'denoise' (patch clean into corrupted) or 'noise' (corrupted into clean), got {direction!r}")
+    return direction
+
+
+def eval_metric(metric: Metric, logits: Tensor, batch: Any, what: str) -> Tensor:
+    """Call the metric and check it returns one finite value per prompt."""
+    n = int(logits.shape[0])
+    out = metric(logits, batch)
+    if not isinstance(out, Tensor):
+        raise ShapeError(f"metric must return a tensor with one value per prompt, got {type(out).__name__} ({what})")
+    if out.shape != (n,):
+        hint = " (a scalar: return the per-prompt values, not their .mean())" if out.ndim == 0 else ""
+        raise ShapeError(f"metric must return one value per prompt, shape ({n},); got shape {tuple(out.shape)}{hint} ({what})")
+    out = out.float()
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        idx = bad.nonzero().flatten().tolist()[:8]
+        raise NonFiniteError(f"metric is NaN/inf for {int(bad.sum())} of {n} prompts ({what}), e.g. rows {idx}")
+    return out
+
+
+def position_labels(batch: Any) -> list[str]:
+    """``"i token"`` per position, from the tokens shared by all prompts (``*`` marks positions that vary)."""
+    from ..data.tokenizer import decode_ids
+
+    toks = batch.clean.cpu()
+    out = []
+    for i in range(toks.shape[1]):
+        col = toks[:, i]
+        vals, counts = col.unique(return_counts=True)
+        top = int(vals[counts.argmax()])
+        word = decode_ids([top])[0] if _decodable(top) else str(top)
+        out.append(f"{i} {word}" + ("" if len(vals) == 1 else "*"))
+    return out
+
+
+def _decodable(tok: int) -> bool:
+    from ..data.tokenizer import decode_ids
+
+    try:
+        decode_ids([tok])
+    except Exception:  # noqa: BLE001 - a model with another vocabulary: fall back to ids
+        return False
+    return True
+
+
+# --- runs ------------------------------------------------------------------------------------------------
+
+
+def skip_support(model: Any) -> tuple[bool, bool]:
+    """Whether the model can resume a forward from a layer (and, on top, from a position)."""
+    if is_bridge(model):
+        return False, False
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False, False
+    if "start_at_layer" not in params:
+        return False, False
+    cfg = model.cfg
+    layer_ok = getattr(cfg, "positional_embedding_type", "standard") in ("standard", "rotary")
+    pos_ok = (
+        layer_ok
+        and "past_kv_cache" in params
+        and getattr(cfg, "attention_dir", "causal") == "causal"
+        and getattr(cfg, "n_key_value_heads", None) in (None, cfg.n_heads)
+        and not getattr(cfg, "use_local_attn", False)
+        and "local" not in (getattr(cfg, "attn_types", None) or [])
+        and not getattr(cfg, "use_logn_attn", False)
+        and not getattr(cfg, "use_attention_sinks", False)
+    )
+    return layer_ok, pos_ok
+
+
+def capture_run(model: Any, tokens: Tensor, names: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+    """One full forward: logits and detached activations at ``names``."""
+    store: dict[str, Tensor] = {}
+
+    def make(name: str) -> Callable:
+        def hook(t: Tensor, hook: Any = None) -> None:
+            store[name] = t.detach().clone()
+
+        return hook
+
+    with torch.no_grad():
+        logits = run_with_hooks(model, tokens, [(n, make(n)) for n in dict.fromkeys(names)])
+    missing = [n for n in names if n not in store]
+    if missing:
+        raise SiteError(f"hook points {missing} did not fire in a forward pass of this model")
+    return logits, store
+
+
+def prepare(
+    model: Any,
+    batch: Any,
+    metric: Any,
+    sites: list[Site],
+    direction: str,
+    *,
+    skip_caches: bool,
+    base_acts: bool = True,
+) -> Context:
+    """Validate, then run the base and source passes (caching what resuming forwards need)."""
+    batch = check_batch(model, batch)
+    metric_fn = resolve_metric(metric, batch)
+    direction = check_direction(direction)
+    base, src = (batch.corrupted, batch.clean) if direction == "denoise" else (batch.clean, batch.corrupted)
+    check_live(model, sites, base[:1])
+    layer_skip, pos_skip = skip_support(model) if skip_caches else (False, False)
+    ctx = Context(model, batch, metric_fn, direction, sites, base, src, layer_skip=layer_skip, pos_skip=pos_skip)
+    names = [s.name for s in sites]
+    extra: list[str] = []
+    if layer_skip:
+        extra += [f"blocks.{i}.hook_resid_pre" for i in range(ctx.n_layers)]
+    if pos_skip:
+        extra += [f"blocks.{i}.attn.hook_{x}" for i in range(ctx.n_layers) for x in "kv"]
+    if base_acts:
+        logits, acts = capture_run(model, base, names + extra)
+        ctx.base_logits = logits
+        ctx.base_acts = {n: acts[n] for n in names}
+        ctx.resid = {i: acts[f"blocks.{i}.hook_resid_pre"] for i in range(ctx.n_layers)} if layer_skip else {}
+        ctx.kv = {i: (acts[f"blocks.{i}.attn.hook_k"], acts[f"blocks.{i}.attn.hook_v"]) for i in range(ctx.n_layers)} if pos_skip else {}
+        ctx.base_metric = eval_metric(metric_fn, logits, batch, f"{'corrupted' if direction == 'denoise' else 'clean'} run")
+        ctx.cost.forwards += 1
+    logits, acts = capture_run(model, src, names)
+    ctx.src_acts = acts
+    ctx.src_metric = eval_metric(metric_fn, logits, batch, f"{'clean' if direction == 'denoise' else 'corrupted'} run")
+    ctx.cost.forwards += 1
+    ctx.cost.full_equiv += 1 + int(base_acts)
+    return ctx
+
+
+def forward_rows(
+    ctx: Context,
+    prompts: Tensor,
+    layer: int | None,
+    p0: int,
+    hooks: list[tuple[str, Callable]],
+) -> Tensor:
+    """Logits ``[rows, pos, vocab]`` of base-run rows ``prompts`` with ``hooks`` on, resuming at ``(layer, p0)``
+    as returned by :meth:`Context.start` (``layer`` None: a full forward from the tokens)."""
+    model = ctx.model
+    if layer is None:
+        return run_with_hooks(model, ctx.base_tokens[prompts], hooks)
+    resid = ctx.resid[layer][prompts, p0:]
+    cache = _kv_cache(ctx, prompts, layer, p0) if p0 > 0 else None
+    with model.hooks(fwd_hooks=list(hooks)):
+        logits = model(resid, start_at_layer=layer, past_kv_cache=cache)
+    if p0 > 0:
+        logits = torch.cat([ctx.base_logits[prompts, :p0].to(logits.dtype), logits], dim=1)  # type: ignore[index]
+    return logits
+
+
+def _kv_cache(ctx: Context, prompts: Tensor, layer: int, p0: int) -> Any:
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    entries: list[Any] = [None] * layer
+    for i in range(layer, ctx.n_layers):
+        k, v = ctx.kv[i]
+        entries.append(TransformerLensKeyValueCacheEntry(k[prompts, :p0], v[prompts, :p0], frozen=True))
+    mask = torch.ones(len(prompts), p0, dtype=torch.int, device=prompts.device)
+    return TransformerLensKeyValueCache(entries, mask, frozen=True)
+
+
+# --- sites that a backend only lets you read --------------------------------------------------------------
+
+_LIVE: "weakref.WeakKeyDictionary[Any, dict[str, str]]" = weakref.WeakKeyDictionary()
+# (site kind, downstream hook that must change by exactly the patch, hook whose change is subtracted)
+_RESIDUAL_CHECKS = {
+    "resid_pre": ("hook_resid_mid", "hook_attn_out"),
+    "resid_mid": ("hook_resid_post", "hook_mlp_out"),
+    "attn_out": ("hook_resid_mid", None),
+    "mlp_out": ("hook_resid_post", None),
+}
+
+
+def check_live(model: Any, sites: Sequence[Site], tokens: Tensor) -> None:
+    """Refuse sites whose hook a backend only lets you read (TransformerBridge).
+
+    Two checks, run once per model and site: the hook's output must reach the logits (on the bridge
+    ``attn.hook_pattern`` / ``hook_attn_scores`` are taps whose returned value is not used), and a change
+    written at a residual-stream site must reach the next residual site unchanged (on the bridge
+    ``hook_resid_mid`` is an alias of ``ln2.hook_in``, so a patch there reaches the MLP but not the stream).
+    """
+    if not is_bridge(model):
+        return
+    seen = _LIVE.setdefault(model, {})
+    todo = [s for s in sites if s.name not in seen]
+    if todo:
+        _probe_reach(model, todo, tokens, seen)
+        for s in todo:
+            if s.name not in seen:
+                seen[s.name] = _residual_check(model, s, tokens)
+    bad = [(s, seen[s.name]) for s in sites if seen[s.name]]
+    if bad:
+        lines = "; ".join(f"{s.alias}: {why}" for s, why in bad)
+        raise SiteError(
+            f"these sites cannot be patched on this TransformerBridge: {lines}. Patch other sites "
+            "(resid_pre/resid_post, attn_out, mlp_out, z, q, k, v) or load the model with backend='hooked'"
+        )
+
+
+def _probe_reach(model: Any, sites: Sequence[Site], tokens: Tensor, seen: dict[str, str]) -> None:
+    probes: dict[str, Tensor] = {}
+
+    def make(name: str) -> Callable:
+        def hook(t: Tensor, hook: Any = None) -> Tensor:
+            probes[name] = torch.zeros_like(t, requires_grad=True)
+            return t + probes[name]
+
+        return hook
+
+    with torch.enable_grad():
+        logits = run_with_hooks(model, tokens, [(s.name, make(s.name)) for s in sites])
+        found = [s for s in sites if s.name in probes]
+        grads = torch.autograd.grad(logits.float().pow(2).sum(), [probes[s.name] for s in found], allow_unused=True)
+    got = {s.name: g for s, g in zip(found, grads)}
+    for s in sites:
+        if got.get(s.name) is None:
+            seen[s.name] = "its hook is read-only here (the value a hook returns is not used by the forward pass)"
+
+
+def _residual_check(model: Any, s: Site, tokens: Tensor) -> str:
+    rule = _RESIDUAL_CHECKS.get(s.kind)
+    if s.kind == "resid_post":
+        rule = ("hook_resid_pre", None) if s.layer + 1 < int(model.cfg.n_layers) else None  # type: ignore[operator]
+    if rule is None:
+        return ""
+    nxt_layer = s.layer + 1 if s.kind == "resid_post" else s.layer  # type: ignore[operator]
+    target, minus = rule
+    names = [f"blocks.{nxt_layer}.{target}"] + ([f"blocks.{s.layer}.{minus}"] if minus else [])
+    if any(n not in model.hook_dict for n in names):
+        return ""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    store: dict[str, Tensor] = {}
+
+    def cap(name: str) -> Callable:
+        def hook(t: Tensor, hook: Any = None) -> None:
+            store[name] = t.detach().clone()
+
+        return hook
+
+    delta: dict[str, Tensor] = {}
+
+    def perturb(t: Tensor, hook: Any = None) -> Tensor:
+        d = torch.randn(t.shape, generator=gen).to(t.device, t.dtype) * (t.detach().float().std() * 0.1 + 1e-3)
+        delta["d"] = d
+        return t + d
+
+    with torch.no_grad():
+        run_with_hooks(model, tokens, [(n, cap(n)) for n in names])
+        before = dict(store)
+        run_with_hooks(model, tokens, [(s.name, perturb)] + [(n, cap(n)) for n in names])
+    change = store[names[0]] - before[names[0]]
+    if minus:
+        change = change - (store[names[1]] - before[names[1]])
+    err = float((change - delta["d"]).abs().max())
+    if err > 1e-3 * float(delta["d"].abs().max()) + 1e-5:
+        return (f"a change written there does not reach {names[0]} unchanged (it is not the residual stream itself, "
+                "e.g. an alias of the next LayerNorm's input)")
+    return ""
