@@ -164,89 +164,106 @@ def integrated_gradients(
     direction: str = "denoise",
     steps: int = 64,
     method: str = "gausslegendre",
+    path: str = "site",
     batch_size: int | None = None,
     progress: bool = False,
 ) -> PatchResult:
-    """Integrated gradients on each site's own activation, from the base to the source activation.
+    """Integrated gradients from the base to the source activations.
 
     Parameters
     ----------
     steps : int
-        Quadrature points along the path (all batched: rows = points x prompts, chunked).
+        Quadrature points along the path (batched: rows = points x prompts, chunked).
     method : {"gausslegendre", "midpoint", "left", "right", "trapezoid"}
         Quadrature rule; ``"left"`` is EAP-IG's Riemann sum.
+    path : {"site", "input"}
+        ``"site"``: interpolate each site's own activation (every cell of the site together) and recompute
+        everything downstream; per site, the scores sum to ``m(site := source) - m(base)`` (completeness).
+        Cost: about ``steps + 1`` forward and backward passes per site. A cell's score is its share of the
+        *joint* patch of its site, which can differ from patching the cell alone (redundant heads).
+        ``"input"``: interpolate the input embeddings (``resid_pre.0``) once and integrate the gradients at
+        every site along that path (EAP-IG); ``steps + 1`` passes in all; no per-site completeness.
 
-    Other arguments and the result are those of :func:`~mechwork.patching.activation_patch`. The result's
-    ``info["completeness"]`` gives, per site, the mean over prompts of the exact endpoint difference
-    ``m(site := source) - m(base)``, the sum of the scores, and their relative gap (the quadrature error).
-    Cost: about ``steps + 1`` forward and backward passes per site.
+    Other arguments and the result are those of :func:`~mechwork.patching.activation_patch`.
+    ``info["completeness"]`` gives per site (path ``"site"``) or for the whole path (``"input"``) the exact
+    endpoint difference of the metric, the sum of the scores and their relative gap.
     """
     t0 = time.perf_counter()
     per = normalize_per(per)
     alphas, weights = quadrature(steps, method)
+    if path not in ("site", "input"):
+        raise ConfigError(f"path must be 'site' or 'input', got {path!r}")
     site_list = expand_sites(model, sites, per)
-    ctx = prepare(model, batch, metric, site_list, direction, skip_caches=True)
+    start = expand_sites(model, "resid_pre.0", "layer")[0]
+    capture = site_list + ([start] if path == "input" and start.name not in {x.name for x in site_list} else [])
+    ctx = prepare(model, batch, metric, capture, direction, skip_caches=True)
     grid = build_grid(model, site_list, per, ctx.n_pos, position_labels(ctx.batch))
     per_prompt = grid.empty(ctx.n)
     completeness: dict[str, dict[str, float]] = {}
     max_rows = batch_size or max(1, default_rows(ctx) // 4)
-    bar = tqdm(total=len(site_list), desc="integrated gradients", disable=not progress, leave=False)
-    for s in site_list:
-        ig, endpoint = _ig_site(ctx, s, grid, alphas, weights, max_rows)
-        per_prompt[(slice(None),) + grid.index(s)] = ig
+    groups = [(x, [x]) for x in site_list] if path == "site" else [(start, site_list)]
+    for along, scored in tqdm(groups, desc="integrated gradients", disable=not progress, leave=False):
+        scores, endpoint = _ig_path(ctx, along, scored, grid, alphas, weights, max_rows)
         exact = float((endpoint - ctx.base_metric.cpu()).mean())  # type: ignore[union-attr]
-        total = float(ig.reshape(ctx.n, -1).sum(-1).mean())
-        completeness[s.alias] = {"exact": exact, "sum": total, "relative_error": abs(total - exact) / max(abs(exact), 1e-12)}
-        bar.update()
-    bar.close()
+        for x in scored:
+            per_prompt[(slice(None),) + grid.index(x)] = scores[x.name]
+        total = float(sum(scores[x.name].reshape(ctx.n, -1).sum(-1) for x in scored).mean())  # type: ignore[union-attr]
+        completeness[along.alias if path == "site" else "input"] = {
+            "exact": exact, "sum": total, "relative_error": abs(total - exact) / max(abs(exact), 1e-12)}
     ctx.cost.seconds = time.perf_counter() - t0
-    return make_result(ctx, grid, per_prompt, "integrated_gradients", steps=steps, quadrature=method,
+    return make_result(ctx, grid, per_prompt, "integrated_gradients", steps=steps, quadrature=method, path=path,
                        completeness=completeness)
 
 
-def _ig_site(ctx: Context, s: Site, grid: Any, alphas: Tensor, weights: Tensor, max_rows: int) -> tuple[Tensor, Tensor]:
-    """Per-prompt IG scores of the cells of ``s`` and the metric at the path's end (``s`` := source)."""
+def _ig_path(ctx: Context, along: Site, scored: list[Site], grid: Any, alphas: Tensor, weights: Tensor,
+             max_rows: int) -> tuple[dict[str, Tensor], Tensor]:
+    """IG scores ``{site: [n, *cell axes]}`` of ``scored`` along the straight path of site ``along``, and the
+    metric at the path's end (``along`` := source)."""
     n, P, dev = ctx.n, ctx.n_pos, ctx.base_tokens.device
-    base, src = ctx.base_acts[s.name], ctx.src_acts[s.name]
-    changed = ctx.changed(s.name).any(-1).cpu()  # [n, P]
+    base, src = ctx.base_acts[along.name], ctx.src_acts[along.name]
+    changed = ctx.changed(along.name).any(-1).cpu()  # [n, P]
     active = changed.any(-1)
     first = torch.where(active, changed.float().argmax(-1), torch.full((n,), P, dtype=torch.long))
-    cell_shape = grid.reduce(torch.zeros(1, P, grid.site_heads(s), 1), s).shape[1:]
-    ig = torch.zeros((n,) + tuple(cell_shape), dtype=torch.float64)
+    out = {s.name: torch.zeros((n,) + tuple(grid.reduce(torch.zeros(1, P, grid.site_heads(s), 1), s).shape[1:]),
+                               dtype=torch.float64) for s in scored}
     endpoint = ctx.base_metric.detach().cpu().clone()  # type: ignore[union-attr]
-    # rows: (prompt, point); point == len(alphas) is the endpoint alpha = 1 (weight 0) for the completeness check
+    # rows: (prompt, point); point == len(alphas) is the end alpha = 1 (weight 0), for the completeness check
     a_all = torch.cat([alphas, torch.ones(1, dtype=torch.float64)])
     w_all = torch.cat([weights, torch.zeros(1, dtype=torch.float64)])
     rows = [(int(b), k) for b in active.nonzero().flatten().tolist() for k in range(len(a_all))]
     if not rows:
-        return ig.float(), endpoint
-    starts = [ctx.start(int(s.layer), int(first[b])) for b, _ in rows]  # type: ignore[arg-type]
+        return {k: v.float() for k, v in out.items()}, endpoint
+    starts = [ctx.start(int(along.layer), int(first[b])) for b, _ in rows]  # type: ignore[arg-type]
     order = sorted(range(len(rows)), key=lambda i: (starts[i][1], i))
     rows, starts = [rows[i] for i in order], [starts[i] for i in order]
-    chunks = plan_chunks([0] * len(rows), [p for _, p in starts], max_rows, ctx.n_layers, P, 4.0)
-    ax = pos_axis(s.layout)
-    for lo, hi in chunks:
+    for lo, hi in plan_chunks([0] * len(rows), [p for _, p in starts], max_rows, ctx.n_layers, P, 4.0):
         layer, p0 = starts[lo][0], min(p for _, p in starts[lo:hi])
         prompts = torch.tensor([b for b, _ in rows[lo:hi]], device=dev)
         pts = torch.tensor([k for _, k in rows[lo:hi]])
+        ax = pos_axis(along.layout)
         a = a_all[pts].to(device=dev, dtype=base.dtype).view(-1, *([1] * (base.ndim - 1)))
-        b0 = base[prompts].narrow(ax, p0, P - p0)
-        d = (src[prompts] - base[prompts]).narrow(ax, p0, P - p0)
-        x = (b0 + a * d).detach().requires_grad_(True)
+        x = (base[prompts] + a * (src[prompts] - base[prompts])).narrow(ax, p0, P - p0)
+        probes: dict[str, Tensor] = {}
+        hooks = [(along.name, lambda t, hook=None: x)] + [(s.name, _probe(s.name, probes, {})) for s in scored]
         with torch.enable_grad():
-            logits = forward_rows(ctx, prompts, layer, p0, [(s.name, lambda t, hook=None: x)])
+            logits = forward_rows(ctx, prompts, layer, p0, hooks)
             m = eval_metric(ctx.metric, logits, ctx.batch.select(prompts), "integrated-gradients path")
-            (g,) = torch.autograd.grad(m.sum(), [x])
+            grads = torch.autograd.grad(m.sum(), [probes[s.name] for s in scored], allow_unused=True)
         ctx.account(hi - lo, layer, p0, backward=True)
-        prod = to_canonical(d.float() * g.float(), s.layout)
-        full = torch.zeros((hi - lo, P) + tuple(prod.shape[2:]), dtype=prod.dtype, device=prod.device)
-        full[:, p0:] = prod
-        cell = grid.reduce(full, s).double().cpu()
-        w = w_all[pts].view(-1, *([1] * (cell.ndim - 1)))
-        ig.index_add_(0, prompts.cpu(), cell * w)
+        w = w_all[pts]
+        for s, g in zip(scored, grads):
+            if g is None:
+                continue
+            sx = pos_axis(s.layout)
+            d = (ctx.src_acts[s.name][prompts] - ctx.base_acts[s.name][prompts]).narrow(sx, p0, P - p0)
+            prod = to_canonical(d.float() * g.float(), s.layout)
+            full = torch.zeros((hi - lo, P) + tuple(prod.shape[2:]), dtype=prod.dtype, device=prod.device)
+            full[:, p0:] = prod
+            cell = grid.reduce(full, s).double().cpu()
+            out[s.name].index_add_(0, prompts.cpu(), cell * w.view(-1, *([1] * (cell.ndim - 1))))
         end = pts == len(alphas)
         endpoint[prompts.cpu()[end]] = m.detach().cpu()[end]
-    return ig.float(), endpoint
+    return {k: v.float() for k, v in out.items()}, endpoint
 
 
 __all__ = ["attribution_patch", "relevance_patch", "integrated_gradients", "quadrature", "QUADRATURES"]
