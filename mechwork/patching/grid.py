@@ -246,6 +246,8 @@ def expand_sites(model: Any, sites: str | Site | Sequence[str | Site] | None, pe
     A kind (``"resid_pre"``, ``"z"``, ``"mlp_out"``) or group (``"block"``, ``"heads"``) expands to every
     layer that has it; ``"resid_pre.2"`` or a full hook name selects one site.
     """
+    if getattr(model, "hook_dict", None) is None or getattr(model, "cfg", None) is None:
+        raise SiteError(f"{type(model).__name__} has no hook points (hook_dict) and no cfg; load it with mechwork.load_model")
     if sites is None:
         sites = "z" if per in ("head", "head_position") else "resid_pre"
     items = [sites] if isinstance(sites, (str, Site)) else list(sites)
