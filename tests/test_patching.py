@@ -113,7 +113,7 @@ def test_pattern_and_resid_mid_and_noise_equal_transformer_lens(models, ioi):
     assert ours.baseline == pytest.approx(ours.clean)
 
 
-def test_fast_path_equals_full_forwards(monkeypatch):
+def test_fast_path_equals_full_forwards():
     """Resuming from a cached layer and from cached keys/values (rotary, RMSNorm, gated MLP) = plain forwards."""
     model, _ = _pair({"positional_embedding_type": "rotary", "normalization_type": "RMS", "gated_mlp": True,
                       "act_fn": "silu", "rotary_dim": 32}, bridge=False)
@@ -121,11 +121,8 @@ def test_fast_path_equals_full_forwards(monkeypatch):
     batch = task.prompts(5, seed=1)
     fast = activation_patch(model, batch, task, sites=["resid_pre", "z", "mlp_out"], per="position")
     ig_fast = integrated_gradients(model, batch, task, sites="z.1", per="head", steps=4)
-    import mechwork.patching.runs as runs
-
-    monkeypatch.setattr(runs, "skip_support", lambda m: (False, False))
-    slow = activation_patch(model, batch, task, sites=["resid_pre", "z", "mlp_out"], per="position")
-    ig_slow = integrated_gradients(model, batch, task, sites="z.1", per="head", steps=4)
+    slow = activation_patch(model, batch, task, sites=["resid_pre", "z", "mlp_out"], per="position", resume=False)
+    ig_slow = integrated_gradients(model, batch, task, sites="z.1", per="head", steps=4, resume=False)
     torch.testing.assert_close(fast.scores, slow.scores, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(ig_fast.scores, ig_slow.scores, atol=2e-5, rtol=1e-4)
     assert fast.cost["full_forward_equivalents"] < slow.cost["full_forward_equivalents"] / 2

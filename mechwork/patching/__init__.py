@@ -19,7 +19,7 @@ from .faithfulness import Faithfulness, faithfulness, faithfulness_curve, faithf
 from .gradients import QUADRATURES, attribution_patch, integrated_gradients, quadrature, relevance_patch
 from .grid import GROUPS, PER, Node
 from .lrp import DEFAULT_RULES, RULES, lrp, lrp_hooks, parse_rules
-from .plot import plot_comparison, write_html
+from .plot import plot_comparison
 from .result import PatchResult
 
 METHODS = {
@@ -35,5 +35,5 @@ METHODS = {
 __all__ = [
     "activation_patch", "attribution_patch", "relevance_patch", "integrated_gradients", "PatchResult", "Node",
     "faithfulness", "faithfulness_curve", "faithfulness_many", "Faithfulness", "lrp", "lrp_hooks", "parse_rules",
-    "RULES", "DEFAULT_RULES", "PER", "GROUPS", "QUADRATURES", "quadrature", "plot_comparison", "write_html", "METHODS",
+    "RULES", "DEFAULT_RULES", "PER", "GROUPS", "QUADRATURES", "quadrature", "plot_comparison", "METHODS",
 ]

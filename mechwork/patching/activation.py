@@ -34,6 +34,7 @@ def activation_patch(
     per: str = "position",
     direction: str = "denoise",
     batch_size: int | None = None,
+    resume: bool = True,
     progress: bool = False,
 ) -> PatchResult:
     """Activation patching: the metric change when one cell's activation is taken from the other run.
@@ -57,6 +58,9 @@ def activation_patch(
         ``noise``: run the clean input, patch in corrupted activations (m(patched) - m(clean)).
     batch_size : int, optional
         Most rows (patched prompt copies) per forward pass; default from a memory budget.
+    resume : bool
+        Resume each forward from the patched layer and the first changed position, reusing the base run's
+        residual stream and keys/values, where the backend allows it (HookedTransformer); False: full forwards.
     progress : bool
         Show a progress bar over forward passes.
 
@@ -68,8 +72,8 @@ def activation_patch(
     t0 = time.perf_counter()
     per = normalize_per(per)
     site_list = expand_sites(model, sites, per)
-    ctx = prepare(model, batch, metric, site_list, direction, skip_caches=True)
-    grid = build_grid(model, site_list, per, ctx.n_pos, position_labels(ctx.batch))
+    ctx = prepare(model, batch, metric, site_list, direction, skip_caches=resume)
+    grid = build_grid(model, site_list, per, ctx.n_pos, position_labels(model, ctx.batch))
     cells: list[Cell] = []
     spans: list[tuple[Site, int, int]] = []
     for s in site_list:

@@ -22,7 +22,7 @@ from ..core.sites import Site, site as resolve_site
 from .activation import Cell, run_cells
 from .grid import Node, build_grid, expand_sites, has_head_axis
 from .result import PatchResult
-from .runs import Context, position_labels, prepare
+from .runs import Context, prepare
 
 ABLATIONS = ("corrupt", "mean")
 

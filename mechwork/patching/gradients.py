@@ -96,7 +96,7 @@ def _first_order(model: Any, batch: Any, metric: Any, sites: Any, per: str, dire
             raise ConfigError(f"the AH-rule treats attention patterns as constants, so {bad} carry no relevance; "
                               "drop 'attention' from rules to score query/key/pattern sites")
     ctx = prepare(model, batch, metric, site_list, direction, skip_caches=False, base_acts=False)
-    grid = build_grid(model, site_list, per, ctx.n_pos, position_labels(ctx.batch))
+    grid = build_grid(model, site_list, per, ctx.n_pos, position_labels(model, ctx.batch))
     before, after = lrp_hooks(model, rules) if rules else ([], [])
     per_prompt = grid.empty(ctx.n)
     metrics = torch.zeros(ctx.n, device=ctx.base_tokens.device)
@@ -166,6 +166,7 @@ def integrated_gradients(
     method: str = "gausslegendre",
     path: str = "site",
     batch_size: int | None = None,
+    resume: bool = True,
     progress: bool = False,
 ) -> PatchResult:
     """Integrated gradients from the base to the source activations.
@@ -183,6 +184,8 @@ def integrated_gradients(
         *joint* patch of its site, which can differ from patching the cell alone (redundant heads).
         ``"input"``: interpolate the input embeddings (``resid_pre.0``) once and integrate the gradients at
         every site along that path (EAP-IG); ``steps + 1`` passes in all; no per-site completeness.
+    resume : bool
+        Resume forwards from the interpolated layer and first changed position where the backend allows it.
 
     Other arguments and the result are those of :func:`~mechwork.patching.activation_patch`.
     ``info["completeness"]`` gives per site (path ``"site"``) or for the whole path (``"input"``) the exact
@@ -196,8 +199,8 @@ def integrated_gradients(
     site_list = expand_sites(model, sites, per)
     start = expand_sites(model, "resid_pre.0", "layer")[0]
     capture = site_list + ([start] if path == "input" and start.name not in {x.name for x in site_list} else [])
-    ctx = prepare(model, batch, metric, capture, direction, skip_caches=True)
-    grid = build_grid(model, site_list, per, ctx.n_pos, position_labels(ctx.batch))
+    ctx = prepare(model, batch, metric, capture, direction, skip_caches=resume)
+    grid = build_grid(model, site_list, per, ctx.n_pos, position_labels(model, ctx.batch))
     per_prompt = grid.empty(ctx.n)
     completeness: dict[str, dict[str, float]] = {}
     max_rows = batch_size or max(1, default_rows(ctx) // 4)

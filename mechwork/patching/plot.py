@@ -1,23 +1,18 @@
 """Plotly figures for patching results: heatmaps with token labels, and method-vs-reference scatter plots.
 
 Token strings are HTML-escaped (plotly renders a subset of HTML in labels, so ``<bos>`` would vanish).
-Figures render in Jupyter and export to self-contained HTML with :func:`write_html`.
+Figures render in Jupyter and export to self-contained HTML with :func:`mechwork.viz.save_html`.
 """
 
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from ..core.io import atomic_write_text
+from ..viz import escape_tokens as _esc
 from .result import METHOD_NAMES, PatchResult
-
-
-def _esc(labels: Sequence[Any]) -> list[str]:
-    return [html.escape(str(v), quote=False) for v in labels]
 
 
 def _panel(r: PatchResult, z: torch.Tensor, axes: tuple[str, ...]) -> tuple[list[list[float | None]], list[str], list[str], str, str]:
@@ -96,10 +91,3 @@ def plot_comparison(reference: PatchResult, others: Sequence[PatchResult], *, no
                       xaxis_title=html.escape(METHOD_NAMES.get(reference.method, reference.method)),
                       yaxis_title="method", template="plotly_white", height=480)
     return fig
-
-
-def write_html(fig: Any, path: str | Path) -> Path:
-    """Write a self-contained HTML file (plotly.js inlined, works offline), atomically."""
-    path = Path(path)
-    atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
-    return path

@@ -180,29 +180,24 @@ def eval_metric(metric: Metric, logits: Tensor, batch: Any, what: str) -> Tensor
     return out
 
 
-def position_labels(batch: Any) -> list[str]:
-    """``"i token"`` per position, from the tokens shared by all prompts (``*`` marks positions that vary)."""
-    from ..data.tokenizer import decode_ids
-
+def position_labels(model: Any, batch: Any) -> list[str]:
+    """``"i token"`` per position, from the token most prompts share there (``*`` marks positions that vary)."""
     toks = batch.clean.cpu()
     out = []
     for i in range(toks.shape[1]):
-        col = toks[:, i]
-        vals, counts = col.unique(return_counts=True)
-        top = int(vals[counts.argmax()])
-        word = decode_ids([top])[0] if _decodable(top) else str(top)
-        out.append(f"{i} {word}" + ("" if len(vals) == 1 else "*"))
+        vals, counts = toks[:, i].unique(return_counts=True)
+        out.append(f"{i} {_token_str(model, int(vals[counts.argmax()]))}" + ("" if len(vals) == 1 else "*"))
     return out
 
 
-def _decodable(tok: int) -> bool:
-    from ..data.tokenizer import decode_ids
-
+def _token_str(model: Any, tok: int) -> str:
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        return str(tok)
     try:
-        decode_ids([tok])
-    except Exception:  # noqa: BLE001 - a model with another vocabulary: fall back to ids
-        return False
-    return True
+        return str(tokenizer.decode([tok]))
+    except Exception:  # noqa: BLE001 - any tokenizer failure: fall back to the id
+        return str(tok)
 
 
 # --- runs ------------------------------------------------------------------------------------------------
