@@ -1,0 +1,112 @@
+"""Write notebooks/03_patching.ipynb (kept as code so the notebook stays reviewable)."""
+
+import nbformat as nbf
+
+md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
+cells = [
+    md("# Patching: which components implement a behaviour?\n\n"
+       "Four ways to score every component of a model for a task, behind one interface:\n\n"
+       "- **activation patching**: run the corrupted prompt, put one component's clean activation back, measure the "
+       "metric (the ground truth; mechwork stacks many patched copies per forward pass);\n"
+       "- **attribution patching (AtP)**: a first-order estimate of all cells at once from one backward pass;\n"
+       "- **relevance patching (RelP)**: AtP with LRP propagation coefficients instead of local gradients;\n"
+       "- **integrated gradients (IG)**: gradients averaged along the path from the corrupted to the clean "
+       "activation.\n\n"
+       "All take `(model, batch, metric, *, sites, per, direction)` and return a `PatchResult`. We find the heads that "
+       "implement IOI in `toy-mixed` and induction in `toy-induction-2l`, and see how far to trust each estimate."),
+    code("import torch, mechwork\n"
+         "from mechwork.patching import (activation_patch, attribution_patch, relevance_patch, integrated_gradients,\n"
+         "                               faithfulness, faithfulness_curve, plot_comparison)\n"
+         "torch.set_num_threads(1)\n"
+         "model = mechwork.load_model('toy-mixed')\n"
+         "task = mechwork.tasks.get('ioi')\n"
+         "batch = task.prompts(24, seed=0)          # held-out name pairs; corrupted: S2 replaced by a third name\n"
+         "print(batch.texts()[0], '| corrupted:', batch.texts(corrupted=True)[0])"),
+    md("## IOI: activation patching of every head\n\n"
+       "`per='head'` patches a head's output (`hook_z`) at every position; the score is the change of the logit "
+       "difference, normalised so that 1 = the whole clean/corrupted gap."),
+    code("ap = activation_patch(model, batch, task, sites='z', per='head')\n"
+         "print(ap, '\\ncost:', ap.cost)\n"
+         "ap.top(5, absolute=False)"),
+    code("ap.plot()"),
+    md("## The gradient methods on the same grid\n\n"
+       "Each costs about one backward pass (IG: one per quadrature point and site). `correlation` is Pearson's r with "
+       "activation patching over the grid."),
+    code("methods = {\n"
+         "    'AtP': attribution_patch(model, batch, task, sites='z', per='head'),\n"
+         "    'RelP': relevance_patch(model, batch, task, sites='z', per='head'),\n"
+         "    'IG': integrated_gradients(model, batch, task, sites='z', per='head', steps=32),\n"
+         "}\n"
+         "for name, r in methods.items():\n"
+         "    print(f\"{name:5s} r = {r.correlation(ap):.3f}   top heads {[str(n) for n in r.top(3, absolute=False)]}   \"\n"
+         "          f\"{r.cost['forwards']} fwd / {r.cost['backwards']} bwd, {r.cost['seconds']:.2f} s\")\n"
+         "plot_comparison(ap, list(methods.values()), title='IOI heads: estimates vs activation patching')"),
+    md("## Where first-order estimates break: the residual stream and MLPs\n\n"
+       "Per-position grids need positions that mean the same thing in every prompt, so we fix the template. "
+       "Logit differences are nearly linear in late attention outputs, but not in the residual stream or MLP outputs, "
+       "where LayerNorm and the MLP non-linearity sit between the site and the logits."),
+    code("aligned = mechwork.tasks.get('ioi', template=0).prompts(24, seed=0)\n"
+         "rows = []\n"
+         "for sites in ('resid_pre', 'attn_out', 'mlp_out'):\n"
+         "    ref = activation_patch(model, aligned, task, sites=sites, per='position')\n"
+         "    rows.append((sites, *(round(fn(model, aligned, task, sites=sites, per='position').correlation(ref), 3)\n"
+         "                        for fn in (attribution_patch, relevance_patch))))\n"
+         "print('site        AtP r   RelP r')\n"
+         "for r in rows:\n"
+         "    print(f'{r[0]:10s}  {r[1]:6.3f}  {r[2]:6.3f}')\n"
+         "activation_patch(model, aligned, task, sites='block', per='position').plot()"),
+    md("## Integrated gradients: completeness\n\n"
+       "Interpolating a site's activation and integrating the gradient gives scores that sum to the effect of patching "
+       "the whole site; for the residual stream at a layer that is the whole clean - corrupted difference."),
+    code("ig = integrated_gradients(model, aligned, task, sites='resid_pre', per='position', steps=64)\n"
+         "print('clean - corrupted =', round(ig.clean - ig.corrupted, 4))\n"
+         "{site: round(c['sum'], 4) for site, c in ig.info['completeness'].items()}"),
+    md("## Faithfulness: do the top heads carry the behaviour?\n\n"
+       "Run the clean prompt with every head outside the set corrupted: "
+       "`(m(C) - m(corrupted)) / (m(clean) - m(corrupted))`. MLPs stay clean (they are outside the universe of heads)."),
+    code("sizes = (1, 2, 3, 4, 6, 8)\n"
+         "print('top k   ' + '  '.join(f'{k:>5d}' for k in sizes))\n"
+         "for name, r in {'activation': ap, **methods}.items():\n"
+         "    curve = faithfulness_curve(model, batch, task, r, sizes=sizes, absolute=False)\n"
+         "    print(f'{name:10s}' + '  '.join(f'{f.value:5.2f}' for f in curve))"),
+    md("## Induction on `toy-induction-2l`\n\n"
+       "The textbook circuit: a layer-0 previous-token head and a layer-1 *induction head* that attends from a token in "
+       "the second copy to the token after its first occurrence. We measure that induction score per head, then let "
+       "activation patching decide which heads carry the behaviour."),
+    code("ind_model = mechwork.load_model('toy-induction-2l')\n"
+         "ind_task = mechwork.tasks.get('induction', prefix_len=4, segment_len=8)\n"
+         "ind = ind_task.prompts(24, seed=0)\n"
+         "L, start = 8, 1 + 4 + 8\n"
+         "_, cache = ind_model.run_with_cache(ind.clean, names_filter=lambda n: n.endswith('hook_pattern'))\n"
+         "q = torch.arange(start, ind.clean.shape[1])\n"
+         "scores = torch.stack([cache[f'blocks.{l}.attn.hook_pattern'][:, :, q, q - L + 1].mean((0, 2)) for l in range(2)])\n"
+         "print('induction score per head (rows: layer):\\n', scores.round(decimals=2))\n"
+         "ind_ap = activation_patch(ind_model, ind, ind_task, sites='z', per='head')\n"
+         "print('activation patching (normalised):\\n', ind_ap.normalized().round(decimals=2))\n"
+         "for name, fn in (('AtP', attribution_patch), ('RelP', relevance_patch), ('IG', integrated_gradients)):\n"
+         "    r = fn(ind_model, ind, ind_task, sites='z', per='head')\n"
+         "    print(f'{name:5s} r = {r.correlation(ind_ap):6.3f}  top {[str(n) for n in r.top(3, absolute=False)]}')"),
+    md("Activation patching puts the layer-1 heads on top, and AtP/RelP agree with it. The induction scores show that "
+       "this model did not learn the textbook pattern: its layer-1 heads attend to an offset of the induction "
+       "position, reading the target through layer-0 heads with fixed positional offsets. Attention patterns alone "
+       "would mislead here; the causal scores do not.\n\n"
+       "IG with the default *site path* interpolates all heads of a layer together, so a head's IG score is its share of "
+       "the joint patch of its layer. When heads depend on each other (here layer-0 head 0 hurts when patched alone but "
+       "is needed together with its neighbours) that share differs from patching the head alone: compare "
+       "`activation_patch(..., sites='z.0', per='layer')` with the sum of the layer's IG scores."),
+    code("whole = activation_patch(ind_model, ind, ind_task, sites='z', per='layer')\n"
+         "ig_heads = integrated_gradients(ind_model, ind, ind_task, sites='z', per='head', steps=32)\n"
+         "print('patch a whole layer   :', whole.scores.round(decimals=3).tolist())\n"
+         "print('sum of its heads (IG) :', ig_heads.scores.sum(1).round(decimals=3).tolist())\n"
+         "print('sum of its heads (AP) :', ind_ap.scores.sum(1).round(decimals=3).tolist())"),
+    md("## Saving and the command line\n\n"
+       "A result saves to JSON (`result.save(path)`, `PatchResult.load(path)`), exports to a table "
+       "(`to_dataframe()`), and its figure to self-contained HTML (`mechwork.viz.save_html(fig, path)`). The same "
+       "analyses run from the shell:\n\n"
+       "```\nmechwork patch toy-mixed --task ioi --method relp --per head --out relp.json --html relp.html\n"
+       "mechwork patch toy-induction-2l --task induction --method all --per head\n```"),
+    code("ap.to_dataframe().sort_values('score', ascending=False).head()"),
+]
+nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+nbf.write(nb, "notebooks/03_patching.ipynb")
+print("wrote notebooks/03_patching.ipynb")
