@@ -141,11 +141,12 @@ def test_linear_model_attribution_equals_activation_patching(ioi):
     """No LayerNorm, attention only, sites of the last layer: the logit difference is linear in them."""
     task, batch = ioi
     model, _ = _pair({"normalization_type": None, "attn_only": True, "n_layers": 2, "initializer_range": 0.15}, bridge=False)
-    for sites, per in (("z.1", "head_position"), ("attn_out.1", "position"), ("resid_post.1", "position")):
-        ap = activation_patch(model, batch, task, sites=sites, per=per)
+    for sites, per, direction in (("z.1", "head_position", "denoise"), ("attn_out.1", "position", "denoise"),
+                                  ("resid_post.1", "position", "noise")):
+        ap = activation_patch(model, batch, task, sites=sites, per=per, direction=direction)
         assert float(ap.scores.abs().max()) > 1e-3
         for fn in (attribution_patch, relevance_patch, integrated_gradients):
-            r = fn(model, batch, task, sites=sites, per=per)
+            r = fn(model, batch, task, sites=sites, per=per, direction=direction)
             torch.testing.assert_close(r.scores, ap.scores, atol=1e-5, rtol=1e-4)
     # one layer earlier the attention of layer 1 is non-linear in z.0: the first-order estimate is not exact
     ap = activation_patch(model, batch, task, sites="z.0", per="head")
@@ -195,7 +196,8 @@ def test_lrp_rules_keep_every_forward_value(models, ioi, which):
     assert acts.keys() == acts2.keys() and all(torch.equal(acts[k], acts2[k]) for k in acts)
 
 
-def _grads(model, batch, task, names, rules):
+def _grads(model, batch, task, names, rules, extra=()):
+    """Gradients of the summed metric at ``names`` with LRP ``rules`` (and ``extra`` forward hooks) on."""
     probes = {}
 
     def probe(t, hook):
@@ -204,8 +206,8 @@ def _grads(model, batch, task, names, rules):
 
     from mechwork.patching import lrp_hooks
 
-    before, after = lrp_hooks(model, rules)
-    with model.hooks(fwd_hooks=before + [(n, probe) for n in names] + after):
+    before, after = lrp_hooks(model, rules) if rules else ([], [])
+    with model.hooks(fwd_hooks=list(extra) + before + [(n, probe) for n in names] + after):
         m = task.metric(model(batch.clean), batch)
     grads = torch.autograd.grad(m.sum(), [probes[n] for n in names])
     return dict(zip(names, grads))
@@ -254,17 +256,10 @@ def test_ah_rule_equals_detached_pattern(models, ioi):
     model = models[0]
     names = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_mid"]
     ours = _grads(model, batch, task, names, ["attention"])
-    probes = {}
-
-    def probe(t, hook):
-        probes[hook.name] = torch.zeros_like(t, requires_grad=True)
-        return t + probes[hook.name]
-
-    with model.hooks(fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda t, hook: t.detach())] + [(n, probe) for n in names]):
-        m = task.metric(model(batch.clean), batch)
-    ref = torch.autograd.grad(m.sum(), [probes[n] for n in names])
-    for n, r in zip(names, ref):
-        torch.testing.assert_close(ours[n], r, atol=1e-6, rtol=1e-5)
+    detach_pattern = [(lambda n: n.endswith("hook_pattern"), lambda t, hook: t.detach())]
+    ref = _grads(model, batch, task, names, [], extra=detach_pattern)
+    for n in names:
+        torch.testing.assert_close(ours[n], ref[n], atol=1e-6, rtol=1e-5)
 
 
 def test_bridge_refuses_read_only_sites(models, ioi):
@@ -354,6 +349,8 @@ def test_bad_metrics(models, ioi):
         activation_patch(model, batch, nan_when_patched, sites="z", per="head", batch_size=4)
     with pytest.raises(ConfigError):
         activation_patch(model, batch, "logit diff")
+    with pytest.raises(ConfigError, match="logits, batch"):  # a transformer_lens-style metric of the logits only
+        activation_patch(model, batch, lambda logits: logits[:, -1, 0])
 
 
 def test_bad_sites_and_options(models, ioi):

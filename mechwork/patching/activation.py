@@ -220,12 +220,12 @@ def run_cells(
         hooks = []
         for name, (local, stack) in site_masks.items():
             loc = local[cell_ids]
-            sel = loc >= 0
-            if not bool(sel.any()):
+            sel = (loc >= 0).nonzero().flatten()
+            if len(sel) == 0:
                 continue
-            mask = torch.zeros(hi - lo, P, stack.shape[-1], dtype=torch.bool)
-            mask[sel] = stack[loc[sel]]
-            hooks.append((name, _patch_hook(mask[:, p0:].to(dev), sources[name][prompts], layout_of[name], p0)))
+            mask = stack[loc[sel]][:, p0:].to(dev)  # only the rows that patch this site
+            rows = None if len(sel) == hi - lo else sel.to(dev)
+            hooks.append((name, _patch_hook(mask, sources[name][prompts[sel.to(dev)]], layout_of[name], p0, rows)))
         with torch.no_grad():
             logits = forward_rows(ctx, prompts, layer, p0, hooks)
             m = eval_metric(ctx.metric, logits, ctx.batch.select(prompts), "patched run")
@@ -234,12 +234,17 @@ def run_cells(
     return effects
 
 
-def _patch_hook(mask: Tensor, src: Tensor, layout: str, p0: int) -> Callable:
+def _patch_hook(mask: Tensor, src: Tensor, layout: str, p0: int, rows: Tensor | None) -> Callable:
+    """Forward hook writing ``src`` where ``mask`` is set, on all rows or only on ``rows``."""
     ax = pos_axis(layout)
     src = src.narrow(ax, p0, src.shape[ax] - p0)
     lay = mask_to_layout(mask, layout)
 
     def hook(act: Tensor, hook: Any = None) -> Tensor:
-        return torch.where(lay, src.to(act.dtype), act)
+        if rows is None:
+            return torch.where(lay, src.to(act.dtype), act)
+        out = act.clone()
+        out[rows] = torch.where(lay, src.to(act.dtype), act[rows])
+        return out
 
     return hook

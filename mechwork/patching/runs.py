@@ -127,10 +127,27 @@ def resolve_metric(metric: Any, batch: Any) -> Metric:
 
         return tasks.get(batch.task).metric
     if callable(metric) and not hasattr(metric, "prompts"):
+        _check_arity(metric)
         return metric
     if hasattr(metric, "metric") and callable(metric.metric):
         return metric.metric
     raise ConfigError(f"metric must be a callable (logits, batch) -> one value per prompt, or a task; got {type(metric).__name__}")
+
+
+def _check_arity(metric: Callable) -> None:
+    try:
+        sig = inspect.signature(metric)
+    except (TypeError, ValueError):
+        return
+    params = list(sig.parameters.values())
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2:
+        raise ConfigError(
+            "metric must take (logits, batch) and return one value per prompt; for a logits-only metric pass "
+            "`lambda logits, batch: f(logits)`"
+        )
 
 
 def check_batch(model: Any, batch: Any) -> Any:
