@@ -358,7 +358,7 @@ def test_bad_sites_and_options(models, ioi):
     model = models[0]
     with pytest.raises(SiteError, match="head axis"):
         activation_patch(model, batch, task, sites="resid_pre", per="head")
-    with pytest.raises(SiteError, match="per must be"):
+    with pytest.raises(ConfigError, match="per must be"):
         activation_patch(model, batch, task, per="neuron_by_moon")
     with pytest.raises(SiteError, match="Closest valid names"):
         attribution_patch(model, batch, task, sites="resid_psot")

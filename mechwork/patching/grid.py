@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..core.errors import DataError, SiteError
+from ..core.errors import ConfigError, DataError, SiteError
 from ..core.sites import Site, enable, site as resolve_site
 
 PER = ("layer", "position", "head", "head_position")
@@ -47,12 +47,12 @@ def normalize_per(per: str) -> str:
     """Canonical granularity name (``"pos"`` -> ``"position"``, ...)."""
     p = _PER_ALIASES.get(str(per), str(per))
     if p not in PER:
-        raise SiteError(f"per must be one of {', '.join(PER)}, got {per!r}")
+        raise ConfigError(f"per must be one of {', '.join(PER)}, got {per!r}")
     return p
 
 
 def has_head_axis(s: Site) -> bool:
-    return "head" in s.layout.split()
+    return has_head_axis_layout(s.layout)
 
 
 def to_canonical(t: Tensor, layout: str) -> Tensor:
