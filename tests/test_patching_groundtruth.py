@@ -70,46 +70,47 @@ def test_ig_completeness_on_shipped_models(name, request, ioi, induction):
         assert float(ig.scores[layer].sum()) == pytest.approx(gap, rel=0.01)
 
 
-def induction_scores(model, task, batch) -> torch.Tensor:
-    """[layer, head]: mean attention from a second-copy token to the token after its first occurrence."""
-    p, L = int(batch.info[0]["prefix_len"]), int(batch.info[0]["segment_len"])
-    q = torch.arange(1 + p + L, batch.clean.shape[1])
-    _, cache = model.run_with_cache(batch.clean, names_filter=lambda n: n.endswith("hook_pattern"))
-    return torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][:, :, q, q - L + 1].mean((0, 2))
-                        for layer in range(model.cfg.n_layers)])
+def _circuit(model):
+    """Induction heads (layer 1) and previous-token heads (layer 0) by their attention scores (model card metric)."""
+    from mechwork.models.quality import head_scores
+
+    scores = head_scores(model)
+    ind, prev = torch.tensor(scores["induction"]), torch.tensor(scores["previous_token"])
+    induction = {(1, h) for h in range(ind.shape[1]) if ind[1, h] > 0.4}
+    previous = {(0, h) for h in range(prev.shape[1]) if prev[0, h] > 0.4}
+    if not induction or not previous:
+        pytest.xfail(f"toy-induction-2l lacks the canonical circuit: induction scores {ind.tolist()}, "
+                     f"previous-token scores {prev.tolist()} (report to the lead)")
+    return induction, previous
 
 
-def test_induction_heads_are_top_by_every_method(toy_induction, induction):
-    """Issue 5 ground truth: the top heads by activation patching are the layer-1 induction heads, and every
-    gradient method ranks them at the top too."""
+IG_JOINT = pytest.mark.xfail(strict=True, reason=(
+    "IG (site path) scores a head by its share of the joint patch of its whole layer: the previous-token head, "
+    "useless when patched alone, carries much of the joint effect of layer 0 and ranks first"))
+
+
+@pytest.mark.parametrize("method", ["activation", "AtP", "RelP", pytest.param("IG", marks=IG_JOINT)])
+def test_induction_heads_are_the_top_heads(toy_induction, induction, method):
+    """Issue 5 ground truth: the top heads by activation patching are the layer-1 induction heads (identified by
+    their induction score), and each gradient method ranks them at the top too."""
     task, batch = induction
-    scores = induction_scores(toy_induction, task, batch)
-    heads = {(1, h) for h in range(scores.shape[1]) if scores[1, h] > 0.4}
-    if not heads:
-        pytest.xfail(f"toy-induction-2l has no layer-1 head with induction score > 0.4 (layer-1 scores "
-                     f"{[round(x, 2) for x in scores[1].tolist()]}, layer-0 {[round(x, 2) for x in scores[0].tolist()]}); "
-                     "the shipped weights learned a non-canonical mechanism (reported to the lead)")
-    ap = activation_patch(toy_induction, batch, task, sites="z", per="head")
-    for name, r in [("activation", ap)] + [(n, fn(toy_induction, batch, task, sites="z", per="head")) for n, fn in GRADIENT_METHODS.items()]:
-        top = {(n.layer, n.head) for n in r.top(len(heads), absolute=False)}
-        assert top == heads, f"{name}: top heads {sorted(top)} but induction heads {sorted(heads)}"
+    heads, _ = _circuit(toy_induction)
+    fn = activation_patch if method == "activation" else GRADIENT_METHODS[method]
+    r = fn(toy_induction, batch, task, sites="z", per="head")
+    top = {(n.layer, n.head) for n in r.top(len(heads), absolute=False)}
+    assert top == heads, f"{method}: top heads {sorted(top)} but induction heads {sorted(heads)}"
+    if method != "activation":
+        assert r.correlation(activation_patch(toy_induction, batch, task, sites="z", per="head")) > 0.8
 
 
-def test_gradient_methods_find_the_heads_activation_patching_finds(toy_induction, induction):
-    """What holds for the shipped weights whatever their mechanism: AtP and RelP put the heads that activation
-    patching finds most helpful on top, and those are layer-1 heads (layer 0 cannot predict alone)."""
+def test_integrated_gradients_ranks_the_induction_circuit(toy_induction, induction):
+    """What IG does find: its top heads are circuit heads, the previous-token head among them, and per layer its
+    scores add up to patching the whole layer (completeness)."""
     task, batch = induction
-    ap = activation_patch(toy_induction, batch, task, sites="z", per="head")
-    assert ap.gap > 2.0
-    k = 3
-    best = {(n.layer, n.head) for n in ap.top(k, absolute=False)}
-    assert all(layer == 1 for layer, _ in best)
-    for fn in (attribution_patch, relevance_patch):
-        r = fn(toy_induction, batch, task, sites="z", per="head")
-        assert {(n.layer, n.head) for n in r.top(k, absolute=False)} == best, fn.__name__
-        assert r.correlation(ap) > 0.5  # observed: AtP ~0.85, RelP ~0.6-0.75 (8 heads)
-    # IG (site path) attributes the joint patch of each layer: its per-layer sums equal patching the whole layer
+    heads, previous = _circuit(toy_induction)
     ig = integrated_gradients(toy_induction, batch, task, sites="z", per="head", steps=32)
+    top = {(n.layer, n.head) for n in ig.top(3, absolute=False)}
+    assert top <= heads | previous and top & previous, f"IG top heads {sorted(top)}"
     whole = activation_patch(toy_induction, batch, task, sites="z", per="layer")
     torch.testing.assert_close(ig.scores.sum(1), whole.scores, rtol=0.01, atol=1e-3)
 

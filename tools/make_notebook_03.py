@@ -70,35 +70,39 @@ cells = [
          "    curve = faithfulness_curve(model, batch, task, r, sizes=sizes, absolute=False)\n"
          "    print(f'{name:10s}' + '  '.join(f'{f.value:5.2f}' for f in curve))"),
     md("## Induction on `toy-induction-2l`\n\n"
-       "The textbook circuit: a layer-0 previous-token head and a layer-1 *induction head* that attends from a token in "
-       "the second copy to the token after its first occurrence. We measure that induction score per head, then let "
-       "activation patching decide which heads carry the behaviour."),
-    code("ind_model = mechwork.load_model('toy-induction-2l')\n"
+       "The textbook circuit: a layer-0 *previous-token head* writes 'the token before me' into each position, and a "
+       "layer-1 *induction head* attends from a token in the second copy to the token after its first occurrence "
+       "(K-composition) and copies it. Attention scores identify the candidates; patching decides which heads carry "
+       "the behaviour."),
+    code("from mechwork.models.quality import head_scores\n"
+         "ind_model = mechwork.load_model('toy-induction-2l')\n"
+         "scores = head_scores(ind_model)\n"
+         "print('induction score      (rows: layer):', scores['induction'])\n"
+         "print('previous-token score (rows: layer):', scores['previous_token'])\n"
          "ind_task = mechwork.tasks.get('induction', prefix_len=4, segment_len=8)\n"
          "ind = ind_task.prompts(24, seed=0)\n"
-         "L, start = 8, 1 + 4 + 8\n"
-         "_, cache = ind_model.run_with_cache(ind.clean, names_filter=lambda n: n.endswith('hook_pattern'))\n"
-         "q = torch.arange(start, ind.clean.shape[1])\n"
-         "scores = torch.stack([cache[f'blocks.{l}.attn.hook_pattern'][:, :, q, q - L + 1].mean((0, 2)) for l in range(2)])\n"
-         "print('induction score per head (rows: layer):\\n', scores.round(decimals=2))\n"
          "ind_ap = activation_patch(ind_model, ind, ind_task, sites='z', per='head')\n"
          "print('activation patching (normalised):\\n', ind_ap.normalized().round(decimals=2))\n"
-         "for name, fn in (('AtP', attribution_patch), ('RelP', relevance_patch), ('IG', integrated_gradients)):\n"
-         "    r = fn(ind_model, ind, ind_task, sites='z', per='head')\n"
-         "    print(f'{name:5s} r = {r.correlation(ind_ap):6.3f}  top {[str(n) for n in r.top(3, absolute=False)]}')"),
-    md("Activation patching puts the layer-1 heads on top, and AtP/RelP agree with it. The induction scores show that "
-       "this model did not learn the textbook pattern: its layer-1 heads attend to an offset of the induction "
-       "position, reading the target through layer-0 heads with fixed positional offsets. Attention patterns alone "
-       "would mislead here; the causal scores do not.\n\n"
-       "IG with the default *site path* interpolates all heads of a layer together, so a head's IG score is its share of "
-       "the joint patch of its layer. When heads depend on each other (here layer-0 head 0 hurts when patched alone but "
-       "is needed together with its neighbours) that share differs from patching the head alone: compare "
-       "`activation_patch(..., sites='z.0', per='layer')` with the sum of the layer's IG scores."),
+         "ind_methods = {name: fn(ind_model, ind, ind_task, sites='z', per='head') for name, fn in\n"
+         "               (('AtP', attribution_patch), ('RelP', relevance_patch), ('IG', integrated_gradients))}\n"
+         "for name, r in ind_methods.items():\n"
+         "    print(f'{name:5s} r = {r.correlation(ind_ap):6.3f}  top {[str(n) for n in r.top(4, absolute=False)]}')"),
+    md("Activation patching, AtP and RelP put the layer-1 induction heads on top. IG ranks the previous-token head "
+       "first: with the default *site path* it interpolates all heads of a layer together, so a head's score is its "
+       "share of the joint patch of its layer. The previous-token head does little when patched alone (the induction "
+       "heads also need the other layer-0 heads' clean outputs) but carries much of the joint effect; per layer, IG's "
+       "scores add up to patching the whole layer."),
     code("whole = activation_patch(ind_model, ind, ind_task, sites='z', per='layer')\n"
-         "ig_heads = integrated_gradients(ind_model, ind, ind_task, sites='z', per='head', steps=32)\n"
-         "print('patch a whole layer   :', whole.scores.round(decimals=3).tolist())\n"
-         "print('sum of its heads (IG) :', ig_heads.scores.sum(1).round(decimals=3).tolist())\n"
-         "print('sum of its heads (AP) :', ind_ap.scores.sum(1).round(decimals=3).tolist())"),
+         "print('patch a whole layer   :', whole.scores.round(decimals=3))\n"
+         "print('sum of its heads (IG) :', ind_methods['IG'].scores.sum(1).round(decimals=3))\n"
+         "print('sum of its heads (AP) :', ind_ap.scores.sum(1).round(decimals=3))"),
+    md("Which ranking makes a better circuit? Faithfulness keeps the top-k heads clean and corrupts every other head. "
+       "Heads that matter only jointly are invisible to one-at-a-time patching, and so to the methods that "
+       "approximate it."),
+    code("sizes = (2, 4, 5, 6)\n"
+         "for name, r in {'activation': ind_ap, **ind_methods}.items():\n"
+         "    curve = faithfulness_curve(ind_model, ind, ind_task, r, sizes=sizes, absolute=False)\n"
+         "    print(f'{name:10s}', '  '.join(f'top {k}: {f.value:5.2f}' for k, f in zip(sizes, curve)))"),
     md("## Saving and the command line\n\n"
        "A result saves to JSON (`result.save(path)`, `PatchResult.load(path)`), exports to a table "
        "(`to_dataframe()`), and its figure to self-contained HTML (`mechwork.viz.save_html(fig, path)`). The same "
