@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(q_rows, title="Pearson r with activation patching")
         c_rows = costs(model, task, batch)
         print_table(c_rows, title="cost, heads x position")
-        sizes = (1, 2, 3, 4, 6) if task_name == "ioi" else (1, 2, 3, 4)
+        sizes = (2, 4, 6, 8) if task_name == "ioi" else (2, 4, 5, 6)
         f_rows = faithful(model, task, batch, found, sizes)
         print_table(f_rows, title="faithfulness of the top-k heads")
         s_rows = speed(model, task, batch, repeat)

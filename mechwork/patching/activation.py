@@ -124,9 +124,14 @@ def default_rows(ctx: Context) -> int:
 
 
 def _overhead_rows(ctx: Context) -> float:
-    """Fixed cost of one forward pass, in rows of full work (kernel launches dominate on accelerators)."""
-    dev = ctx.base_tokens.device.type
-    return 4.0 if dev == "cpu" else 256.0
+    """Fixed cost of one forward pass in rows of full work: ~1.5 ms of Python and dispatch on a CPU (~3e7 FLOP),
+    kernel launches on an accelerator (~1e11 FLOP), over the FLOPs of one row (a prompt through every layer)."""
+    cfg = ctx.model.cfg
+    d, P, layers = int(cfg.d_model), ctx.n_pos, ctx.n_layers
+    mlp = 0 if getattr(cfg, "attn_only", False) else 4 * d * int(getattr(cfg, "d_mlp", 0) or 0)
+    per_token = layers * (8 * d * int(cfg.n_heads) * int(cfg.d_head) + mlp + 4 * P * d) + 2 * d * int(cfg.d_vocab)
+    fixed = 3e7 if ctx.base_tokens.device.type == "cpu" else 1e11
+    return fixed / max(P * per_token, 1)
 
 
 def plan_chunks(layers: list[int], p0s: list[int], max_rows: int, n_layers: int, n_pos: int, overhead: float) -> list[tuple[int, int]]:
@@ -206,11 +211,12 @@ def run_cells(
     row_cell, row_prompt = active.nonzero(as_tuple=True)
     if len(row_cell) == 0:
         return effects
-    starts = [ctx.start(int(cell_layer[c]), int(first[c, b])) for c, b in zip(row_cell.tolist(), row_prompt.tolist())]
-    keys = [(-1 if l_ is None else l_, p) for l_, p in starts]
-    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    # where each row's forward resumes: (layer, first changed position), or (-1, 0) for a full forward
+    row_layer = cell_layer[row_cell] if ctx.layer_skip else torch.full_like(row_cell, -1)
+    row_p0 = first[row_cell, row_prompt] if ctx.pos_skip else torch.zeros_like(row_cell)
+    order = torch.argsort(row_layer * (P + 1) + row_p0, stable=True)
     row_cell, row_prompt = row_cell[order], row_prompt[order]
-    keys = [keys[i] for i in order]
+    keys = list(zip(row_layer[order].tolist(), row_p0[order].tolist()))
     max_rows = batch_size or default_rows(ctx)
     chunks = plan_chunks([max(k[0], 0) for k in keys], [k[1] for k in keys], max_rows, ctx.n_layers, P, _overhead_rows(ctx))
     for lo, hi in tqdm(chunks, desc="activation patching", disable=not progress, leave=False):

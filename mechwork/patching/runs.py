@@ -14,9 +14,10 @@ only positions ``>= p`` and attend to the base run's cached keys and values). Th
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -287,18 +288,22 @@ def prepare(
         extra += [f"blocks.{i}.hook_resid_pre" for i in range(ctx.n_layers)]
     if pos_skip:
         extra += [f"blocks.{i}.attn.hook_{x}" for i in range(ctx.n_layers) for x in "kv"]
+    n = int(base.shape[0])
+    what = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
+    # the base and source runs share one forward pass (stacked along the batch)
+    tokens = torch.cat([base, src]) if base_acts else src
+    logits, acts = capture_run(model, tokens, names + (extra if base_acts else []))
     if base_acts:
-        logits, acts = capture_run(model, base, names + extra)
-        ctx.base_logits = logits
-        ctx.base_acts = {n: acts[n] for n in names}
-        ctx.resid = {i: acts[f"blocks.{i}.hook_resid_pre"] for i in range(ctx.n_layers)} if layer_skip else {}
-        ctx.kv = {i: (acts[f"blocks.{i}.attn.hook_k"], acts[f"blocks.{i}.attn.hook_v"]) for i in range(ctx.n_layers)} if pos_skip else {}
-        ctx.base_metric = eval_metric(metric_fn, logits, batch, f"{'corrupted' if direction == 'denoise' else 'clean'} run")
-        ctx.cost.forwards += 1
-    logits, acts = capture_run(model, src, names)
-    ctx.src_acts = acts
-    ctx.src_metric = eval_metric(metric_fn, logits, batch, f"{'clean' if direction == 'denoise' else 'corrupted'} run")
+        ctx.base_logits = logits[:n]
+        ctx.base_acts = {k: acts[k][:n] for k in names}
+        ctx.resid = {i: acts[f"blocks.{i}.hook_resid_pre"][:n] for i in range(ctx.n_layers)} if layer_skip else {}
+        ctx.kv = {i: (acts[f"blocks.{i}.attn.hook_k"][:n], acts[f"blocks.{i}.attn.hook_v"][:n])
+                  for i in range(ctx.n_layers)} if pos_skip else {}
+        ctx.base_metric = eval_metric(metric_fn, logits[:n], batch, f"{what[0]} run")
+    ctx.src_acts = {k: acts[k][-n:] for k in names}
+    ctx.src_metric = eval_metric(metric_fn, logits[-n:], batch, f"{what[1]} run")
     ctx.cost.forwards += 1
+    ctx.cost.rows += int(tokens.shape[0])
     ctx.cost.full_equiv += 1 + int(base_acts)
     return ctx
 
@@ -317,11 +322,27 @@ def forward_rows(
         return run_with_hooks(model, ctx.base_tokens[prompts], hooks)
     resid = ctx.resid[layer][prompts, p0:]
     cache = _kv_cache(ctx, prompts, layer, p0) if p0 > 0 else None
-    with model.hooks(fwd_hooks=list(hooks)):
+    with _direct_hooks(model, hooks):
         logits = model(resid, start_at_layer=layer, past_kv_cache=cache)
     if p0 > 0:
         logits = torch.cat([ctx.base_logits[prompts, :p0].to(logits.dtype), logits], dim=1)  # type: ignore[index]
     return logits
+
+
+@contextlib.contextmanager
+def _direct_hooks(model: Any, hooks: Sequence[tuple[str, Callable]]) -> Iterator[None]:
+    """Forward hooks registered straight on HookedTransformer's hook points (which have no tensor conversions),
+    removed by handle: ``model.hooks()`` resets every hook point of the model on exit, a large fixed cost per
+    forward on small models. Only used on the resume path, i.e. on HookedTransformer."""
+    handles = []
+    try:
+        for name, fn in hooks:
+            handles.append(model.hook_dict[name].register_forward_hook(
+                lambda module, _inp, out, fn=fn: fn(out, hook=module)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _kv_cache(ctx: Context, prompts: Tensor, layer: int, p0: int) -> Any:
