@@ -41,7 +41,10 @@ from mechwork.patching import (  # noqa: E402
     relevance_patch,
 )
 
-SETUPS = [("toy-mixed", "ioi"), ("toy-induction-2l", "induction")]
+SETUPS = [  # (model, task, task options): induction segments inside the model's training range (8-24)
+    ("toy-mixed", "ioi", {}),
+    ("toy-induction-2l", "induction", {"prefix_len": 4, "segment_len": 10}),
+]
 GRIDS = [  # (label, sites, per)
     ("resid_pre x pos", "resid_pre", "position"),
     ("attn_out x pos", "attn_out", "position"),
@@ -134,7 +137,7 @@ def speed(model: Any, task: Any, batch: Any, repeat: int) -> list[dict]:
             "grid": label, "cells": ref.numel(), "TL forwards": ref.numel() + 2, "TL s": t_tl,
             "mechwork forwards": ours.cost["forwards"], "mechwork s": t_ours, "speed-up": t_tl / t_ours,
             "batched only s": t_plain, "batched only speed-up": t_tl / t_plain,
-            "max |diff|": float(max((ours.scores - ref).abs().max(), (plain.scores - ref).abs().max())),
+            "max abs diff": float(max((ours.scores - ref).abs().max(), (plain.scores - ref).abs().max())),
         })
     return rows
 
@@ -147,7 +150,9 @@ def markdown(payload: dict[str, Any]) -> str:
            f"{payload['n_prompts']} prompts). Scores are denoising metric changes; r is Pearson's correlation with "
            "activation patching over the grid's cells.", ""]
     for setup in payload["setups"]:
-        out += [f"### {setup['model']} / {setup['task']} (clean {setup['clean']:.3f}, corrupted {setup['corrupted']:.3f})", "",
+        opts = ", ".join(f"{k}={v}" for k, v in setup.get("task_options", {}).items())
+        out += [f"### {setup['model']} / {setup['task']}{f' ({opts})' if opts else ''}: clean {setup['clean']:.3f}, "
+                f"corrupted {setup['corrupted']:.3f}", "",
                 "Pearson r with activation patching:", "", _md_table(setup["quality"]), "",
                 "Cost on the heads x position grid:", "", _md_table(setup["cost"]), "",
                 "Faithfulness of each method's top-k heads (signed ranking; every other head corrupted):", "",
@@ -202,18 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=None, help="prompts per setup (default 32, --quick 16)")
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     ap.add_argument("--no-md", action="store_true", help="do not update benchmarks/RESULTS.md")
-    ap.add_argument("--models", default=None, help="comma-separated subset of " + ", ".join(m for m, _ in SETUPS))
+    ap.add_argument("--models", default=None, help="comma-separated subset of " + ", ".join(m for m, _, _ in SETUPS))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     n = args.n or (16 if args.quick else 32)
     repeat = 1 if args.quick else 3
     setups = []
     chosen = [x for x in SETUPS if args.models is None or x[0] in args.models.split(",")]
-    for model_name, task_name in chosen:
+    for model_name, task_name, options in chosen:
         model = mechwork.load_model(model_name, device="cpu")
-        task = mechwork.tasks.get(task_name)
+        task = mechwork.tasks.get(task_name, **options)
         batch = task.prompts(n, seed=0)
-        print(f"\n=== {model_name} / {task_name}: {n} prompts ===", flush=True)
+        print(f"\n=== {model_name} / {task_name} {options or ''}: {n} prompts ===", flush=True)
         q_rows, found = quality(model, task, batch)
         print_table(q_rows, title="Pearson r with activation patching")
         c_rows = costs(model, task, batch)
@@ -224,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         s_rows = speed(model, task, batch, repeat)
         print_table(s_rows, title="activation patching vs transformer_lens.patching")
         ap_heads = found["ap_heads"]
-        setups.append({"model": model_name, "task": task_name, "clean": ap_heads.clean, "corrupted": ap_heads.corrupted,
+        setups.append({"model": model_name, "task": task_name, "task_options": options, "clean": ap_heads.clean, "corrupted": ap_heads.corrupted,
                        "quality": q_rows, "cost": c_rows, "faithfulness": f_rows, "speed": s_rows})
     payload = {"n_prompts": n, "setups": setups, "notes": NOTES}
     out = write_results("patching", payload, args.out)

@@ -23,7 +23,8 @@ def test_patch_help_has_examples(capsys):
 
 def test_patch_writes_result_and_figure(tmp_path, capsys):
     out, fig = tmp_path / "r.json", tmp_path / "fig.html"
-    rc = main(["patch", "toy-induction-2l", "--task", "induction", "--method", "relp", "--per", "head", "--n", "8",
+    rc = main(["patch", "toy-induction-2l", "--task", "induction", "--task-options", "prefix_len=4,segment_len=10",
+               "--method", "relp", "--per", "head", "--n", "8",
                "--out", str(out), "--html", str(fig), "--top", "3"])
     assert rc == 0
     text = capsys.readouterr().out
@@ -53,6 +54,8 @@ def test_patch_bad_input_is_reported(capsys):
     assert "head axis" in capsys.readouterr().err
     assert main(["patch", "toy-induction-2l", "--task", "induction", "--sites", "mlp_out", "--n", "4"]) == 2
     assert "mlp_out" in capsys.readouterr().err
+    assert main(["patch", "toy-induction-2l", "--task", "induction", "--task-options", "segment_length=9"]) == 2
+    assert "task-options" in capsys.readouterr().err
 
 
 def test_patching_notebook_executes():

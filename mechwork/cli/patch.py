@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
         "  mechwork patch toy-mixed --task ioi --method relp --per head\n"
         "  mechwork patch toy-mixed --task ioi --method activation --sites block --per position --html ioi.html\n"
-        "  mechwork patch toy-induction-2l --task induction --method all --per head --out cmp.json\n"
+        "  mechwork patch toy-induction-2l --task induction --task-options segment_len=10 --method all --per head\n"
         "  mechwork patch toy-mixed --task ioi --method ig --sites resid_pre --steps 64 --out ig.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated kinds/sites: resid_pre, resid_post, attn_out, mlp_out, z, q, k, v, pattern, "
                    "block (= resid_pre,attn_out,mlp_out), z.1, ... (default: z for head granularities, else resid_pre)")
     p.add_argument("--direction", default="denoise", choices=["denoise", "noise"], help="default: denoise")
+    p.add_argument("--task-options", default=None, metavar="K=V,...",
+                   help="task options, e.g. prefix_len=4,segment_len=10 for induction or template=0 for ioi")
     p.add_argument("--n", type=int, default=32, help="number of prompts (default: 32)")
     p.add_argument("--seed", type=int, default=0, help="prompt seed (default: 0)")
     p.add_argument("--rules", default=None, help="RelP rules, comma-separated: layernorm,identity,half,attention")
@@ -51,6 +53,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--html", default=None, help="write the figure as self-contained HTML")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     p.set_defaults(func=run)
+
+
+def _options(text: str | None) -> dict[str, Any]:
+    from ..core.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--task-options takes key=value pairs separated by commas, got {item!r}")
+        v = value.strip()
+        out[key.strip()] = int(v) if v.lstrip("-").isdigit() else v
+    return out
 
 
 def _methods(name: str) -> list[str]:
@@ -86,7 +103,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     elif sum(p.numel() for p in model.parameters()) < 20_000_000:
         torch.set_num_threads(1)  # tiny models: more threads only add OpenMP contention
-    task = tasks.get(args.task)
+    try:
+        task = tasks.get(args.task, **_options(args.task_options))
+    except TypeError as e:  # an option the task does not have
+        from ..core.errors import ConfigError
+
+        raise ConfigError(f"bad --task-options for task {args.task!r}: {e}") from e
     batch = task.prompts(args.n, seed=args.seed)
     results = {m: METHODS[m](model, batch, task, **_kwargs(m, args)) for m in _methods(args.method)}
     main = next(iter(results.values()))
