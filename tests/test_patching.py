@@ -386,3 +386,29 @@ def test_bad_sites_and_options(models, ioi):
     with pytest.raises(ConfigError, match="ablation"):
         faithfulness(model, batch, task, ["L0H1"], ablation="zero-ish")
     assert issubclass(SiteError, MechworkError) and issubclass(NonFiniteError, MechworkError)
+
+
+@pytest.mark.parametrize("arch,backend_name", [("gpt2", "hooked"), ("gpt2", "bridge"), ("pythia", "hooked"), ("llama", "hooked")])
+def test_hugging_face_architectures(tmp_path, ioi, arch, backend_name):
+    """Any causal model load_model returns: GPT-2 (both backends), Pythia (rotary, parallel blocks), LLaMA (GQA,
+    RMSNorm, gated MLP) from local Hugging Face folders: peer equality, resume = full forwards, LRP invariance."""
+    import transformer_lens.patching as tlp
+    from test_models import _hf_configs, _save_hf  # the foundation's HF-folder helper (same tests/ folder)
+
+    task, batch = ioi
+    config = _hf_configs()[arch]
+    config.initializer_range = 0.4  # large enough weights for effects well above float noise
+    _, folder = _save_hf(tmp_path, config, arch)
+    model = mechwork.load_model(folder, backend=backend_name)
+    for fn, sites, per in (("get_act_patch_resid_pre", "resid_pre", "position"),
+                           ("get_act_patch_attn_head_out_by_pos", "z", "head_position")):
+        ours = activation_patch(model, batch, task, sites=sites, per=per)
+        assert float(ours.scores.abs().max()) > 1e-2
+        torch.testing.assert_close(ours.scores, _tl(getattr(tlp, fn), model, task, batch), atol=1e-5, rtol=1e-5)
+        full = activation_patch(model, batch, task, sites=sites, per=per, resume=False)
+        torch.testing.assert_close(ours.scores, full.scores, atol=1e-5, rtol=1e-5)
+    logits, _ = _run_all(model, batch.clean)
+    with lrp(model, ["layernorm", "identity", "half", "attention"]):
+        assert torch.equal(logits, _run_all(model, batch.clean)[0])
+    relp = relevance_patch(model, batch, task, sites="z", per="head", rules=["layernorm", "identity", "half", "attention"])
+    assert torch.isfinite(relp.scores).all()
