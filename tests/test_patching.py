@@ -114,18 +114,26 @@ def test_pattern_and_resid_mid_and_noise_equal_transformer_lens(models, ioi):
 
 
 def test_fast_path_equals_full_forwards():
-    """Resuming from a cached layer and from cached keys/values (rotary, RMSNorm, gated MLP) = plain forwards."""
+    """Resuming from a cached layer and cached keys/values, and computing a patched layer only over the changed
+    positions (rotary, RMSNorm, gated MLP), gives what plain forwards give; so does IG's resumed path."""
     model, _ = _pair({"positional_embedding_type": "rotary", "normalization_type": "RMS", "gated_mlp": True,
                       "act_fn": "silu", "rotary_dim": 32}, bridge=False)
     task = mechwork.tasks.get("induction", prefix_len=3, segment_len=5)
     batch = task.prompts(5, seed=1)
-    fast = activation_patch(model, batch, task, sites=["resid_pre", "z", "mlp_out"], per="position")
+    for sites, per in ((["resid_pre", "z", "mlp_out", "resid_post"], "position"), (["q", "pattern", "z.2"], "head_position")):
+        fast = activation_patch(model, batch, task, sites=sites, per=per)
+        slow = activation_patch(model, batch, task, sites=sites, per=per, resume=False)
+        torch.testing.assert_close(fast.scores, slow.scores, atol=2e-5, rtol=1e-4, equal_nan=True)
+        assert fast.cost["full_forward_equivalents"] < slow.cost["full_forward_equivalents"] / 2
+    ap = activation_patch(model, batch, task, sites="z", per="head")
+    kept = ap.top(4)
+    for nodes in (kept, ap.nodes()[:1]):
+        a = faithfulness(model, batch, task, nodes, universe=ap)
+        b = faithfulness(model, batch, task, nodes, universe=ap, resume=False)
+        assert a.metric == pytest.approx(b.metric, abs=2e-5) and a.empty == pytest.approx(b.empty, abs=2e-5)
     ig_fast = integrated_gradients(model, batch, task, sites="z.1", per="head", steps=4)
-    slow = activation_patch(model, batch, task, sites=["resid_pre", "z", "mlp_out"], per="position", resume=False)
     ig_slow = integrated_gradients(model, batch, task, sites="z.1", per="head", steps=4, resume=False)
-    torch.testing.assert_close(fast.scores, slow.scores, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(ig_fast.scores, ig_slow.scores, atol=2e-5, rtol=1e-4)
-    assert fast.cost["full_forward_equivalents"] < slow.cost["full_forward_equivalents"] / 2
 
 
 def test_gradient_methods_agree_across_backends(models, ioi):

@@ -20,7 +20,7 @@ from ..core.errors import ConfigError
 from ..core.sites import Site
 from .grid import Grid, build_grid, expand_sites, mask_to_layout, normalize_per, pos_axis
 from .result import PatchResult
-from .runs import Context, eval_metric, forward_rows, position_labels, prepare
+from .runs import LOCAL_KINDS, Context, eval_metric, forward_rows, position_labels, prepare
 
 Cell = list[tuple[str, Tensor]]  # (site name, canonical [pos, head] mask) patched together
 
@@ -134,33 +134,44 @@ def _overhead_rows(ctx: Context) -> float:
     return fixed / max(P * per_token, 1)
 
 
-def plan_chunks(layers: list[int], p0s: list[int], max_rows: int, n_layers: int, n_pos: int, overhead: float) -> list[tuple[int, int]]:
-    """Cut rows sorted by (layer, p0) into contiguous chunks of at most ``max_rows``.
+def plan_chunks(layers: list[int], p0s: list[int], max_rows: int, n_layers: int, n_pos: int, overhead: float,
+                p1s: list[int] | None = None) -> list[tuple[int, int]]:
+    """Cut rows sorted by (layer, p0, p1) into contiguous chunks of at most ``max_rows``.
 
-    A chunk costs ``rows * (n_layers - min layer) * (n_pos - min p0)`` plus a fixed ``overhead`` (in rows of
-    full work); the cut minimising the total is found by dynamic programming over runs of equal keys.
+    A chunk resumes at its first row's layer ``l`` and its smallest ``p0``; it costs
+    ``rows * ((p1 - p0 + 1) + (n_layers - l - 1) * (n_pos - p0))`` (``p1``: the last position layer ``l``
+    must compute, ``n_pos - 1`` when unknown) plus a fixed ``overhead`` (in rows of full work). The cut
+    minimising the total is found by dynamic programming over runs of equal keys.
     """
     if max_rows < 1:
         raise ConfigError(f"batch_size must be at least 1, got {max_rows}")
-    pieces: list[tuple[int, int, int, int]] = []  # (start, end, layer, p0)
+    p1s = p1s if p1s is not None else [n_pos - 1] * len(layers)
+    pieces: list[tuple[int, int, int, int, int]] = []  # (start, end, layer, p0, p1)
     i = 0
     while i < len(layers):
         j = i
-        while j < len(layers) and layers[j] == layers[i] and p0s[j] == p0s[i] and j - i < max_rows:
+        key = (layers[i], p0s[i], p1s[i])
+        while j < len(layers) and (layers[j], p0s[j], p1s[j]) == key and j - i < max_rows:
             j += 1
-        pieces.append((i, j, layers[i], p0s[i]))
+        pieces.append((i, j, *key))
         i = j
     full = float(n_layers * n_pos)
     best = [0.0] + [float("inf")] * len(pieces)
     back = [0] * (len(pieces) + 1)
     for j in range(1, len(pieces) + 1):
-        rows, min_p = 0, n_pos
+        rows, min_p, max_p1 = 0, n_pos, -1
         for i in range(j - 1, -1, -1):
             rows += pieces[i][1] - pieces[i][0]
             if rows > max_rows:
                 break
             min_p = min(min_p, pieces[i][3])
-            cost = best[i] + rows * (n_layers - pieces[i][2]) * (n_pos - min_p) + overhead * full
+            layer = pieces[i][2]
+            if layer < pieces[j - 1][2]:  # rows at deeper layers leave this layer unchanged
+                max_p1 = max((p[4] for p in pieces[i:j] if p[2] == layer), default=n_pos - 1)
+            else:
+                max_p1 = max(max_p1, pieces[i][4])
+            work = (max_p1 - min_p + 1) + (n_layers - layer - 1) * (n_pos - min_p)
+            cost = best[i] + rows * work + overhead * full
             if cost < best[j]:
                 best[j], back[j] = cost, i
     cuts: list[tuple[int, int]] = []
@@ -185,6 +196,7 @@ def run_cells(
     dev = ctx.base_tokens.device
     layer_of = {s.name: int(s.layer) for s in ctx.sites}  # type: ignore[arg-type]
     layout_of = {s.name: s.layout for s in ctx.sites}
+    kind_of = {s.name: s.kind for s in ctx.sites}
     by_site: dict[str, tuple[list[int], list[Tensor]]] = {}
     for c, cell in enumerate(cells):
         for name, mask in cell:
@@ -193,7 +205,11 @@ def run_cells(
             masks.append(mask)
     active = torch.zeros(len(cells), n, dtype=torch.bool)
     first = torch.full((len(cells), n), P, dtype=torch.long)
+    last = torch.full((len(cells), n), -1, dtype=torch.long)  # last position changed in the start layer
     cell_layer = torch.full((len(cells),), 10**9, dtype=torch.long)
+    for name, (ids, _) in by_site.items():
+        idx = torch.tensor(ids)
+        cell_layer[idx] = torch.minimum(cell_layer[idx], torch.tensor(layer_of[name]))
     site_masks: dict[str, tuple[Tensor, Tensor]] = {}
     for name, (ids, masks) in by_site.items():
         idx = torch.tensor(ids)
@@ -204,24 +220,31 @@ def run_cells(
         hit = (stack[:, None] & ctx.changed(name, sources).cpu()[None]).any(-1)  # [k, n, P]
         act = hit.any(-1)
         fp = torch.where(act, hit.float().argmax(-1), torch.full_like(act, P, dtype=torch.long))
+        lp = torch.where(act, P - 1 - hit.flip(-1).float().argmax(-1), torch.full_like(act, -1, dtype=torch.long))
+        if kind_of[name] not in LOCAL_KINDS:
+            lp = torch.where(act, torch.full_like(lp, P - 1), lp)
+        at_start = (cell_layer[idx] == layer_of[name])[:, None]  # patches deeper down do not touch the start layer
         active[idx] |= act
         first[idx] = torch.minimum(first[idx], fp)
-        cell_layer[idx] = torch.minimum(cell_layer[idx], torch.tensor(layer_of[name]))
+        last[idx] = torch.maximum(last[idx], torch.where(at_start, lp, torch.full_like(lp, -1)))
     effects = torch.zeros(len(cells), n)
     row_cell, row_prompt = active.nonzero(as_tuple=True)
     if len(row_cell) == 0:
         return effects
-    # where each row's forward resumes: (layer, first changed position), or (-1, 0) for a full forward
+    # where each row's forward resumes: (layer, first changed position, last position of that layer to compute)
     row_layer = cell_layer[row_cell] if ctx.layer_skip else torch.full_like(row_cell, -1)
     row_p0 = first[row_cell, row_prompt] if ctx.pos_skip else torch.zeros_like(row_cell)
-    order = torch.argsort(row_layer * (P + 1) + row_p0, stable=True)
+    row_p1 = last[row_cell, row_prompt] if ctx.pos_skip else torch.full_like(row_cell, P - 1)
+    order = torch.argsort((row_layer * (P + 1) + row_p0) * (P + 1) + row_p1, stable=True)
     row_cell, row_prompt = row_cell[order], row_prompt[order]
-    keys = list(zip(row_layer[order].tolist(), row_p0[order].tolist()))
+    keys = list(zip(row_layer[order].tolist(), row_p0[order].tolist(), row_p1[order].tolist()))
     max_rows = batch_size or default_rows(ctx)
-    chunks = plan_chunks([max(k[0], 0) for k in keys], [k[1] for k in keys], max_rows, ctx.n_layers, P, _overhead_rows(ctx))
+    chunks = plan_chunks([max(k[0], 0) for k in keys], [k[1] for k in keys], max_rows, ctx.n_layers, P,
+                         _overhead_rows(ctx), [k[2] for k in keys])
     for lo, hi in tqdm(chunks, desc="activation patching", disable=not progress, leave=False):
         layer = None if keys[lo][0] < 0 else keys[lo][0]
         p0 = min(k[1] for k in keys[lo:hi])
+        p1 = max(k[2] for k in keys[lo:hi] if k[0] == keys[lo][0])
         cell_ids, prompts = row_cell[lo:hi], row_prompt[lo:hi].to(dev)
         hooks = []
         for name, (local, stack) in site_masks.items():
@@ -233,24 +256,29 @@ def run_cells(
             rows = None if len(sel) == hi - lo else sel.to(dev)
             hooks.append((name, _patch_hook(mask, sources[name][prompts[sel.to(dev)]], layout_of[name], p0, rows)))
         with torch.no_grad():
-            logits = forward_rows(ctx, prompts, layer, p0, hooks)
+            logits = forward_rows(ctx, prompts, layer, p0, hooks, p1=p1)
             m = eval_metric(ctx.metric, logits, ctx.batch.select(prompts), "patched run")
-        ctx.account(hi - lo, layer, p0)
+        ctx.account(hi - lo, layer, p0, p1=p1 if layer is not None and ctx.pos_skip else None)
         effects[cell_ids, prompts.cpu()] = (m - ctx.base_metric[prompts]).cpu()  # type: ignore[index]
     return effects
 
 
 def _patch_hook(mask: Tensor, src: Tensor, layout: str, p0: int, rows: Tensor | None) -> Callable:
-    """Forward hook writing ``src`` where ``mask`` is set, on all rows or only on ``rows``."""
+    """Forward hook writing ``src`` where ``mask`` is set, on all rows or only on ``rows``; the hooked
+    activation covers positions ``p0 .. p0 + its length`` (a suffix, or a span on a two-stage forward)."""
     ax = pos_axis(layout)
     src = src.narrow(ax, p0, src.shape[ax] - p0)
     lay = mask_to_layout(mask, layout)
 
     def hook(act: Tensor, hook: Any = None) -> Tensor:
+        n = act.shape[ax]
+        s_, m_ = src.narrow(ax, 0, n).to(act.dtype), lay.narrow(ax, 0, n)
+        if s_.shape[-1] != act.shape[-1]:  # attention patterns: keys also stop at the span's end
+            s_ = s_[..., : act.shape[-1]]
         if rows is None:
-            return torch.where(lay, src.to(act.dtype), act)
+            return torch.where(m_, s_, act)
         out = act.clone()
-        out[rows] = torch.where(lay, src.to(act.dtype), act[rows])
+        out[rows] = torch.where(m_, s_, act[rows])
         return out
 
     return hook

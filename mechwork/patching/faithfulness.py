@@ -106,6 +106,7 @@ def faithfulness_many(
     universe: Any = None,
     ablation: str = "corrupt",
     batch_size: int | None = None,
+    resume: bool = True,
 ) -> list[Faithfulness]:
     """:func:`faithfulness` of several node sets over one universe, in one batched pass."""
     t0 = time.perf_counter()
@@ -122,7 +123,7 @@ def faithfulness_many(
         if outside:
             raise DataError(f"nodes {outside[:5]} are not in the universe ({len(uni)} nodes, e.g. {uni[0]})")
     sites = expand_sites(model, list(dict.fromkeys(n.site for n in uni)), "layer")
-    ctx = prepare(model, batch, metric, sites, "noise", skip_caches=True)  # base = clean, source = corrupted
+    ctx = prepare(model, batch, metric, sites, "noise", skip_caches=resume)  # base = clean, source = corrupted
     sources = _sources(ctx, ablation)
     site_of = {s.name: s for s in sites}
     cells: list[Cell] = []
@@ -168,6 +169,7 @@ def faithfulness(
     universe: Any = None,
     ablation: str = "corrupt",
     batch_size: int | None = None,
+    resume: bool = True,
 ) -> Faithfulness:
     """The metric with everything in the universe outside ``nodes`` ablated, normalised to [corrupted, clean].
 
@@ -183,8 +185,11 @@ def faithfulness(
         granularity (all heads of the model when ``nodes`` are heads).
     ablation : {"corrupt", "mean"}
         Replace by the corrupted run's activation, or by its mean over the corrupted prompts per position.
+    batch_size, resume
+        As for :func:`~mechwork.patching.activation_patch`.
     """
-    return faithfulness_many(model, batch, metric, [list(nodes)], universe=universe, ablation=ablation, batch_size=batch_size)[0]
+    return faithfulness_many(model, batch, metric, [list(nodes)], universe=universe, ablation=ablation,
+                             batch_size=batch_size, resume=resume)[0]
 
 
 def faithfulness_curve(
@@ -197,6 +202,7 @@ def faithfulness_curve(
     absolute: bool = True,
     ablation: str = "corrupt",
     batch_size: int | None = None,
+    resume: bool = True,
 ) -> list[Faithfulness]:
     """Faithfulness of the top-``k`` nodes of ``result`` for each ``k`` in ``sizes`` (universe: the result's cells)."""
     sizes = [int(k) for k in sizes if 0 <= int(k) <= result.scores.numel()]
@@ -204,4 +210,4 @@ def faithfulness_curve(
         raise DataError("no valid sizes (each must be between 0 and the number of cells)")
     ranked = result.top(max(sizes), absolute=absolute)
     return faithfulness_many(model, batch, metric, [ranked[:k] for k in sizes], universe=result, ablation=ablation,
-                             batch_size=batch_size)
+                             batch_size=batch_size, resume=resume)

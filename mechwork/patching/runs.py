@@ -30,6 +30,12 @@ from .grid import to_canonical
 
 Metric = Callable[[Tensor, Any], Tensor]
 DIRECTIONS = ("denoise", "noise")
+# Sites downstream of the attention mixing: a change at position p alters only position p of its own layer (the
+# next layer's attention spreads it). Patches there need their layer computed only over the changed positions.
+LOCAL_KINDS = frozenset({
+    "q", "q_input", "attn_scores", "pattern", "z", "result", "attn_out", "resid_mid", "ln2_scale", "ln2_normalized",
+    "mlp_in", "mlp_pre", "mlp_post", "mlp_out", "resid_post",
+})
 
 
 @dataclass
@@ -102,13 +108,21 @@ class Context:
             return None, 0
         return layer, (p0 if self.pos_skip else 0)
 
-    def account(self, rows: int, layer: int | None, p0: int, *, backward: bool = False) -> None:
+    def account(self, rows: int, layer: int | None, p0: int, *, p1: int | None = None, backward: bool = False) -> None:
+        """Count one forward pass of ``rows`` rows resumed at ``(layer, p0)`` (layer ``layer`` computed only up to
+        position ``p1`` when given), in units of full forward passes over the batch."""
         c = self.cost
         c.forwards += 1
         c.backwards += int(backward)
         c.rows += rows
-        frac_l = 1.0 if layer is None else (self.n_layers - layer) / self.n_layers
-        c.full_equiv += rows / self.n * frac_l * (self.n_pos - p0) / self.n_pos * (3.0 if backward else 1.0)
+        L, P = self.n_layers, self.n_pos
+        if layer is None:
+            work = L * P
+        elif p1 is None:
+            work = (L - layer) * (P - p0)
+        else:
+            work = (p1 - p0 + 1) + (L - layer - 1) * (P - p0)
+        c.full_equiv += rows / self.n * work / (L * P) * (3.0 if backward else 1.0)
 
 
 def _layout(ctx: Context, name: str) -> str:
@@ -288,6 +302,7 @@ def prepare(
         extra += [f"blocks.{i}.hook_resid_pre" for i in range(ctx.n_layers)]
     if pos_skip:
         extra += [f"blocks.{i}.attn.hook_{x}" for i in range(ctx.n_layers) for x in "kv"]
+        extra += [f"blocks.{ctx.n_layers - 1}.hook_resid_post"]
     n = int(base.shape[0])
     what = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
     # the base and source runs share one forward pass (stacked along the batch)
@@ -297,6 +312,8 @@ def prepare(
         ctx.base_logits = logits[:n]
         ctx.base_acts = {k: acts[k][:n] for k in names}
         ctx.resid = {i: acts[f"blocks.{i}.hook_resid_pre"][:n] for i in range(ctx.n_layers)} if layer_skip else {}
+        if pos_skip:  # the input of the final LayerNorm, as if it were the residual before layer n_layers
+            ctx.resid[ctx.n_layers] = acts[f"blocks.{ctx.n_layers - 1}.hook_resid_post"][:n]
         ctx.kv = {i: (acts[f"blocks.{i}.attn.hook_k"][:n], acts[f"blocks.{i}.attn.hook_v"][:n])
                   for i in range(ctx.n_layers)} if pos_skip else {}
         ctx.base_metric = eval_metric(metric_fn, logits[:n], batch, f"{what[0]} run")
@@ -314,16 +331,33 @@ def forward_rows(
     layer: int | None,
     p0: int,
     hooks: list[tuple[str, Callable]],
+    *,
+    p1: int | None = None,
 ) -> Tensor:
     """Logits ``[rows, pos, vocab]`` of base-run rows ``prompts`` with ``hooks`` on, resuming at ``(layer, p0)``
-    as returned by :meth:`Context.start` (``layer`` None: a full forward from the tokens)."""
+    as returned by :meth:`Context.start` (``layer`` None: a full forward from the tokens).
+
+    With ``p1`` (patches at ``layer`` change nothing of that layer beyond position ``p1``, see
+    :data:`LOCAL_KINDS`), layer ``layer`` runs over positions ``p0..p1`` only and the later layers over ``p0..``
+    with the base run's residual after ``p1``.
+    """
     model = ctx.model
     if layer is None:
         return run_with_hooks(model, ctx.base_tokens[prompts], hooks)
-    resid = ctx.resid[layer][prompts, p0:]
-    cache = _kv_cache(ctx, prompts, layer, p0) if p0 > 0 else None
+    two_stage = p1 is not None and ctx.pos_skip and p1 < ctx.n_pos - 1
     with _direct_hooks(model, hooks):
-        logits = model(resid, start_at_layer=layer, past_kv_cache=cache)
+        if not two_stage:
+            resid = ctx.resid[layer][prompts, p0:]
+            logits = model(resid, start_at_layer=layer, past_kv_cache=_kv_cache(ctx, prompts, layer, p0))
+        else:
+            out = model(ctx.resid[layer][prompts, p0:p1 + 1], start_at_layer=layer, stop_at_layer=layer + 1,
+                        past_kv_cache=_kv_cache(ctx, prompts, layer, p0))
+            if layer + 1 == ctx.n_layers:  # nothing mixes positions any more: unembed the changed span only
+                span = model(out, start_at_layer=layer + 1)
+                logits = torch.cat([span, ctx.base_logits[prompts, p1 + 1:].to(span.dtype)], dim=1)  # type: ignore[index]
+            else:
+                resid = torch.cat([out, ctx.resid[layer + 1][prompts, p1 + 1:]], dim=1)
+                logits = model(resid, start_at_layer=layer + 1, past_kv_cache=_kv_cache(ctx, prompts, layer + 1, p0))
     if p0 > 0:
         logits = torch.cat([ctx.base_logits[prompts, :p0].to(logits.dtype), logits], dim=1)  # type: ignore[index]
     return logits
@@ -346,6 +380,8 @@ def _direct_hooks(model: Any, hooks: Sequence[tuple[str, Callable]]) -> Iterator
 
 
 def _kv_cache(ctx: Context, prompts: Tensor, layer: int, p0: int) -> Any:
+    if p0 == 0:
+        return None
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
     from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
