@@ -197,8 +197,10 @@ cell's IG score is its share of the joint patch of its whole site (Aumann-Shaple
 the cell alone when cells interact (e.g. redundant or mutually dependent heads); per site the scores sum to the
 effect of patching the whole site (completeness). Speed-ups come from stacking many patched copies per forward
 pass, skipping (cell, prompt) pairs whose source and base activations are identical (their effect is exactly 0),
-and resuming each forward from the patched layer and first changed position with cached keys/values
-(HookedTransformer only; the TransformerBridge has no start_at_layer)."""
+resuming each forward from the patched layer and first changed position with cached keys/values, and, for sites
+after the attention mixing (z, q, pattern, attn_out, MLP, resid_post), computing the patched layer only over the
+changed positions ("batched only" = the first two; resuming needs start_at_layer, which the TransformerBridge
+lacks). The speed-up depends on the task layout: IOI corrupts a late token, induction a whole early segment."""
 
 
 def main(argv: list[str] | None = None) -> int:
