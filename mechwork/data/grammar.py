@@ -61,8 +61,10 @@ STYLE_SENTENCES = (
 STYLE_PROMPT_CONTEXTS = ("it was a {ADJ} day .", "everyone {VERB} at the {P} .", "{N} {VERB} and felt {ADJ} .")
 STYLE_PROMPT_HEADS = ("the {P} was", "the {O} was")
 
-INDUCTION_PREFIX = (0, 12)
-INDUCTION_SEGMENT = (5, 16)
+# Segments of 8-24 tokens: with shorter ones (5-16) small models learn offset / context-averaging shortcuts
+# instead of the previous-token -> induction-head circuit (observed while training the zoo).
+INDUCTION_PREFIX = (0, 10)
+INDUCTION_SEGMENT = (8, 24)
 INDUCTION_SUFFIX = (0, 4)
 
 DEFAULT_MIX = {"ioi": 0.35, "gender": 0.2, "style": 0.25, "induction": 0.2}
