@@ -1,0 +1,179 @@
+"""Shuffled (or ordered) batches of rows from memory-mapped activations.
+
+Indices come first (:func:`row_batches`: one permutation of the rows per epoch, reproducible from
+``(seed, epoch)``), then a background thread gathers the rows of the next batches (``index_select`` on the
+mapped tensors releases the GIL) while the consumer works on the current one. On a CUDA device the rows are
+gathered into pinned buffers and copied with ``non_blocking=True``, in the stored dtype, then converted on
+the device.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..core.errors import ConfigError
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The random generator of one epoch, derived from ``(seed, epoch)`` (independent of other epochs)."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch)]).generate_state(2, np.uint32)
+    g = torch.Generator()
+    g.manual_seed(int(state[0]) << 32 | int(state[1]))
+    return g
+
+
+def check_batching(batch_size: Any, epochs: Any, start: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ConfigError(f"epochs must be a positive integer or None (forever), got {epochs!r}")
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ConfigError(f"start must be a non-negative integer (batches to skip), got {start!r}")
+
+
+def row_batches(
+    rows: Tensor, batch_size: int, *, shuffle: bool, seed: int, epochs: int | None, drop_last: bool, start: int = 0
+) -> Iterator[Tensor]:
+    """Batches of row indices: each epoch visits every index of ``rows`` exactly once.
+
+    With ``shuffle`` the order is a fresh permutation per epoch; ``epochs=None`` never ends; ``start`` skips
+    that many batches (to resume a training run) without reading anything.
+    """
+    check_batching(batch_size, epochs, start)
+    n = int(rows.numel())
+    if n == 0:
+        return
+    per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+    if per_epoch == 0:
+        raise ConfigError(f"batch_size {batch_size} exceeds the {n} rows available and drop_last=True leaves no batch")
+    first_epoch, skip = divmod(start, per_epoch)
+    for epoch in (itertools.count(first_epoch) if epochs is None else range(first_epoch, epochs)):
+        order = rows[torch.randperm(n, generator=epoch_generator(seed, epoch))] if shuffle else rows
+        for b in range(skip, per_epoch):
+            yield order[b * batch_size : (b + 1) * batch_size]
+        skip = 0
+
+
+def _resolve_rows(rows: Any, n_tokens: int) -> Tensor:
+    if rows is None:
+        return torch.arange(n_tokens)
+    if isinstance(rows, slice):
+        return torch.arange(n_tokens)[rows]
+    t = torch.as_tensor(rows)
+    if t.dtype == torch.bool:
+        if t.shape != (n_tokens,):
+            raise ConfigError(f"a boolean row mask must have shape ({n_tokens},), got {tuple(t.shape)}")
+        return t.nonzero().squeeze(1)
+    if t.dtype.is_floating_point or t.ndim != 1:
+        raise ConfigError(f"rows must be a slice, a 1-D tensor of row indices or a boolean mask, got {t.dtype} {tuple(t.shape)}")
+    t = t.long()
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_tokens):
+        raise ConfigError(f"row indices must lie in [0, {n_tokens}), got min {int(t.min())}, max {int(t.max())}")
+    return t
+
+
+class _End:
+    """End of the prefetched stream (with the producer's exception, if any)."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+
+class _Prefetcher:
+    """Gathers batches on a daemon thread, ``depth`` ahead of the consumer."""
+
+    def __init__(self, sources: dict[str, Tensor], index_iter: Iterator[Tensor], depth: int, pin: bool) -> None:
+        self.sources, self.index_iter, self.pin = sources, index_iter, pin
+        self.q: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="mechwork-cache-loader", daemon=True)
+        self.thread.start()
+
+    def _gather(self, idx: Tensor) -> dict[str, Tensor]:
+        out = {}
+        for name, src in self.sources.items():
+            buf = torch.empty((idx.numel(), *src.shape[1:]), dtype=src.dtype, pin_memory=self.pin)
+            torch.index_select(src, 0, idx, out=buf)
+            out[name] = buf
+        return out
+
+    def _run(self) -> None:
+        try:
+            for idx in self.index_iter:
+                item = (idx, self._gather(idx))
+                while not self.stop.is_set():
+                    try:
+                        self.q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self.stop.is_set():
+                    return
+            self._put_final(_End(None))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            self._put_final(_End(e))
+
+    def _put_final(self, item: "_End") -> None:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        try:
+            while True:
+                item = self.q.get()
+                if isinstance(item, _End):
+                    if item.error is not None:
+                        raise item.error
+                    return
+                yield item
+        finally:
+            self.stop.set()
+
+
+def iterate(
+    sources: dict[str, Tensor],
+    index_iter: Iterator[Tensor],
+    *,
+    single: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    flatten: bool,
+    with_indices: bool,
+    prefetch: int,
+) -> Iterator[Any]:
+    """Turn index batches into tensors (one site) or dicts of tensors (several sites)."""
+    cuda = device.type == "cuda"
+    if prefetch > 0:
+        batches: Iterator[tuple[Tensor, dict[str, Tensor]]] = iter(_Prefetcher(sources, index_iter, prefetch, pin=cuda))
+    else:
+        batches = ((idx, {n: s.index_select(0, idx) for n, s in sources.items()}) for idx in index_iter)
+    for idx, raw in batches:
+        out = {}
+        for name, t in raw.items():
+            if t.device != device:
+                t = t.to(device, non_blocking=cuda)
+            t = t.to(dtype)
+            out[name] = t.reshape(t.shape[0], -1) if flatten else t
+        result = out[single] if single is not None else out
+        yield (idx, result) if with_indices else result
+
+
+def as_site_list(sites: Any) -> tuple[list[Any], bool]:
+    """``(site names, whether a single site was given)``; ``("resid_post", 2)`` counts as one site."""
+    if isinstance(sites, str) or (isinstance(sites, tuple) and len(sites) == 2 and isinstance(sites[1], int)):
+        return [sites], True
+    names = list(sites)
+    if not names:
+        raise ConfigError("no sites given")
+    return names, False
