@@ -122,6 +122,7 @@ class LeaceFitter:
         self.scatter_xx = torch.zeros(self.d, self.d, **kw) if self.options.method == "leace" else None
         self.scatter_xz = torch.zeros(self.d, self.k, **kw)
         self.seconds = 0.0
+        self.out_dtype = torch.float32  # float64 once any batch was float64
         self._eraser: Eraser | None = None
 
     def update(self, X: Float[Tensor, "... d"], z: Tensor) -> "LeaceFitter":
@@ -145,6 +146,8 @@ class LeaceFitter:
     def update_matrix(self, X: Float[Tensor, "n d"], Z: Float[Tensor, "n k"]) -> "LeaceFitter":
         """Add a validated batch (``X`` ``[n, d]``, ``Z`` ``[n, k]``): Chan's pairwise merge of means and scatters."""
         t0 = time.perf_counter()
+        if X.dtype == torch.float64:
+            self.out_dtype = torch.float64
         dev = self.mean_x.device
         X = X.to(dev, torch.float64)
         Z = Z.to(dev, torch.float64)
@@ -217,5 +220,5 @@ class LeaceFitter:
             sol = self.solve()
             seconds = self.seconds + time.perf_counter() - t0
             classes = tuple(range(self.n_classes)) if self.n_classes else ()
-            self._eraser = self.options.build(sol, d=self.d, classes=classes, n=self.n, seconds=seconds, dtype=torch.float32)
+            self._eraser = self.options.build(sol, d=self.d, classes=classes, n=self.n, seconds=seconds, dtype=self.out_dtype)
         return self._eraser
