@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from jaxtyping import Bool, Int
@@ -29,11 +29,14 @@ class Corpus:
     split : str
         ``"train"`` draws IOI name pairs from the training pairs only; ``"test"`` from the held-out pairs;
         ``"all"`` from both.
+    options : mapping of kind to keyword arguments
+        Passed to that kind's generator, e.g. ``{"induction": {"segment_range": (8, 24)}}``.
     """
 
     seed: int = 0
     mix: Mapping[str, float] | None = None
     split: str = "train"
+    options: Mapping[str, Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         mix = dict(DEFAULT_MIX if self.mix is None else self.mix)
@@ -44,15 +47,19 @@ class Corpus:
             raise ConfigError(f"mix must have non-negative weights with a positive sum, got {mix}")
         if self.split not in ("train", "test", "all"):
             raise ConfigError(f"split must be 'train', 'test' or 'all', got {self.split!r}")
+        unknown_opts = set(self.options or {}) - set(GENERATORS)
+        if unknown_opts:
+            raise ConfigError(f"options for unknown document kinds {sorted(unknown_opts)}")
         self._kinds = list(mix)
         self._weights = [mix[k] for k in self._kinds]
         self._rng = random.Random(self.seed)
 
     def doc(self) -> Doc:
         kind = self._rng.choices(self._kinds, self._weights)[0]
+        kwargs = dict((self.options or {}).get(kind, {}))
         if kind == "ioi":
-            return GENERATORS[kind](self._rng, split=self.split)
-        return GENERATORS[kind](self._rng)
+            kwargs["split"] = self.split
+        return GENERATORS[kind](self._rng, **kwargs)
 
     def docs(self, n: int) -> list[Doc]:
         return [self.doc() for _ in range(n)]

@@ -188,11 +188,14 @@ def induction_doc(
     segment_len: int | None = None,
     suffix_len: int | None = None,
     pool: tuple[str, ...] = V.INDUCTION_POOL,
+    prefix_range: tuple[int, int] = INDUCTION_PREFIX,
+    segment_range: tuple[int, int] = INDUCTION_SEGMENT,
+    suffix_range: tuple[int, int] = INDUCTION_SUFFIX,
 ) -> Doc:
-    """``[prefix] [segment] [segment] [suffix]`` of random pool tokens, lengths random unless given."""
-    p = rng.randint(*INDUCTION_PREFIX) if prefix_len is None else prefix_len
-    L = rng.randint(*INDUCTION_SEGMENT) if segment_len is None else segment_len
-    s = rng.randint(*INDUCTION_SUFFIX) if suffix_len is None else suffix_len
+    """``[prefix] [segment] [segment] [suffix]`` of random pool tokens; lengths drawn from the ranges unless given."""
+    p = rng.randint(*prefix_range) if prefix_len is None else prefix_len
+    L = rng.randint(*segment_range) if segment_len is None else segment_len
+    s = rng.randint(*suffix_range) if suffix_len is None else suffix_len
     seg = [rng.choice(pool) for _ in range(L)]
     words = [rng.choice(pool) for _ in range(p)] + seg + seg + [rng.choice(pool) for _ in range(s)]
     tags = ["induction:prefix"] * p + ["induction:first"] * L + ["induction:second"] * L + ["induction:suffix"] * s

@@ -60,5 +60,6 @@ class TrainConfig(Config):
     grad_clip: float = 1.0
     seed: int = 0
     mix: dict[str, float] = field(default_factory=dict)
+    doc_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     threads: int = 1
     log_every: int = 100

@@ -100,7 +100,8 @@ def load_hf_bridge(name_or_path: str, *, processing: bool = True) -> Any:
 
 
 def _is_causal(model: Any) -> bool:
-    return not getattr(model.cfg, "original_architecture", "").startswith(("Bert", "Roberta"))
+    arch = str(getattr(model.cfg, "original_architecture", None) or getattr(model.cfg, "architecture", None) or "")
+    return not arch.startswith(("Bert", "Roberta", "DistilBert"))
 
 
 def _has_tokenizer(path: Path) -> bool:

@@ -42,7 +42,7 @@ def train_model(
     torch.manual_seed(train_cfg.seed)
     model = build_hooked(model_cfg.tl_dict(), None, get_tokenizer())
     model.train()
-    corpus = Corpus(seed=train_cfg.seed, mix=train_cfg.mix or None, split="train")
+    corpus = Corpus(seed=train_cfg.seed, mix=train_cfg.mix or None, split="train", options=train_cfg.doc_options or None)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(

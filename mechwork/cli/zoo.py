@@ -1,0 +1,90 @@
+"""``mechwork zoo``: list the shipped models, train one from scratch, re-measure its card."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "zoo",
+        help="the shipped models: list, train from scratch, evaluate",
+        description="mechwork ships small models trained on its generated language, whose ground truth is known.",
+        epilog="examples:\n  mechwork zoo list\n  mechwork zoo train toy-induction-2l --out /tmp/ind2l\n"
+        "  mechwork zoo eval toy-mixed",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    zsub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
+    ls = zsub.add_parser("list", help="list shipped models with their card metrics")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=run_list)
+    tr = zsub.add_parser(
+        "train",
+        help="train a zoo model from scratch (deterministic: one thread, fixed seeds)",
+        description="Train NAME from scratch on the generated corpus with its registered recipe and write the model "
+        "folder (config.json, model.safetensors, tokenizer/, card.json with metrics and wall time). Without --out the "
+        "shipped copy inside the package is replaced.",
+    )
+    tr.add_argument("name", help="zoo model name (see `mechwork zoo list`)")
+    tr.add_argument("--out", default=None, help="output folder (default: the package's zoo folder)")
+    tr.add_argument("--steps", type=int, default=None, help="override the number of training steps (quick tries)")
+    tr.set_defaults(func=run_train)
+    ev = zsub.add_parser("eval", help="re-measure a model's quality on fresh held-out prompts")
+    ev.add_argument("name", help="zoo model name or model folder")
+    ev.add_argument("--quick", action="store_true", help="fewer prompts")
+    ev.set_defaults(func=run_eval)
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from ..core.io import read_json
+    from ..models.zoo import DEFAULT, ENTRIES
+
+    rows = []
+    for name, e in ENTRIES.items():
+        card_path = e.path / "card.json"
+        card = read_json(card_path) if card_path.is_file() else {}
+        rows.append({"name": name, "default": name == DEFAULT, "description": e.description, "trained": bool(card),
+                     "metrics": card.get("metrics"), "wall_seconds": card.get("wall_seconds"), "steps": card.get("steps")})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        flag = " (default)" if r["default"] else ""
+        print(f"{r['name']}{flag}: {r['description']}")
+        if not r["trained"]:
+            print("    not trained yet: run `mechwork zoo train " + r["name"] + "`")
+            continue
+        print(f"    trained {r['steps']} steps in {r['wall_seconds']} s")
+        for task, m in (r["metrics"] or {}).items():
+            vals = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
+            print(f"    {task}: {vals}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..models.train import train_zoo
+
+    path = train_zoo(args.name, out=args.out, steps=args.steps)
+    print(f"wrote {path}")
+    return run_eval_path(path, quick=True, measured=True)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    return run_eval_path(args.name, quick=args.quick)
+
+
+def run_eval_path(spec, *, quick: bool, measured: bool = False) -> int:
+    from ..models.load import load_model
+    from ..models.quality import model_quality
+
+    if measured:
+        from ..core.io import read_json
+        from pathlib import Path
+
+        metrics = read_json(Path(spec) / "card.json").get("metrics", {})
+    else:
+        metrics = model_quality(load_model(spec, device="cpu"), quick=quick)
+    print(json.dumps(metrics, indent=2))
+    return 0
