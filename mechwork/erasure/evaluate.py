@@ -4,7 +4,7 @@ the concept task's accuracy with the eraser hooked in, next to unrelated tasks (
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,11 +18,13 @@ from .linalg import whitening
 from .probes import sklearn_probe_score
 
 
-def probe_report(eraser: Eraser, X: Float[Tensor, "... d"], z: Tensor, *, probes: Sequence[str] = ("linear", "mlp"),
-                 test_fraction: float = 0.5, seed: int = 0, before: bool = True) -> dict[str, Any]:
+def probe_report(eraser: Eraser | Callable[[Tensor], Tensor], X: Float[Tensor, "... d"], z: Tensor, *,
+                 probes: Sequence[str] = ("linear", "mlp"), test_fraction: float = 0.5, seed: int = 0,
+                 before: bool = True) -> dict[str, Any]:
     """Probe accuracy after (and before) erasure, distortion, rank and fit time, on data held out from fitting.
 
     The held-out rows are split: fresh probes train on one part of the erased data and are scored on the other.
+    ``eraser`` is an :class:`Eraser` or any callable ``[n, d] -> [n, d]`` (e.g. a peer library's eraser).
 
     Returns
     -------
@@ -46,8 +48,8 @@ def probe_report(eraser: Eraser, X: Float[Tensor, "... d"], z: Tensor, *, probes
     out: dict[str, Any] = {
         "n": c.n,
         "majority": float(np.bincount(labels[te]).max()) / len(te),
-        "rank": eraser.rank,
-        "fit_seconds": eraser.config.fit_seconds,
+        "rank": getattr(eraser, "rank", None),
+        "fit_seconds": eraser.config.fit_seconds if isinstance(eraser, Eraser) else None,
         "mse": float((delta**2).sum(1).mean()),
         "mse_whitened": float(((delta @ W) ** 2).sum(1).mean()),
         "mean_sq_norm": float((X64**2).sum(1).mean()),

@@ -36,7 +36,9 @@ class INLP(Method):
     n_iter : int
         Most rounds (each removes one direction for a binary concept, up to ``k`` for ``k`` classes).
     classifier : {"logistic", "svm"}
-        ``LogisticRegression`` (lbfgs) or ``LinearSVC`` (primal), both with an intercept.
+        ``LogisticRegression`` (lbfgs) or ``LinearSVC`` (primal), both with an intercept, trained on centred data
+        divided by one global scale (its root mean square coordinate: directions and nullspaces are unchanged,
+        the solvers converge faster and ``C`` means the same whatever the units).
     C : float
         Inverse regularisation strength of the classifiers.
     stop_within : float
@@ -94,7 +96,8 @@ class INLP(Method):
             train = train[: self.max_samples]
         maj = float(np.bincount(labels[dev]).max()) / len(dev)
         mu = X[train].mean(0)
-        Xn = (X - mu).numpy()
+        scale = float((X[train] - mu).pow(2).mean().sqrt().clamp_min(1e-12))  # isotropic: keeps the geometry
+        Xn = ((X - mu) / scale).numpy()
         P = np.eye(d)
         S = np.zeros((d, d))  # Σ_i P_R(W_i)
         weights: list[np.ndarray] = []

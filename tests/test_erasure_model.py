@@ -1,0 +1,114 @@
+"""Erasers inside models: hooks on both backends, fitting from a model, scrubbing in causal order, fitting from an
+activation store, the CLI, and the behaviour test on toy-mixed (gender to chance, IOI kept)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import mechwork
+from mechwork.cli import main
+from mechwork.erasure import LEACE, behaviour, causal_order, collect, evaluate, fit, fit_store, labelled, scrub
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def gender_sweep(toy_mixed):
+    """LEACE fitted at every residual-stream site of toy-mixed, and the model's behaviour with each hooked in."""
+    rows = {}
+    clean = behaviour(toy_mixed, None, tasks=("ioi",), n=200, seed=1)
+    for s in mechwork.erasure.residual_sites(toy_mixed):
+        e = fit(toy_mixed, "gender", s, "leace", n=800, seed=0)
+        rows[s] = (e, behaviour(toy_mixed, e.hook(toy_mixed, s), tasks=("ioi",), n=200, seed=1))
+    return clean, rows
+
+
+def test_behaviour_gender_to_chance_ioi_kept(gender_sweep):
+    """At the best site (found by measurement), gender accuracy drops to about chance while IOI stays within a
+    few points of the clean model."""
+    clean, rows = gender_sweep
+    assert clean["gender"]["accuracy"] > 0.9, clean
+    site, (eraser, after) = min(rows.items(), key=lambda kv: kv[1][1]["gender"]["accuracy"])
+    report = {s: (round(b["gender"]["accuracy"], 3), round(b["ioi"]["accuracy"], 3)) for s, (_, b) in rows.items()}
+    assert abs(after["gender"]["accuracy"] - 0.5) < 0.1, report
+    assert clean["ioi"]["accuracy"] - after["ioi"]["accuracy"] < 0.05, (clean["ioi"], report)
+    assert eraser.rank == 1
+
+
+def test_hook_same_on_both_backends(gender_sweep, toy_mixed, toy_mixed_bridge):
+    _, rows = gender_sweep
+    site, (eraser, _) = next(iter(rows.items()))
+    batch = mechwork.tasks.get("gender").prompts(16, seed=3)
+    with torch.inference_mode():
+        clean = toy_mixed(batch.clean)
+        with eraser.hook(toy_mixed, site):
+            a = toy_mixed(batch.clean)
+        with eraser.hook(toy_mixed_bridge, site):
+            b = toy_mixed_bridge(batch.clean)
+        after = toy_mixed(batch.clean)
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-4)
+    assert (a - clean).abs().max() > 1e-2
+    torch.testing.assert_close(after, clean)  # the hook is gone after the block
+    with pytest.raises(mechwork.ShapeError, match="width"):
+        eraser.hook(toy_mixed, "mlp_post.0")
+    with pytest.raises(mechwork.SiteError, match="resid_pre"):
+        eraser.hook(toy_mixed, "resid_pree.1")
+
+
+def test_fit_from_model_on_both_backends(toy_mixed_any):
+    e = fit(toy_mixed_any, "gender", "resid_post.0", "leace", n=200, seed=0, positions="last")
+    assert e.config.n_samples == 200 and e.config.site == "blocks.0.hook_resid_post" and e.config.task == "gender"
+    ref = fit(toy_mixed_any, "gender", "resid_post.0", LEACE(), n=200, seed=0, positions="content")
+    lab = labelled("gender", n=200, seed=0, positions="content")
+    assert ref.config.n_samples == int(lab.mask.sum()) == int(lab.mask[:, 1:].sum())  # every real token but BOS
+
+
+def test_scrub_causal_order_upstream_and_roundtrip(toy_mixed, tmp_path):
+    sites = ["resid_pre.2", "z.0", "resid_pre.1"]
+    assert [s.alias for s in causal_order(toy_mixed, sites)] == ["z.0", "resid_pre.1", "resid_pre.2"]
+    sc = scrub(toy_mixed, "gender", sites, "leace", n=200, seed=0)
+    assert sc.sites == ["blocks.0.attn.hook_z", "blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre"]
+    # the last eraser was fitted on activations erased at both upstream sites
+    lab = labelled("gender", n=200, seed=0)
+    X, z = collect(toy_mixed, lab, "resid_pre.2", upstream=list(sc)[:2])
+    torch.testing.assert_close(sc["resid_pre.2"].projection, LEACE.fit(X, z).projection, atol=1e-5, rtol=0)
+    sc.save(tmp_path / "sc")
+    back = mechwork.erasure.load(tmp_path / "sc")
+    toks = lab.tokens[:8]
+    with torch.inference_mode():
+        with sc.hook(toy_mixed):
+            a = toy_mixed(toks)
+        with back.hook(toy_mixed):
+            b = toy_mixed(toks)
+    torch.testing.assert_close(a, b)
+    rep = evaluate(sc, toy_mixed, "gender", n=150, behaviour_n=64, tasks=("ioi",), probes=("linear",))
+    assert rep["site"] == "blocks.2.hook_resid_pre" and "gender" in rep["behaviour_after"]
+
+
+def test_fit_store_streams_like_in_memory(toy_mixed):
+    batch = mechwork.tasks.get("gender").prompts(120, seed=5)
+    store = mechwork.cache.collect(toy_mixed, batch, ["resid_pre.1"], context=32, batch_size=8, progress=False)
+    e = fit_store(store, "resid_pre.1", doc_labels=batch.labels, batch_size=100)
+    keep = store.docs >= 0
+    X, z = store["resid_pre.1"][keep], batch.labels[store.docs[keep]]
+    torch.testing.assert_close(e(X), LEACE.fit(X, z)(X), atol=1e-4, rtol=0)
+    assert e.config.site == "blocks.1.hook_resid_pre" and e.config.model == "toy-mixed"
+    r = fit_store(store, "resid_pre.1", "rlace", doc_labels=batch.labels, max_steps=50)
+    assert r.rank == 1 and r.is_orthogonal
+
+
+def test_cli_fit_eval(tmp_path, capsys):
+    out = tmp_path / "e"
+    assert main(["erase", "fit", "toy-mixed", "--site", "resid_pre.1", "--method", "inlp", "--n-iter", "2", "--n", "150",
+                 "--out", str(out), "--no-eval"]) == 0
+    assert "fitted Eraser(method='inlp'" in capsys.readouterr().out
+    assert main(["erase", "eval", str(out), "--n", "150", "--behaviour-n", "32"]) == 0
+    text = capsys.readouterr().out
+    assert "linear" in text and "ioi" in text and "gender" in text
+    rep = json.loads((out / "eval.json").read_text())
+    assert rep["probes"]["rank"] == mechwork.erasure.load(out).rank
+    assert main(["erase", "fit", "toy-mixed", "--site", "resid_pre.9", "--out", str(tmp_path / "x")]) == 2
+    assert "resid_pre" in capsys.readouterr().err
