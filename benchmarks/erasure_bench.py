@@ -67,9 +67,15 @@ def method_table(Xtr: torch.Tensor, ytr: torch.Tensor, Xte: torch.Tensor, yte: t
     ours = add("LEACE (mechwork)", lambda: LEACE.fit(Xtr, ytr), lambda e: e, lambda e: e.rank)
     peer = add("LEACE (concept-erasure 0.2.4, shrinkage off)", lambda: LeaceEraser.fit(Xtr, ytr.float(), shrinkage=False),
                lambda e: e, lambda e: int(e.proj_left.shape[1]))
+    peer64 = add("LEACE (concept-erasure, shrinkage off, float64 input)",
+                 lambda: LeaceEraser.fit(Xtr.double(), ytr.double(), shrinkage=False),
+                 lambda e: (lambda x: e(x.double()).float()), lambda e: int(e.proj_left.shape[1]))
     add("LEACE (concept-erasure, default shrinkage on)", lambda: LeaceEraser.fit(Xtr, ytr.float()), lambda e: e,
         lambda e: int(e.proj_left.shape[1]))
-    rows[-3]["max_abs_diff_vs_peer"] = float((ours(Xte).double() - peer(Xte).double()).abs().max())
+    lea = next(r for r in rows if r["method"] == "LEACE (mechwork)")
+    lea["max_abs_diff_vs_peer_float32"] = float((ours(Xte).double() - peer(Xte).double()).abs().max())
+    lea["max_abs_diff_vs_peer_float64"] = float((ours(Xte).double() - peer64(Xte.double())).abs().max())
+    lea["max_abs_input"] = float(Xte.abs().max())
     add("orth / SAL (mechwork)", lambda: LEACE.fit(Xtr, ytr, method="orth"), lambda e: e, lambda e: e.rank)
     for it in (1, 5) if quick else (1, 5, 20):
         add(f"INLP, {it} iteration(s)", lambda it=it: INLP.fit(Xtr, ytr, n_iter=it, stop_within=0.0), lambda e: e, lambda e: e.rank)
@@ -78,42 +84,50 @@ def method_table(Xtr: torch.Tensor, ytr: torch.Tensor, Xte: torch.Tensor, yte: t
     return rows
 
 
-def time_to_guard(e: Eraser, majority_key: str = "majority") -> tuple[int | None, float | None]:
-    """First evaluation step whose held-out probe is within GUARD of the majority rate, and the step seconds until then."""
-    maj = e.card[majority_key]
-    for h in e.card["history"]:
-        if abs(h["accuracy"] - maj) < GUARD:
-            return h["step"], h["seconds"]
-    return None, None
+def time_to_guard(e: Eraser, Xte: torch.Tensor, yte: torch.Tensor, *, step_seconds: float | None = None) -> dict[str, Any]:
+    """Judge every evaluation point of an R-LACE run on held-out data: the first step whose rank-k projection lets
+    a fresh linear probe (trained on half of the held-out rows, scored on the other half) come within GUARD of the
+    majority rate. (The run's own dev-split accuracies are biased: it keeps the P that maximises the dev loss.)"""
+    hist, dirs = e.card["history"], e.extras["history_directions"].double()
+    mu = Xte.double().mean(0)
+    for h, U in zip(hist, dirs):
+        proj = lambda x, U=U: x.double() - ((x.double() - mu) @ U) @ U.T  # noqa: E731
+        r = probe_report(proj, Xte, yte, probes=("linear",), before=False)
+        h["test_accuracy"], h["test_majority"] = r["linear_accuracy"], r["majority"]
+        if abs(r["linear_accuracy"] - r["majority"]) < GUARD:
+            secs = h["seconds"] if step_seconds is None else h["step"] * step_seconds
+            return {"steps": h["step"], "seconds": secs, "test_accuracy": r["linear_accuracy"], "majority": r["majority"]}
+    return {"steps": None, "seconds": None, "test_accuracy": hist[-1].get("test_accuracy"), "majority": hist[-1].get("test_majority")}
 
 
-def rlace_speed(Xtr: torch.Tensor, ytr: torch.Tensor, *, ref_budget: int, ref_eval: int) -> dict[str, Any]:
-    fast = RLACE.fit(Xtr, ytr, tol=GUARD, patience=0)
-    f_step, f_sec = time_to_guard(fast)
-    ref = RLACE.fit(Xtr, ytr, schedule="reference", max_steps=ref_budget, eval_every=ref_eval, tol=GUARD)
+def rlace_speed(d: int, *, ref_budget: int, ref_eval: int, n: int = 20000) -> dict[str, Any]:
+    """Time to guard, fast vs reference schedule, on a larger draw of the same recipe (16k train / 4k test rows):
+    with 4k training rows even the closed-form optimum misses a 3-point guard on held-out data by sampling noise."""
+    X, y = synthetic(d, n=n, seed=1)
+    cut = int(0.8 * n)
+    Xtr, ytr, Xte, yte = X[:cut], y[:cut], X[cut:], y[cut:]
+    g = torch.Generator().manual_seed(0)  # the rows R-LACE trains on (its default dev split): the closed form's view
+    rows = torch.randperm(cut, generator=g)[int(round(0.2 * cut)):]
+    sal = probe_report(LEACE.fit(Xtr[rows], ytr[rows], method="orth"), Xte, yte, probes=("linear",), before=False)
+    fast = RLACE.fit(Xtr, ytr, patience=0, max_steps=400, tol=-1.0, keep_history=True)
+    ref = RLACE.fit(Xtr, ytr, schedule="reference", max_steps=ref_budget, eval_every=ref_eval, tol=-1.0, keep_history=True)
     per_step = ref.card["step_seconds"] / max(1, ref.card["steps"])
-    r_step, _ = time_to_guard(ref)
+    f = time_to_guard(fast, Xte, yte)  # wall clock of the fast run, its own evaluations included
+    r = time_to_guard(ref, Xte, yte, step_seconds=per_step)  # steps x time per step, evaluations excluded
     out: dict[str, Any] = {
         "d": Xtr.shape[1],
-        "fast_steps_to_guard": f_step,
-        "fast_seconds_to_guard": f_sec,  # wall clock including the fast schedule's own evaluations
+        "fast_steps_to_guard": f["steps"], "fast_seconds_to_guard": f["seconds"], "fast_test_accuracy": f["test_accuracy"],
         "fast_step_seconds": fast.card["step_seconds"] / max(1, fast.card["steps"]),
-        "reference_budget_steps": ref_budget,
-        "reference_steps_run": ref.card["steps"],
-        "reference_step_seconds": per_step,
-        "reference_final_probe_acc": ref.card["history"][-1]["accuracy"],
-        "reference_steps_to_guard": r_step,
+        "reference_budget_steps": ref_budget, "reference_step_seconds": per_step,
+        "reference_steps_to_guard": r["steps"], "reference_seconds_to_guard": r["seconds"],
+        "reference_test_accuracy_at_end_or_guard": r["test_accuracy"], "majority": f["majority"],
         "reference_seconds_50k_steps": per_step * 50_000,
+        "closed_form_sal_same_rows_test_accuracy": sal["linear_accuracy"], "n_train": cut, "n_test": n - cut,
     }
-    if r_step is not None:
-        out["reference_seconds_to_guard"] = r_step * per_step
-        out["speedup"] = out["reference_seconds_to_guard"] / f_sec if f_sec else None
-        out["speedup_is_lower_bound"] = False
-    else:
-        out["reference_seconds_to_guard"] = None
-        out["reference_seconds_lower_bound"] = ref.card["steps"] * per_step
-        out["speedup"] = out["reference_seconds_lower_bound"] / f_sec if f_sec else None
-        out["speedup_is_lower_bound"] = True
+    if f["seconds"]:
+        bound = r["seconds"] if r["seconds"] is not None else ref_budget * per_step
+        out["speedup"] = bound / f["seconds"]
+        out["speedup_is_lower_bound"] = r["seconds"] is None
     print(f"  R-LACE speed d={out['d']}: {out}", flush=True)
     return out
 
@@ -137,6 +151,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    import sklearn.linear_model, sklearn.neural_network, sklearn.svm  # noqa: F401  (imports kept out of the fit times)
     payload: dict[str, Any] = {"guard_points": GUARD, "note": "shared 2-core machine; compare times as ratios within this run"}
     for d in (64, 768):
         X, y = synthetic(d)
@@ -148,7 +163,7 @@ def main() -> None:
         peer = next(r for r in rows if r["method"].startswith("LEACE (concept-erasure 0.2.4"))
         payload[f"synthetic_d{d}"] = {"rows": rows, "leace_time_ratio_ours_over_peer": lea["fit_s"] / max(peer["fit_s"], 1e-9)}
         budget = (4000 if args.quick else 20000) if d == 64 else (200 if args.quick else 1000)
-        payload[f"rlace_speed_d{d}"] = rlace_speed(Xtr, ytr, ref_budget=budget, ref_eval=500 if d == 64 else 100)
+        payload[f"rlace_speed_d{d}"] = rlace_speed(d, ref_budget=budget, ref_eval=500 if d == 64 else 100)
     if not args.skip_model:
         print("== toy-mixed gender sweep", flush=True)
         rows = toy_mixed_sweep(args.quick)

@@ -67,6 +67,9 @@ class RLACE(Method):
         Keep the mean: ``r(x) = x - U Uᵀ (x - μ)`` instead of ``P x``.
     device : str, optional
         ``"cuda"``, ``"cpu"``...; default: CUDA when available (the GPU path is not tested on hardware here).
+    keep_history : bool
+        Keep the top-k eigenvectors of every evaluation in ``extras["history_directions"]`` ``[evals, d, k]`` (to
+        judge the run afterwards on other data).
     seed : int
     """
 
@@ -83,6 +86,7 @@ class RLACE(Method):
     dev_fraction: float = 0.2
     affine: bool = True
     device: str | None = None
+    keep_history: bool = False
     seed: int = 0
 
     name: ClassVar[str] = "rlace"
@@ -128,6 +132,7 @@ class RLACE(Method):
         maj = float(torch.bincount(ydv, minlength=c.n_classes).max()) / len(ydv)
         best = _Best()
         history: list[dict[str, float]] = []
+        directions: list[Tensor] = []
         every, tol, patience = self.setting("eval_every"), self.setting("tol"), self.setting("patience")
         t0 = time.perf_counter()
         step_seconds = 0.0
@@ -139,6 +144,8 @@ class RLACE(Method):
                 U = game.top(k)
                 P = torch.eye(c.d, device=dev) - U @ U.T
                 score = torch_probe_score(Xtr @ P, ytr, Xdv @ P, ydv, c.n_classes)
+                if self.keep_history:
+                    directions.append(U.detach().cpu().clone())
                 history.append({"step": step, "seconds": time.perf_counter() - t0, "step_seconds": step_seconds,
                                 "accuracy": score.accuracy, "loss": score.loss})
                 if best.update(score.loss, U, game.eigenvalues(), step, score.accuracy):
@@ -163,7 +170,10 @@ class RLACE(Method):
         card = {"history": history, "majority": maj, "best_step": best.step, "best_accuracy": best.accuracy,
                 "best_loss": best.loss, "reached_tol": reached, "steps": history[-1]["step"],
                 "step_seconds": step_seconds, "device": str(dev), "schedule": self.schedule}
-        return Solution(U, U.T.clone(), bias, extras={"relaxed_eigenvalues": best.eigenvalues.cpu()}, card=card)
+        extras = {"relaxed_eigenvalues": best.eigenvalues.cpu()}
+        if directions:
+            extras["history_directions"] = torch.stack(directions)
+        return Solution(U, U.T.clone(), bias, extras=extras, card=card)
 
 
 @dataclass
