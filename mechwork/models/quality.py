@@ -39,6 +39,31 @@ def induction_losses(model: Any, n: int = 256, *, seed: int = 1234) -> dict[str,
     return {"loss_first_copy": float(torch.stack(first).mean()), "loss_second_copy": float(torch.stack(second).mean())}
 
 
+@torch.inference_mode()
+def head_scores(model: Any, *, segment_len: int = 12, n: int = 64, seed: int = 0) -> dict[str, list[list[float]]]:
+    """Per-head induction and previous-token scores on ``[BOS, x, x]`` with ``x`` random pool tokens.
+
+    ``induction[l][h]``: mean attention from each second-copy token to the token after its first occurrence;
+    ``previous_token[l][h]``: mean attention to the immediately preceding position.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.tensor(encode_words(V.INDUCTION_POOL, bos=False))
+    L = segment_len
+    x = pool[torch.randint(len(pool), (n, L), generator=gen)]
+    bos = torch.full((n, 1), word_to_id()[V.BOS])
+    tokens = torch.cat([bos, x, x], 1).to(model_device(model))
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(int(model.cfg.n_layers))]
+    acts = capture(model, tokens, names, stop=False)
+    q = torch.arange(1 + L, 1 + 2 * L)
+    allq = torch.arange(1, 1 + 2 * L)
+    ind, prev = [], []
+    for name in names:
+        pat = acts[name].float().cpu()
+        ind.append([round(float(pat[:, h, q, q - L + 1].mean()), 4) for h in range(pat.shape[1])])
+        prev.append([round(float(pat[:, h, allq, allq - 1].mean()), 4) for h in range(pat.shape[1])])
+    return {"induction": ind, "previous_token": prev}
+
+
 def style_probe_accuracy(model: Any, *, site: str | None = None, n: int = 512, seed: int = 7) -> float:
     """Held-out accuracy of a logistic-regression probe for style on the residual stream at the last position."""
     from sklearn.linear_model import LogisticRegression
@@ -88,7 +113,7 @@ def model_quality(model: Any, *, quick: bool = False) -> dict[str, Any]:
     from ..tasks import get
 
     n = 128 if quick else 512
-    out: dict[str, Any] = {"induction": induction_losses(model, n=n // 2)}
+    out: dict[str, Any] = {"induction": {**induction_losses(model, n=n // 2), "head_scores": head_scores(model)}}
     if int(model.cfg.n_layers) and not getattr(model.cfg, "attn_only", False):
         ioi = get("ioi").evaluate(model, n=n, seed=101, split="test")
         out["ioi"] = {"accuracy": ioi["accuracy"], "logit_diff": ioi["metric"], "logit_diff_corrupted": ioi["metric_corrupted"]}

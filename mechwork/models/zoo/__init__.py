@@ -41,7 +41,10 @@ ENTRIES: dict[str, ZooEntry] = {
             "2-layer attention-only transformer trained on repeated random segments (induction heads)",
             ModelConfig(name="toy-induction-2l", n_layers=2, d_model=64, n_heads=4, d_head=16, n_ctx=64, d_vocab=VOCAB_SIZE,
                         attn_only=True, seed=0),
-            TrainConfig(steps=4000, batch_size=64, lr=3e-3, weight_decay=0.01, warmup=100, seed=0, mix={"induction": 1.0}),
+            # lr 1e-3 and long segments (8-24) give the canonical circuit (layer-0 previous-token heads, layer-1
+            # induction heads); lr 3e-3 or segments of 5-16 gave offset/"averaging" circuits instead
+            TrainConfig(steps=4000, batch_size=64, lr=1e-3, weight_decay=0.01, warmup=100, seed=0, mix={"induction": 1.0},
+                        doc_options={"induction": {"segment_range": (8, 24), "prefix_range": (0, 10)}}),
         ),
     )
 }
