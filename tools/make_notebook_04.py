@@ -34,9 +34,11 @@ cells = [
     ),
     code(
         "rows = layer_sweep(model, 'gender', methods=('leace',), n_fit=800, n_eval=400, behaviour_n=200)\n"
-        "cols = ['site', 'linear_accuracy_before', 'linear_accuracy', 'mlp_accuracy', 'majority', 'gender_accuracy', 'ioi_accuracy', 'induction_accuracy']\n"
-        "import pandas as pd\n"
-        "pd.DataFrame(rows)[cols].round(3)"
+        "def show(rows, cols):\n"
+        "    print(' '.join(f'{c[:12]:>12}' for c in cols))\n"
+        "    for r in rows:\n"
+        "        print(' '.join(f'{r[c]:>12.3f}' if isinstance(r.get(c), float) else f'{str(r.get(c, \"-\")):>12}' for c in cols))\n"
+        "show(rows, ['site', 'linear_accuracy_before', 'linear_accuracy', 'mlp_accuracy', 'majority', 'gender_accuracy', 'ioi_accuracy', 'induction_accuracy'])"
     ),
     code("plot_sweep(rows)"),
     md(
@@ -82,7 +84,7 @@ cells = [
         "    table.append({'method': name, 'rank': r['rank'], 'fit_s': round(r['fit_seconds'], 2), 'linear': r['linear_accuracy'],\n"
         "                  'mlp': r['mlp_accuracy'], 'majority': r['majority'], 'mse': r['mse'], 'gender': b['gender']['accuracy'],\n"
         "                  'ioi': b['ioi']['accuracy']})\n"
-        "pd.DataFrame(table).round(3)"
+        "show(table, ['method', 'rank', 'fit_s', 'linear', 'mlp', 'majority', 'mse', 'gender', 'ioi'])"
     ),
     md(
         "## 4. Scrubbing every layer, saving, loading\n\n"
