@@ -38,6 +38,30 @@ def test_behaviour_gender_to_chance_ioi_kept(gender_sweep):
     assert eraser.rank == 1
 
 
+def test_stratified_leace_erases_at_a_middle_layer(toy_mixed, gender_sweep):
+    """Fitted on every position at once, a rank-1 eraser at resid_pre.2 leaves gender at the prediction position;
+    stratified by position (Cov(r(X), z | pos) = 0) it removes it there too, and IOI is kept."""
+    clean, rows = gender_sweep
+    plain = rows["resid_pre.2"][1]
+    e = fit(toy_mixed, "gender", "resid_pre.2", "leace", n=800, seed=0, stratify="position")
+    after = behaviour(toy_mixed, e.hook(toy_mixed, "resid_pre.2"), tasks=("ioi",), n=200, seed=1)
+    assert plain["gender"]["accuracy"] > 0.8  # the unstratified eraser misses it at this layer
+    assert abs(after["gender"]["accuracy"] - 0.5) < 0.1, after
+    assert clean["ioi"]["accuracy"] - after["ioi"]["accuracy"] < 0.05, after
+    assert 1 < e.rank <= labelled("gender", n=8).tokens.shape[1] and e.config.positions == "all/stratified-by-position"
+    # in-sample: within every position, the class means of the erased activations are equal
+    lab = labelled("gender", n=800, seed=0)
+    X, z = collect(toy_mixed, lab, "resid_pre.2")
+    Xe, pos = e(X).double(), lab.mask.nonzero()[:, 1]
+    for j in pos.unique():
+        sel = pos == j
+        if z[sel].unique().numel() == 2:
+            gap = Xe[sel & (z == 1)].mean(0) - Xe[sel & (z == 0)].mean(0)
+            assert gap.abs().max() < 1e-3, (int(j), float(gap.abs().max()))
+    with pytest.raises(mechwork.ConfigError, match="LEACE option"):
+        fit(toy_mixed, "gender", "resid_pre.2", "inlp", n=50, stratify="position")
+
+
 def test_hook_same_on_both_backends(gender_sweep, toy_mixed, toy_mixed_bridge):
     _, rows = gender_sweep
     site, (eraser, _) = next(iter(rows.items()))

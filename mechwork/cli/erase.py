@@ -73,6 +73,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="gender", help="labelled task (default: gender)")
     p.add_argument("--positions", default="all", choices=["all", "content", "last"],
                    help="token rows that carry the prompt's label (default: all)")
+    p.add_argument("--stratify", default=None, choices=["position"],
+                   help="leace: remove the concept within every position, not on average over positions")
     p.add_argument("--backend", default="auto", choices=["auto", "hooked", "bridge"])
     p.add_argument("--device", default="cpu", help="device of the model (default: cpu)")
 
@@ -139,7 +141,8 @@ def run_fit(args: argparse.Namespace) -> int:
     from ..erasure import evaluate, fit
 
     model = _model(args.model, args.backend, args.device)
-    eraser = fit(model, args.task, args.site, args.method, n=args.n, seed=args.seed, positions=args.positions, **_options(args))
+    eraser = fit(model, args.task, args.site, args.method, n=args.n, seed=args.seed, positions=args.positions,
+                 stratify=args.stratify, **_options(args))
     print(f"fitted {eraser} on {eraser.config.n_samples} token rows in {eraser.config.fit_seconds:.2f}s")
     if not args.no_eval:
         report = evaluate(eraser, model, args.task, seed=args.seed + 1)
@@ -176,11 +179,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     sites = args.sites.split(",") if args.sites else None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = layer_sweep(model, args.task, sites, methods, n_fit=args.n, n_eval=args.n_eval, behaviour_n=args.behaviour_n,
-                       fit_positions=args.positions, seed=args.seed, progress=True)
+                       fit_positions=args.positions, stratify=args.stratify, seed=args.seed, progress=True)
     out = Path(args.out)
     atomic_write_json(out / "sweep.json", rows)
     save_html(plot_sweep(rows, concept_task=args.task, title=f"Erasing {args.task} in {args.model}"), out / "sweep.html")
-    cols = ["site", "method", "rank", "linear_accuracy_before", "linear_accuracy", "mlp_accuracy", "majority",
+    cols = ["site", "label", "rank", "linear_accuracy_before", "linear_accuracy", "mlp_accuracy", "majority",
             f"{args.task}_accuracy", "ioi_accuracy", "induction_accuracy"]
     print("  ".join(f"{c[:14]:>14}" for c in cols))
     for r in rows:

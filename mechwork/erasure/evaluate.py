@@ -103,7 +103,7 @@ def evaluate(eraser: Any, model: Any = None, data: Any = "gender", *, X: Tensor 
     if pairs[-1][0] is None:
         raise ConfigError("the eraser does not record its site; pass site=")
     last_site, last = pairs[-1]
-    pos = positions or last.config.positions or "all"
+    pos = positions or (last.config.positions or "all").split("/")[0]
     lab = labelled(data, n=n, seed=seed, split="test", positions=pos)
     Xh, zh = collect(model, lab, last_site, upstream=pairs[:-1])
     report: dict[str, Any] = {"site": last_site, "method": last.method, "probes": probe_report(last, Xh, zh, probes=probes, seed=seed)}

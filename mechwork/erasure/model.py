@@ -5,6 +5,13 @@ Labelled data is a task with labels (``"gender"``), a :class:`~mechwork.tasks.Pr
 ``(tokens, labels)`` with one label per sequence ``[batch]`` or per token ``[batch, pos]``. ``positions`` says
 which token rows of each prompt carry its label: ``"all"`` (every real token, BOS included), ``"content"``
 (every real token but BOS), ``"last"`` (the prediction position) or a boolean mask ``[batch, pos]``.
+
+One eraser fitted on rows from many positions removes the direction that separates the classes *on average over
+positions*; where the concept sits in a different direction at each position (the prediction position after
+attention has moved it there, say) that leaves it in place. ``stratify="position"`` (LEACE) asks instead for
+``Cov(r(X), z | position) = 0`` at every position: LEACE with one concept column per position,
+``z_j = 1[pos = j] (z - E[z | pos = j])``; the eraser is still one affine map applied everywhere (rank up to the
+number of positions).
 """
 
 from __future__ import annotations
@@ -136,14 +143,47 @@ def _method(method: str | Method, options: dict[str, Any]) -> Method:
     return METHODS[method]().with_options(**options)
 
 
-def _stamp(eraser: Eraser, model: Any, s: Site, data: Labelled) -> Eraser:
+def stratified_concept(labels: Int[Tensor, " rows"], groups: Int[Tensor, " rows"]) -> Float[Tensor, "rows k"]:
+    """Concept columns whose zero covariance with ``r(X)`` means no class signal *within* any group:
+    ``1[g = j] (onehot(z) - E[onehot(z) | g = j])`` for every group ``j`` (one column per group when binary)."""
+    classes = torch.unique(labels)
+    if classes.numel() < 2:
+        raise DataError(f"z has a single class ({classes.tolist()}); erasing a concept needs at least two classes")
+    onehot = (labels[:, None] == classes[None, :]).double()
+    if classes.numel() == 2:
+        onehot = onehot[:, 1:]
+    cols = []
+    for j in torch.unique(groups):
+        sel = groups == j
+        col = torch.zeros_like(onehot)
+        col[sel] = onehot[sel] - onehot[sel].mean(0)
+        cols.append(col)
+    return torch.cat(cols, 1)
+
+
+def _fit_rows(m: Method, X: Tensor, z: Tensor, data: Labelled, stratify: str | None) -> Eraser:
+    if stratify is None:
+        return m.fit(X, z)
+    from .leace import LEACE
+
+    if stratify != "position":
+        raise ConfigError(f"stratify must be None or 'position', got {stratify!r}")
+    if not isinstance(m, LEACE):
+        raise ConfigError("stratify='position' is a LEACE option (a constraint per position); INLP and R-LACE train one classifier")
+    groups = data.mask.nonzero()[:, 1]  # the row order of collect(): row-major over the mask
+    return m.fit(X, stratified_concept(z, groups))
+
+
+def _stamp(eraser: Eraser, model: Any, s: Site, data: Labelled, stratify: str | None = None) -> Eraser:
     spec = getattr(model, "mechwork_spec", None) or getattr(model.cfg, "model_name", None)
-    cfg = dataclasses.replace(eraser.config, model=spec, site=s.name, task=data.task, positions=data.positions)
+    pos = data.positions + (f"/stratified-by-{stratify}" if stratify else "")
+    cfg = dataclasses.replace(eraser.config, model=spec, site=s.name, task=data.task, positions=pos)
     return dataclasses.replace(eraser, config=cfg)
 
 
 def fit(model: Any, data: Any, site: str | Site, method: str | Method = "leace", *, n: int = 2000, seed: int = 0,
-        positions: Any = "all", batch_size: int = 128, upstream: Sequence[tuple[str, Eraser]] = (), **options: Any) -> Eraser:
+        positions: Any = "all", stratify: str | None = None, batch_size: int = 128,
+        upstream: Sequence[tuple[str, Eraser]] = (), **options: Any) -> Eraser:
     """Fit an eraser of a labelled concept at one site of a model.
 
     Parameters
@@ -156,6 +196,8 @@ def fit(model: Any, data: Any, site: str | Site, method: str | Method = "leace",
     method : {"leace", "inlp", "rlace"} or a configured method (``RLACE(rank=2)``)
     positions : {"all", "content", "last"} or Bool[Tensor, "batch pos"]
         Which token rows carry the label.
+    stratify : {None, "position"}
+        LEACE only: remove the concept within every position rather than on average (module docstring).
     upstream : list of (site, Eraser)
         Erasers hooked in while collecting (used by :func:`scrub`).
     **options
@@ -165,7 +207,7 @@ def fit(model: Any, data: Any, site: str | Site, method: str | Method = "leace",
     lab = labelled(data, n=n, seed=seed, positions=positions)
     s = resolve(model, site)[0]
     X, z = collect(model, lab, s, upstream=upstream, batch_size=batch_size)
-    return _stamp(m.fit(X, z), model, s, lab)
+    return _stamp(_fit_rows(m, X, z, lab, stratify), model, s, lab, stratify)
 
 
 def causal_order(model: Any, site_names: Sequence[str | Site]) -> list[Site]:
@@ -196,6 +238,7 @@ def causal_order(model: Any, site_names: Sequence[str | Site]) -> list[Site]:
 class ScrubberConfig(Config):
     sites: tuple[str, ...]
     method: str
+    aliases: tuple[str, ...] = ()
     model: str | None = None
     task: str | None = None
     format: str = "mechwork-scrubber"
@@ -206,6 +249,7 @@ class Scrubber:
     """Erasers at several sites, in causal order, each fitted on activations erased upstream."""
 
     erasers: tuple[tuple[str, Eraser], ...]
+    aliases: tuple[str, ...] = ()
 
     @property
     def sites(self) -> list[str]:
@@ -218,8 +262,10 @@ class Scrubber:
         return len(self.erasers)
 
     def __getitem__(self, site: str) -> Eraser:
-        for s, e in self.erasers:
-            if site in (s, e.config.site):
+        """The eraser at ``site`` (full hook name or ``kind.layer`` alias)."""
+        aliases = self.aliases or ("",) * len(self.erasers)
+        for (s, e), a in zip(self.erasers, aliases):
+            if site in (s, a):
                 return e
         raise KeyError(f"no eraser at {site!r}; sites: {self.sites}")
 
@@ -229,8 +275,8 @@ class Scrubber:
 
     def save(self, path: PathLike) -> Path:
         first = self.erasers[0][1].config if self.erasers else None
-        cfg = ScrubberConfig(tuple(self.sites), first.method if first else "", first.model if first else None,
-                             first.task if first else None)
+        cfg = ScrubberConfig(tuple(self.sites), first.method if first else "", tuple(self.aliases),
+                             first.model if first else None, first.task if first else None)
         with atomic_dir(path) as tmp:
             save_config(tmp / "cfg.json", cfg)
             for i, (_, e) in enumerate(self.erasers):
@@ -244,11 +290,12 @@ class Scrubber:
         if not isinstance(raw, dict) or raw.get("format") != "mechwork-scrubber":
             raise CheckpointError(f"{path / 'cfg.json'} is not a mechwork scrubber config")
         cfg = ScrubberConfig.from_dict(raw, ignore=("mechwork_version",), source=str(path / "cfg.json"))
-        return cls(tuple((s, Eraser.load(path / f"{i:02d}", device=device)) for i, s in enumerate(cfg.sites)))
+        return cls(tuple((s, Eraser.load(path / f"{i:02d}", device=device)) for i, s in enumerate(cfg.sites)), cfg.aliases)
 
 
 def scrub(model: Any, data: Any, sites: Sequence[str | Site], method: str | Method = "leace", *, n: int = 2000,
-          seed: int = 0, positions: Any = "all", batch_size: int = 128, **options: Any) -> Scrubber:
+          seed: int = 0, positions: Any = "all", stratify: str | None = None, batch_size: int = 128,
+          **options: Any) -> Scrubber:
     """Concept scrubbing: fit an eraser at every site in causal order, each on activations already erased upstream.
 
     Returns a :class:`Scrubber`; ``with scrubber.hook(model): ...`` applies them all.
@@ -256,7 +303,8 @@ def scrub(model: Any, data: Any, sites: Sequence[str | Site], method: str | Meth
     m = _method(method, options)
     lab = labelled(data, n=n, seed=seed, positions=positions)
     done: list[tuple[str, Eraser]] = []
-    for s in causal_order(model, sites):
+    order = causal_order(model, sites)
+    for s in order:
         X, z = collect(model, lab, s, upstream=done, batch_size=batch_size)
-        done.append((s.name, _stamp(m.fit(X, z), model, s, lab)))
-    return Scrubber(tuple(done))
+        done.append((s.name, _stamp(_fit_rows(m, X, z, lab, stratify), model, s, lab, stratify)))
+    return Scrubber(tuple(done), tuple(s.alias for s in order))

@@ -17,6 +17,7 @@ def residual_sites(model: Any) -> list[str]:
 
 def layer_sweep(model: Any, data: str = "gender", sites: Sequence[str] | None = None, methods: Sequence[str] = ("leace",),
                 *, n_fit: int = 2000, n_eval: int = 600, behaviour_n: int = 256, fit_positions: str = "all",
+                stratify: str | None = None,
                 probe_positions: str = "last", tasks: Sequence[str] = ("ioi", "induction"), probes: Sequence[str] = ("linear", "mlp"),
                 seed: int = 0, method_options: dict[str, dict[str, Any]] | None = None, progress: bool = False) -> list[dict[str, Any]]:
     """One row per (site, method): probe accuracies before/after at ``probe_positions`` of held-out prompts,
@@ -37,12 +38,13 @@ def layer_sweep(model: Any, data: str = "gender", sites: Sequence[str] | None = 
         it = tqdm(it, desc="erasure sweep")
     for s, m in it:
         t0 = time.perf_counter()
-        eraser = fit(model, data, s, m, n=n_fit, seed=seed, positions=fit_positions, **opts.get(m, {}))
+        eraser = fit(model, data, s, m, n=n_fit, seed=seed, positions=fit_positions, stratify=stratify, **opts.get(m, {}))
         fit_wall = time.perf_counter() - t0
         Xh, zh = collect(model, held, s)
         rep = probe_report(eraser, Xh, zh, probes=probes, seed=seed)
         beh = behaviour(model, eraser.hook(model, s), concept_task=data, tasks=tasks, n=behaviour_n, seed=seed + 1)
-        rows.append({"site": s, "method": m, "rank": eraser.rank, "fit_seconds": eraser.config.fit_seconds,
+        rows.append({"site": s, "method": m, "label": f"{m} [{eraser.config.positions}]", "positions": eraser.config.positions,
+                     "rank": eraser.rank, "fit_seconds": eraser.config.fit_seconds,
                      "fit_wall_seconds": fit_wall, **{k: v for k, v in rep.items() if k not in ("rank", "fit_seconds")},
                      **_flat(beh)})
     return rows
