@@ -133,14 +133,34 @@ def rlace_speed(d: int, *, ref_budget: int, ref_eval: int, n: int = 20000) -> di
 
 
 def toy_mixed_sweep(quick: bool) -> list[dict[str, Any]]:
+    """Every residual site of toy-mixed: our three methods fitted on every token (the default), on the prediction
+    position only, and LEACE stratified by position; plus concept-erasure's LEACE on the same rows as ours."""
     import mechwork
-    from mechwork.erasure import layer_sweep
+    from concept_erasure import LeaceEraser
+    from mechwork.erasure import EraserConfig, behaviour, collect, labelled, layer_sweep, residual_sites
 
     model = mechwork.load_model("toy-mixed", device="cpu")
-    methods = ("leace", "inlp", "rlace")
-    rows = layer_sweep(model, "gender", None, methods, n_fit=1000 if quick else 2000, n_eval=400 if quick else 800,
-                       behaviour_n=200 if quick else 400, fit_positions="all", probe_positions="last",
-                       method_options={"inlp": {"n_iter": 10}}, progress=True)
+    n_fit, n_eval, n_beh = (800, 400, 200) if quick else (2000, 800, 400)
+    common = dict(n_fit=n_fit, n_eval=n_eval, behaviour_n=n_beh, probe_positions="last", progress=True)
+    rows = layer_sweep(model, "gender", None, ("leace", "inlp", "rlace"), fit_positions="all",
+                       method_options={"inlp": {"n_iter": 10}}, **common)
+    rows += layer_sweep(model, "gender", None, ("leace", "inlp", "rlace"), fit_positions="last",
+                        method_options={"inlp": {"n_iter": 10}}, **common)[1:]
+    rows += layer_sweep(model, "gender", None, ("leace",), fit_positions="all", stratify="position", **common)[1:]
+    fit_rows = labelled("gender", n=n_fit, seed=0, positions="all")
+    held = labelled("gender", n=n_eval, seed=1, split="test", positions="last")
+    for s in residual_sites(model):
+        X, z = collect(model, fit_rows, s)
+        t0 = time.perf_counter()
+        peer = LeaceEraser.fit(X, z.float(), shrinkage=False)
+        dt = time.perf_counter() - t0
+        as_ours = Eraser(peer.proj_left, peer.proj_right, peer.bias,
+                         EraserConfig("leace (concept-erasure)", X.shape[1], int(peer.proj_left.shape[1]), True, fit_seconds=dt))
+        Xh, zh = collect(model, held, s)
+        rep = probe_report(as_ours, Xh, zh)
+        beh = behaviour(model, as_ours.hook(model, s), n=n_beh, seed=1)
+        rows.append({"site": s, "method": "leace (concept-erasure)", "label": "concept-erasure leace [all]", "positions": "all",
+                     **rep, **{f"{t}_{k}": v for t, r in beh.items() for k, v in r.items()}})
     return rows
 
 
@@ -168,7 +188,7 @@ def main() -> None:
         print("== toy-mixed gender sweep", flush=True)
         rows = toy_mixed_sweep(args.quick)
         payload["toy_mixed_gender"] = rows
-        print_table(rows, ["site", "method", "rank", "linear_accuracy_before", "linear_accuracy", "mlp_accuracy", "majority",
+        print_table(rows, ["site", "label", "rank", "linear_accuracy_before", "linear_accuracy", "mlp_accuracy", "majority",
                            "gender_accuracy", "ioi_accuracy", "induction_accuracy", "fit_seconds"], title="toy-mixed gender")
     write_results("erasure", payload, args.out)
 

@@ -21,7 +21,7 @@ def gender_sweep(toy_mixed):
     rows = {}
     clean = behaviour(toy_mixed, None, tasks=("ioi",), n=200, seed=1)
     for s in mechwork.erasure.residual_sites(toy_mixed):
-        e = fit(toy_mixed, "gender", s, "leace", n=800, seed=0)
+        e = fit(toy_mixed, "gender", s, "leace", n=1500, seed=0)
         rows[s] = (e, behaviour(toy_mixed, e.hook(toy_mixed, s), tasks=("ioi",), n=200, seed=1))
     return clean, rows
 
@@ -122,6 +122,22 @@ def test_fit_store_streams_like_in_memory(toy_mixed):
     assert e.config.site == "blocks.1.hook_resid_pre" and e.config.model == "toy-mixed"
     r = fit_store(store, "resid_pre.1", "rlace", doc_labels=batch.labels, max_steps=50)
     assert r.rank == 1 and r.is_orthogonal
+
+
+def test_layer_sweep_probe_grid_and_figure(toy_mixed, tmp_path):
+    rows = mechwork.erasure.layer_sweep(toy_mixed, "gender", ["resid_pre.0", "resid_pre.2"], ("leace", "rlace"), n_fit=150,
+                                        n_eval=120, behaviour_n=32, tasks=("ioi",), probes=("linear",),
+                                        method_options={"rlace": {"max_steps": 50}})
+    assert rows[0]["site"] is None and len(rows) == 5
+    assert {r["label"] for r in rows[1:]} == {"leace [all]", "rlace [all]"}
+    assert all(r["linear_accuracy_before"] > 0.9 for r in rows[1:] if r["site"] == "resid_pre.2")
+    fig = mechwork.erasure.plot_sweep(rows, tasks=("ioi",))
+    assert len(fig.data) >= 6
+    grid = mechwork.erasure.probe_grid(toy_mixed, "gender", ["resid_pre.0", "resid_pre.2"], n=120)
+    acc = grid["accuracy"]
+    assert acc.shape == (2, len(grid["positions"])) and grid["positions"][1].startswith("1: ")
+    assert acc[0, 1] > 0.9 and acc[1, -1] > 0.9  # the name carries gender at layer 0; the last token by layer 2
+    assert acc[0, -1] < 0.75  # ...but not yet at the last position in the embeddings
 
 
 def test_cli_fit_eval(tmp_path, capsys):

@@ -23,7 +23,7 @@ from .model import Scrubber, causal_order, collect, fit, labelled, scrub
 from .plots import plot_sweep
 from .rlace import RLACE
 from .store import fit_store
-from .sweep import layer_sweep, residual_sites
+from .sweep import layer_sweep, probe_grid, residual_sites
 
 METHODS = {"leace": LEACE, "inlp": INLP, "rlace": RLACE}
 
@@ -41,5 +41,5 @@ def load(path: str | Path, *, device: Any = "cpu") -> Eraser | Scrubber:
 __all__ = [
     "INLP", "RLACE", "LEACE", "LeaceFitter", "Eraser", "EraserConfig", "ErasureHook", "ErasureWarning", "METHODS",
     "load", "fit", "fit_store", "scrub", "Scrubber", "causal_order", "collect", "labelled", "evaluate", "probe_report",
-    "behaviour", "layer_sweep", "residual_sites", "plot_sweep",
+    "behaviour", "layer_sweep", "probe_grid", "residual_sites", "plot_sweep",
 ]

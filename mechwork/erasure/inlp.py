@@ -85,6 +85,8 @@ class INLP(Method):
     def solve(self, c: Concept) -> Solution:
         from sklearn.exceptions import ConvergenceWarning
 
+        from .probes import sklearn_threads
+
         labels = c.require_labels("INLP").numpy()
         X = c.X.double()
         d = c.d
@@ -105,10 +107,10 @@ class INLP(Method):
         B = np.zeros((d, 0))
         for i in range(self.n_iter):
             clf = self._classifier()
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), sklearn_threads():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 clf.fit(Xn[train] @ P, labels[train])
-            acc = float(clf.score(Xn[dev] @ P, labels[dev]))
+                acc = float(clf.score(Xn[dev] @ P, labels[dev]))
             history.append({"iteration": i + 1, "dev_accuracy": acc, "majority": maj})
             if self.stop_within > 0 and acc <= maj + self.stop_within:
                 history[-1]["stopped"] = True

@@ -15,13 +15,13 @@ def plot_sweep(rows: Sequence[dict[str, Any]], *, concept_task: str = "gender", 
 
     clean = next((r for r in rows if r.get("site") is None), None)
     fitted = [r for r in rows if r.get("site") is not None]
-    key = lambda r: r.get("label") or r["method"]  # noqa: E731
-    methods = list(dict.fromkeys(key(r) for r in fitted))
+    group = lambda r: r.get("label") or r["method"]  # noqa: E731
+    methods = list(dict.fromkeys(group(r) for r in fitted))
     sites = list(dict.fromkeys(r["site"] for r in fitted))
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"{concept_task} probes on erased activations",
                                                         "task accuracy with the eraser hooked in"))
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-    first = [r for r in fitted if key(r) == methods[0]] if methods else []
+    first = [r for r in fitted if group(r) == methods[0]] if methods else []
     for probe, dash in (("linear", "solid"), ("mlp", "dot")):
         if first and f"{probe}_accuracy_before" in first[0]:
             fig.add_trace(go.Scatter(x=sites, y=[r[f"{probe}_accuracy_before"] for r in first], name=f"{probe} probe, no erasure",
@@ -31,7 +31,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], *, concept_task: str = "gender", 
                                  line=dict(color="black", dash="dash")), row=1, col=1)
     for i, m in enumerate(methods):
         color = palette[i % len(palette)]
-        rs = [r for r in fitted if key(r) == m]
+        rs = [r for r in fitted if group(r) == m]
         for probe, dash in (("linear", "solid"), ("mlp", "dot")):
             if f"{probe}_accuracy" in rs[0]:
                 fig.add_trace(go.Scatter(x=[r["site"] for r in rs], y=[r[f"{probe}_accuracy"] for r in rs],

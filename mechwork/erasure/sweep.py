@@ -5,8 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
+import numpy as np
+import torch
+from torch import Tensor
+
 from .evaluate import behaviour, probe_report
 from .model import collect, fit, labelled
+from .probes import sklearn_probe_score
 
 
 def residual_sites(model: Any) -> list[str]:
@@ -52,3 +57,36 @@ def layer_sweep(model: Any, data: str = "gender", sites: Sequence[str] | None = 
 
 def _flat(beh: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{task}_{k}": v for task, r in beh.items() for k, v in r.items()}
+
+
+def probe_grid(model: Any, data: str = "gender", sites: Sequence[str] | None = None, *, n: int = 600, seed: int = 1,
+               split: str = "test") -> dict[str, Any]:
+    """Where is the concept? Held-out linear-probe accuracy at every (site, token position), before any erasure.
+
+    Returns
+    -------
+    dict
+        ``accuracy`` ``Tensor [sites, positions]`` (each probe trained on half of the prompts, scored on the
+        other half), ``majority`` per position, ``sites``, and ``positions`` labelled with the first prompt's words.
+    """
+    from ..data.tokenizer import decode_ids
+
+    sites = list(sites or residual_sites(model))
+    lab = labelled(data, n=n, seed=seed, split=split, positions="all")
+    pos = lab.mask.nonzero()[:, 1]
+    cols = sorted(int(j) for j in pos.unique())
+    words = decode_ids(lab.tokens[0].tolist())
+    acc = torch.full((len(sites), len(cols)), float("nan"))
+    majority = torch.full((len(cols),), float("nan"))
+    for i, s in enumerate(sites):
+        X, z = collect(model, lab, s)
+        for k, j in enumerate(cols):
+            sel = pos == j
+            Xj, zj = X[sel].numpy(), z[sel].numpy()
+            h = len(zj) // 2
+            if len(np.unique(zj[:h])) < 2:
+                continue
+            acc[i, k] = sklearn_probe_score("linear", Xj[:h], zj[:h], Xj[h:], zj[h:]).accuracy
+            majority[k] = float(np.bincount(zj[h:]).max()) / (len(zj) - h)
+    labels = [f"{j}: {words[j]}" if j < len(words) else str(j) for j in cols]
+    return {"accuracy": acc, "majority": majority, "sites": sites, "positions": labels}
