@@ -76,6 +76,16 @@ def test_hook_same_on_both_backends(gender_sweep, toy_mixed, toy_mixed_bridge):
     torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-4)
     assert (a - clean).abs().max() > 1e-2
     torch.testing.assert_close(after, clean)  # the hook is gone after the block
+    with torch.inference_mode():  # restricted to one position: earlier positions are untouched
+        with eraser.hook(toy_mixed, site, positions=[3]):
+            c = toy_mixed(batch.clean)
+        mask = torch.zeros(batch.clean.shape, dtype=torch.bool)
+        mask[:, 3] = True
+        with eraser.hook(toy_mixed_bridge, site, positions=mask):
+            d = toy_mixed_bridge(batch.clean)
+    torch.testing.assert_close(c[:, :3], clean[:, :3])
+    assert (c[:, 3:] - clean[:, 3:]).abs().max() > 1e-3
+    torch.testing.assert_close(c, d, atol=1e-3, rtol=1e-4)
     with pytest.raises(mechwork.ShapeError, match="width"):
         eraser.hook(toy_mixed, "mlp_post.0")
     with pytest.raises(mechwork.SiteError, match="resid_pre"):
