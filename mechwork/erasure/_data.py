@@ -103,7 +103,7 @@ def check_x(X: Any, d: int | None = None, *, what: str = "X") -> Tensor:
     return X
 
 
-def concept(X: Any, z: Any, *, continuous_ok: bool = True, warn_small: str | None = None) -> Concept:
+def concept(X: Any, z: Any, *, continuous_ok: bool = True, warn_small: str | None = None, warn: bool = True) -> Concept:
     """Validate and flatten ``(X, z)``.
 
     Parameters
@@ -116,6 +116,8 @@ def concept(X: Any, z: Any, *, continuous_ok: bool = True, warn_small: str | Non
         Accept a continuous concept (LEACE); INLP and R-LACE need classes.
     warn_small : str, optional
         Text appended to the warning given when there are fewer samples than dimensions.
+    warn : bool
+        Give that warning at all (off where nothing is fitted, e.g. when probing).
 
     Raises
     ------
@@ -158,7 +160,7 @@ def concept(X: Any, z: Any, *, continuous_ok: bool = True, warn_small: str | Non
                 raise ConfigError("this method needs class labels; z is a continuous matrix (rows are not one-hot)")
             if bool((Zm.std(0) == 0).all()):
                 raise DataError("z is constant: every column has zero variance, there is no concept to erase")
-            _warn_small(n, d, warn_small)
+            _warn_small(n, d, warn_small if warn else False)
             return Concept(X, Zm, None, ())
     else:
         flat = z.reshape(n)
@@ -168,12 +170,12 @@ def concept(X: Any, z: Any, *, continuous_ok: bool = True, warn_small: str | Non
                 raise ConfigError("this method needs class labels; z holds non-integer values")
             if float(flat.double().std()) == 0.0:
                 raise DataError("z is constant; there is no concept to erase")
-            _warn_small(n, d, warn_small)
+            _warn_small(n, d, warn_small if warn else False)
             return Concept(X, flat.to(torch.float64)[:, None], None, ())
         labels, classes = _index(flat)
         if len(classes) < 2:
             raise DataError(_one_class(classes))
-    _warn_small(n, d, warn_small)
+    _warn_small(n, d, warn_small if warn else False)
     k = len(classes)
     if k == 2:
         Z = labels.to(torch.float64)[:, None]
@@ -195,8 +197,8 @@ def _one_class(classes: tuple[Any, ...]) -> str:
     )
 
 
-def _warn_small(n: int, d: int, extra: str | None) -> None:
-    if n > d:
+def _warn_small(n: int, d: int, extra: str | None | bool) -> None:
+    if n > d or extra is False:
         return
     msg = (
         f"fitting on n={n} samples in d={d} dimensions (n <= d): the sample covariance is singular and every "

@@ -33,7 +33,7 @@ def probe_report(eraser: Eraser | Callable[[Tensor], Tensor], X: Float[Tensor, "
         ``mse`` (mean ‖r(x) - x‖²), ``mse_whitened`` (mean ‖Σ^{-1/2}(r(x) - x)‖², Σ the held-out covariance),
         ``rank``, ``fit_seconds``, ``n``.
     """
-    c = concept(X, z, continuous_ok=False)
+    c = concept(X, z, continuous_ok=False, warn=False)
     X64 = c.X.double()
     erased = eraser(c.X).double()
     delta = erased - X64
