@@ -29,7 +29,8 @@ cells = [
         "prompt = 'When Mary and John went to the store , John gave a drink to'\n"
         "print(model.to_str_tokens(prompt))\n"
         "probs = model(model.to_tokens(prompt))[0, -1].softmax(-1)\n"
-        "[(model.to_single_str_token(i), round(p, 3)) for p, i in zip(*probs.topk(5))]"
+        "top = probs.topk(5)\n"
+        "[(model.to_single_str_token(int(i)), round(float(p), 3)) for p, i in zip(top.values, top.indices)]"
     ),
     nbf.v4.new_markdown_cell(
         "## Tasks\n\n`mechwork.tasks.get(name)` gives seeded clean/corrupted prompts with answers and a metric. IOI prompts "

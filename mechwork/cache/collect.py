@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -15,118 +12,15 @@ from torch import Tensor
 from .. import __version__
 from ..core.devices import dtype_name, parse_device, parse_dtype
 from ..core.errors import CheckpointError, ConfigError, DataError, ShapeError
-from ..core.hooks import check_tokens, model_device, model_dtype, run_with_hooks
+from ..core.hooks import check_tokens, model_device, model_dtype
 from ..core.io import PathLike, save_tensors
-from ..core.sites import Site, enable, resolve, stop_at_layer
-from ..data.sources import TokenSource, Windows, pack
+from ..data.sources import TokenSource, Windows, pack, pad_windows
 from . import format as F
+from .background import Background
+from .plan import autocast_dtype, check_int, fingerprint, forward, make_plan, rows_of, shard_tokens_for
 from .stats import Moments, scalar_summary
 from .store import ActivationStore, check_store, load_manifest, merge_shard_stats
 from .writer import DiskSink, MemorySink, Pipeline, PinnedPool, Stream, clear_uncommitted
-
-SHARD_BYTES = 256 << 20  # default target size of the largest shard file of a store
-_UNSUPPORTED = {"attn_scores": "masked positions hold -inf; cache hook_pattern instead"}
-
-
-@dataclass(frozen=True)
-class _Plan:
-    sites: list[Site]
-    entries: tuple[F.SiteEntry, ...]
-    streams: list[Stream]
-    stop: int | None
-
-
-def _check_int(name: str, v: Any, *, lo: int = 1, none: bool = False) -> None:
-    if v is None and none:
-        return
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ConfigError(f"{name} must be an integer >= {lo}{' or None' if none else ''}, got {v!r}")
-
-
-def _dirname(site: Site) -> str:
-    return site.name.replace("/", "_")
-
-
-def _row_shape(site: Site, context: int) -> tuple[int, ...] | None:
-    if site.shape is None:
-        return None
-    return tuple(context if s == "pos" else int(s) for s in site.shape)
-
-
-def _rows(t: Tensor, site: Site, context: int) -> Tensor:
-    """``[batch, pos, *shape]`` rows of one hooked tensor (attention patterns: one row per query position)."""
-    if site.layout.startswith("batch head"):  # [batch, head, q, k] -> [batch, q, head, k], k padded to context
-        t = t.transpose(1, 2)
-        if t.shape[-1] < context:
-            t = torch.nn.functional.pad(t, (0, context - t.shape[-1]))
-    return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
-
-
-def _plan(model: Any, sites: Any, context: int, dtype: torch.dtype) -> _Plan:
-    site_list = resolve(model, sites)
-    for s in site_list:
-        if s.kind in _UNSUPPORTED:
-            raise ConfigError(f"site {s.name} cannot be cached: {_UNSUPPORTED[s.kind]}")
-        enable(model, s)
-    shapes = {s.name: _row_shape(s, context) for s in site_list}
-    unknown = [s for s in site_list if shapes[s.name] is None]
-    if unknown:  # backend-specific hook points: learn their shapes from one short forward pass
-        probe = _forward(model, torch.zeros((1, min(context, 2)), dtype=torch.long, device=model_device(model)), unknown, None)
-        for s in unknown:
-            t = probe[s.name]
-            if t.ndim < 2 or t.shape[0] != 1 or t.shape[1] != min(context, 2):
-                raise ShapeError(f"site {s.name} gives tensors of shape {tuple(t.shape)}, not [batch, pos, ...]; it cannot be cached per token")
-            shapes[s.name] = tuple(t.shape[2:])
-    entries = tuple(F.SiteEntry(s.name, s.alias, s.kind, s.layer, shapes[s.name], _dirname(s)) for s in site_list)  # type: ignore[arg-type]
-    streams = [Stream(e.name, e.dir, dtype, tuple(e.shape)) for e in entries] + [Stream(F.TOKENS, F.TOKENS, torch.int64, (3,))]
-    return _Plan(site_list, entries, streams, stop_at_layer(model, site_list))
-
-
-def _forward(model: Any, tokens: Tensor, sites: Sequence[Site], stop: int | None, autocast: torch.dtype | None = None) -> dict[str, Tensor]:
-    acts: dict[str, Tensor] = {}
-
-    def hook_for(name: str) -> Any:
-        def hook(t: Tensor, hook: Any = None) -> None:
-            acts[name] = t
-
-        return hook
-
-    ac = torch.autocast(tokens.device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
-    with torch.inference_mode(), ac:
-        run_with_hooks(model, tokens, [(s.name, hook_for(s.name)) for s in sites], stop_at_layer=stop, return_type=None)
-    missing = [s.name for s in sites if s.name not in acts]
-    if missing:
-        raise DataError(f"hooks did not fire for {missing}; the model's forward pass does not reach these sites")
-    return acts
-
-
-def _fingerprint(model: Any) -> str:
-    """Parameter count and the sum of absolute weights (6 significant digits): refuses resuming with another model."""
-    with torch.inference_mode():
-        n = sum(p.numel() for p in model.parameters())
-        s = sum(float(p.detach().double().abs().sum()) for p in model.parameters())
-    return f"{n}:{s:.6g}"
-
-
-def _shard_tokens(streams: list[Stream], context: int, batch_size: int, requested: int | None, n_tokens: int | None, align: int) -> int:
-    """Rows per shard: whole batches of whole windows, page-aligned in every stream, about SHARD_BYTES large."""
-    grain = math.lcm(batch_size * context, F.align_rows([s.row_bytes for s in streams], align))
-    if requested is None:
-        requested = max(SHARD_BYTES // max(s.row_bytes for s in streams), 1)
-        if n_tokens is not None:
-            requested = min(requested, n_tokens)
-    return max(1, -(-requested // grain)) * grain
-
-
-def _autocast_dtype(autocast: Any) -> torch.dtype | None:
-    if autocast in (None, False):
-        return None
-    if autocast is True:
-        return torch.bfloat16
-    dt = parse_dtype(autocast)
-    if dt not in (torch.bfloat16, torch.float16):
-        raise ConfigError(f"autocast must be True, 'bfloat16' or 'float16', got {autocast!r}")
-    return dt
 
 
 def collect(
@@ -147,11 +41,12 @@ def collect(
     shard_tokens: int | None = None,
     seed: int = 0,
     autocast: bool | str | torch.dtype | None = None,
+    packing: str = "concat",
 ) -> ActivationStore:
     """Run ``model`` over ``source`` once and store the activations of every site in ``sites``.
 
     One batched forward pass per batch under inference mode computes all sites (any mix of layers and kinds,
-    per-head sites such as ``hook_z`` and attention patterns included) and stops after the last block needed.
+    per-head sites such as ``hook_z`` and attention patterns included) and stops right after the last site needed (no final LayerNorm or unembedding for block sites).
     Documents are packed into windows of ``context`` tokens; row ``window * context + pos`` of every site
     belongs to token ``store.tokens[row]``.
 
@@ -161,7 +56,8 @@ def collect(
     source : texts, token tensor, task, prompt batch, corpus, file path, or generator of token batches
         See :mod:`mechwork.data.sources`.
     sites : str or sequence of str
-        Full hook names or aliases (``"resid_post.2"``, ``"z.1"``).
+        Full hook names or aliases (``"resid_post.2"``, ``"z.1"``), or shell-style patterns (``"resid_post.*"``:
+        every layer's residual stream).
     out : str or Path, optional
         Folder to stream the store into (created); ``None`` keeps it in memory.
     n_tokens : int, optional
@@ -189,6 +85,12 @@ def collect(
         Seed of generated sources (task prompts).
     autocast : bool or str, optional
         Run the forward pass under ``torch.autocast`` (``True``: bfloat16).
+    packing : {"concat", "pad"}
+        ``"concat"`` packs documents back to back into full windows (no padding: what SAE training wants).
+        ``"pad"`` puts each document alone in a right-padded window, so its activations are exactly those of
+        the document run by itself (what probes and erasers fitted on task prompts want); padding rows have
+        ``store.docs == -1``, are left out of the statistics, and ``batches(..., rows=store.docs >= 0)`` skips
+        them. A document longer than ``context`` is then an error.
 
     Returns
     -------
@@ -205,10 +107,14 @@ def collect(
     """
     run = _Run.prepare(model, source, sites, out=out, n_tokens=n_tokens, batch_size=batch_size, context=context,
                        dtype=dtype, device=device, resume=resume, bos=bos, overwrite=overwrite, shard_tokens=shard_tokens,
-                       seed=seed, autocast=autocast)
+                       seed=seed, autocast=autocast, packing=packing)
     if run.done is not None:
         return run.done
     return run.execute(progress=progress)
+
+
+POOL_DEPTH = 4  # pinned buffers per site in flight on the GPU path
+STAGED_ON_CPU = False  # tests switch this on to run the GPU path's buffer pool on a CPU
 
 
 class _Run:
@@ -219,26 +125,29 @@ class _Run:
     @classmethod
     def prepare(cls, model: Any, source: Any, sites: Any, *, out: PathLike | None, n_tokens: int | None, batch_size: int,
                 context: int | None, dtype: Any, device: Any, resume: bool, bos: bool, overwrite: bool,
-                shard_tokens: int | None, seed: int, autocast: Any) -> "_Run":
+                shard_tokens: int | None, seed: int, autocast: Any, packing: str) -> "_Run":
         self = cls()
         self.model = model
-        _check_int("n_tokens", n_tokens, none=True)
-        _check_int("batch_size", batch_size)
-        _check_int("shard_tokens", shard_tokens, none=True)
+        check_int("n_tokens", n_tokens, none=True)
+        check_int("batch_size", batch_size)
+        check_int("shard_tokens", shard_tokens, none=True)
         n_ctx = int(model.cfg.n_ctx)
         context = n_ctx if context is None else context
-        _check_int("context", context, lo=2 if bos else 1)
+        check_int("context", context, lo=2 if bos else 1)
         if context > n_ctx:
             raise ConfigError(f"context {context} exceeds the model's n_ctx {n_ctx}")
         if not isinstance(bos, bool):
             raise ConfigError(f"bos must be True or False, got {bos!r}")
+        if packing not in ("concat", "pad"):
+            raise ConfigError(f"packing must be 'concat' or 'pad', got {packing!r}")
+        self.packing = packing
         self.dtype = parse_dtype(dtype, default=model_dtype(model))
         if self.dtype not in F.STORAGE_DTYPES:
             raise ConfigError(f"storage dtype must be float32, float16, bfloat16 or float64, got {self.dtype}")
         if out is not None and device is not None and parse_device(device).type != "cpu":
             raise ConfigError(f"device={device!r} applies to in-memory stores; a disk store is read onto a device with store.batches(..., device=...)")
         self.store_device = parse_device(device) if device is not None else torch.device("cpu")
-        self.autocast = _autocast_dtype(autocast)
+        self.autocast = autocast_dtype(autocast)
         tokenizer = getattr(model, "tokenizer", None)
         self.bos_id = None
         if bos:
@@ -247,19 +156,21 @@ class _Run:
                 self.bos_id = getattr(tokenizer, "eos_token_id", None)  # GPT-2 style: BOS and EOS share an id
             if self.bos_id is None:
                 raise ConfigError("bos=True but the model's tokenizer has no BOS (or EOS) token; pass bos=False")
+        self.pad_id = next((i for i in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
+                            if i is not None), 0)
         self.source = TokenSource(source, tokenizer=tokenizer, seed=seed)
         if self.source.finite is False and n_tokens is None:
             raise ConfigError(f"the source ({self.source.description}) never ends: pass n_tokens")
         self.n_tokens, self.batch_size, self.context = n_tokens, batch_size, context
-        self.plan = _plan(model, sites, context, self.dtype)
+        self.plan = make_plan(model, sites, context, self.dtype)
         self.device = model_device(model)
         spec = getattr(model, "mechwork_spec", None) or getattr(model.cfg, "model_name", None) or type(model).__name__
-        st = _shard_tokens(self.plan.streams, context, batch_size, shard_tokens, n_tokens, F.ALIGN)
+        st = shard_tokens_for(self.plan.streams, context, batch_size, shard_tokens, n_tokens, F.ALIGN)
         self.manifest = F.Manifest(
             model_spec=str(spec), sites=self.plan.entries, dtype=dtype_name(self.dtype), context=context, bos=bos,
             batch_size=batch_size, shard_tokens=st, source=self.source.description, mechwork_version=__version__,
-            fingerprint=_fingerprint(model), seed=seed, autocast=dtype_name(self.autocast) if self.autocast else None,
-            requested_tokens=n_tokens,
+            fingerprint=fingerprint(model), seed=seed, autocast=dtype_name(self.autocast) if self.autocast else None,
+            requested_tokens=n_tokens, packing=packing,
         )
         self.root = None if out is None else Path(out).expanduser()
         if self.root is not None:
@@ -302,6 +213,8 @@ class _Run:
 
     # -------------------------------------------------------------------------------------- loop
     def _windows(self) -> Iterator[Windows]:
+        if self.packing == "pad":
+            return pad_windows(self.source.documents(), self.context, bos_id=self.bos_id, pad_id=self.pad_id, batch=self.batch_size)
         return pack(self.source.documents(), self.context, bos_id=self.bos_id, batch=self.batch_size)
 
     def _skip_committed(self, windows: Iterator[Windows]) -> None:
@@ -330,8 +243,10 @@ class _Run:
             sink: Any = MemorySink(self.plan.streams, self.n_tokens, self.store_device)
         else:
             sink = Pipeline(DiskSink(self.root, m, self.plan.streams), depth=3)
-        pool = PinnedPool(self.plan.streams[:-1], self.batch_size * self.context, depth=4) if on_gpu and self.root else None
-        windows = self._windows()
+        pool = None
+        if (on_gpu or STAGED_ON_CPU) and self.root is not None:
+            pool = PinnedPool(self.plan.streams[:-1], self.batch_size * self.context, depth=POOL_DEPTH, pin=on_gpu)
+        windows = Background(self._windows(), depth=4, name="mechwork-cache-tokens")  # tokenising overlaps the forward
         bar = tqdm(total=self.n_tokens, initial=m.n_tokens, unit="tok", unit_scale=True, desc="collect", disable=not progress)
         try:
             self._skip_committed(windows)
@@ -345,6 +260,7 @@ class _Run:
                 sink.abort()
             raise
         finally:
+            windows.close()
             bar.close()
 
     def _loop(self, windows: Iterator[Windows], sink: Any, pool: PinnedPool | None, bar: Any) -> None:
@@ -358,18 +274,21 @@ class _Run:
                 break
             tokens = check_tokens(self.model, w.tokens, what="source tokens").to(self.device, non_blocking=True)
             keep = w.tokens.numel() if self.n_tokens is None else min(w.tokens.numel(), self.n_tokens - row)
-            acts = _forward(self.model, tokens, self.plan.sites, self.plan.stop, self.autocast)
+            acts = forward(self.model, tokens, self.plan.sites, self.plan.stop, self.autocast)
             payload: dict[str, Tensor] = {}
             taken: list[tuple[str, Tensor]] = []
+            real = (w.doc.reshape(-1)[:keep] >= 0).to(self.device) if self.packing == "pad" else None
             for s in self.plan.sites:
-                x = _rows(acts[s.name], s, self.context)[:keep]
+                x = rows_of(acts[s.name], s, self.context)[:keep]
                 if tuple(x.shape[1:]) != tuple(entries[s.name].shape):
                     raise ShapeError(f"site {s.name} gave per-token shape {tuple(x.shape[1:])}, expected {tuple(entries[s.name].shape)}")
-                moments[s.name].update(x.reshape(keep, -1))
+                flat = x.reshape(keep, -1)
+                moments[s.name].update(flat if real is None else flat[real])  # padding rows stay out of the statistics
                 if pool is not None:
-                    buf = pool.take(s.name)[:keep]
-                    buf.copy_(x.to(self.dtype), non_blocking=True)
-                    taken.append((s.name, buf))
+                    whole = pool.take(s.name)
+                    buf = whole[:keep]
+                    buf.copy_(x, non_blocking=True)  # device -> pinned host, cast on the way
+                    taken.append((s.name, whole))
                     payload[s.name] = buf
                 else:
                     payload[s.name] = x.to(self.dtype).contiguous() if self.root is not None else x
@@ -377,8 +296,9 @@ class _Run:
             payload[F.TOKENS] = torch.stack([w.tokens, w.doc, w.doc_pos], dim=-1).reshape(-1, 3)[:keep]
             event = release = None
             if pool is not None:
-                event = torch.cuda.Event()
-                event.record()
+                if self.device.type == "cuda":
+                    event = torch.cuda.Event()
+                    event.record()
                 release = lambda t=taken: [pool.give(n, b) for n, b in t]  # noqa: E731
             sink.write(shard, payload, event=event, release=release)
             row += keep
@@ -447,7 +367,7 @@ def save_store(store: ActivationStore, root: Path, *, overwrite: bool = False) -
     root.mkdir(parents=True, exist_ok=True)
     m = store.manifest
     streams = [Stream(e.name, e.dir, store.dtype, tuple(e.shape)) for e in m.sites] + [Stream(F.TOKENS, F.TOKENS, torch.int64, (3,))]
-    st = m.shard_tokens if m.align == F.ALIGN else _shard_tokens(streams, m.context, m.batch_size, m.shard_tokens, None, F.ALIGN)
+    st = m.shard_tokens if m.align == F.ALIGN else shard_tokens_for(streams, m.context, m.batch_size, m.shard_tokens, None, F.ALIGN)
     manifest = m.replace(shards=(), n_tokens=0, complete=False, align=F.ALIGN, shard_tokens=st)
     manifest.to_json(root / F.MANIFEST)
     sink = DiskSink(root, manifest, streams)
@@ -460,7 +380,8 @@ def save_store(store: ActivationStore, root: Path, *, overwrite: bool = False) -
             sink.write(i, {k: v[lo:hi].to("cpu").contiguous() for k, v in data.items()})
             shard_m = {e.name: Moments.zeros(e.d) for e in m.sites}
             for e in m.sites:
-                shard_m[e.name].update(data[e.name][lo:hi].to("cpu").reshape(hi - lo, -1))
+                rows = data[e.name][lo:hi].to("cpu").reshape(hi - lo, -1)
+                shard_m[e.name].update(rows if m.packing != "pad" else rows[data[F.TOKENS][lo:hi, 1] >= 0])
             sink.end_shard(i, hi - lo, shard_m)
     except BaseException:
         sink.abort()

@@ -88,6 +88,7 @@ class Manifest(Config):
     seed: int = 0
     autocast: str | None = None
     requested_tokens: int | None = None
+    packing: str = "concat"
     n_tokens: int = 0
     shards: tuple[int, ...] = ()
     complete: bool = False
@@ -102,7 +103,7 @@ class Manifest(Config):
     def settings(self) -> dict[str, Any]:
         """The fields a resumed collection must reproduce exactly."""
         keys = ("model_spec", "fingerprint", "dtype", "context", "bos", "batch_size", "shard_tokens", "source", "seed",
-                "autocast", "requested_tokens")
+                "autocast", "requested_tokens", "packing")
         d = {k: getattr(self, k) for k in keys}
         d["sites"] = [(s.name, tuple(s.shape)) for s in self.sites]
         return d

@@ -1,7 +1,7 @@
 """Shuffled (or ordered) batches of rows from memory-mapped activations.
 
 Indices come first (:func:`row_batches`: one permutation of the rows per epoch, reproducible from
-``(seed, epoch)``), then a background thread gathers the rows of the next batches (``index_select`` on the
+``(seed, epoch)``), then a background thread gathers the rows of the next batches (``numpy.take`` on the
 mapped tensors releases the GIL) while the consumer works on the current one. On a CUDA device the rows are
 gathered into pinned buffers and copied with ``non_blocking=True``, in the stored dtype, then converted on
 the device.
@@ -10,8 +10,6 @@ the device.
 from __future__ import annotations
 
 import itertools
-import queue
-import threading
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -19,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..core.errors import ConfigError
+from .background import Background
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -79,66 +78,24 @@ def _resolve_rows(rows: Any, n_tokens: int) -> Tensor:
     return t
 
 
-class _End:
-    """End of the prefetched stream (with the producer's exception, if any)."""
+def gather_rows(src: Tensor, idx: Tensor, *, pin: bool = False) -> Tensor:
+    """``src[idx]`` for a CPU tensor, copied row by row with ``numpy.take`` (any dtype, bfloat16 included).
 
-    def __init__(self, error: BaseException | None) -> None:
-        self.error = error
-
-
-class _Prefetcher:
-    """Gathers batches on a daemon thread, ``depth`` ahead of the consumer."""
-
-    def __init__(self, sources: dict[str, Tensor], index_iter: Iterator[Tensor], depth: int, pin: bool) -> None:
-        self.sources, self.index_iter, self.pin = sources, index_iter, pin
-        self.q: queue.Queue = queue.Queue(maxsize=max(depth, 1))
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="mechwork-cache-loader", daemon=True)
-        self.thread.start()
-
-    def _gather(self, idx: Tensor) -> dict[str, Tensor]:
-        out = {}
-        for name, src in self.sources.items():
-            buf = torch.empty((idx.numel(), *src.shape[1:]), dtype=src.dtype, pin_memory=self.pin)
-            torch.index_select(src, 0, idx, out=buf)
-            out[name] = buf
+    torch's ``index_select`` parallelises over its intra-op thread pool, which collapses (several times slower
+    than one thread) when other processes compete for the cores; ``numpy.take`` copies each row with one
+    ``memcpy``, releases the GIL and does not depend on the thread pool. ``pin`` gathers into pinned memory.
+    """
+    if src.device.type != "cpu":
+        return src.index_select(0, idx.to(src.device))
+    if not src.is_contiguous():  # a strided view: reshaping it would copy all of it for every batch
+        return src.index_select(0, idx).pin_memory() if pin else src.index_select(0, idx)
+    out = torch.empty((idx.numel(), *src.shape[1:]), dtype=src.dtype, pin_memory=pin)
+    if idx.numel() == 0 or src[0].numel() == 0:
         return out
-
-    def _run(self) -> None:
-        try:
-            for idx in self.index_iter:
-                item = (idx, self._gather(idx))
-                while not self.stop.is_set():
-                    try:
-                        self.q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self.stop.is_set():
-                    return
-            self._put_final(_End(None))
-        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-            self._put_final(_End(e))
-
-    def _put_final(self, item: "_End") -> None:
-        while not self.stop.is_set():
-            try:
-                self.q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def __iter__(self) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
-        try:
-            while True:
-                item = self.q.get()
-                if isinstance(item, _End):
-                    if item.error is not None:
-                        raise item.error
-                    return
-                yield item
-        finally:
-            self.stop.set()
+    raw_src = src.reshape(src.shape[0], -1).view(torch.uint8).numpy()
+    raw_out = out.reshape(out.shape[0], -1).view(torch.uint8).numpy()
+    np.take(raw_src, idx.numpy(), axis=0, out=raw_out, mode="clip")  # indices were checked: clip avoids buffering
+    return out
 
 
 def iterate(
@@ -154,19 +111,26 @@ def iterate(
 ) -> Iterator[Any]:
     """Turn index batches into tensors (one site) or dicts of tensors (several sites)."""
     cuda = device.type == "cuda"
-    if prefetch > 0:
-        batches: Iterator[tuple[Tensor, dict[str, Tensor]]] = iter(_Prefetcher(sources, index_iter, prefetch, pin=cuda))
-    else:
-        batches = ((idx, {n: s.index_select(0, idx) for n, s in sources.items()}) for idx in index_iter)
-    for idx, raw in batches:
-        out = {}
-        for name, t in raw.items():
-            if t.device != device:
-                t = t.to(device, non_blocking=cuda)
-            t = t.to(dtype)
-            out[name] = t.reshape(t.shape[0], -1) if flatten else t
-        result = out[single] if single is not None else out
-        yield (idx, result) if with_indices else result
+    gathered = _gathered(sources, index_iter, pin=cuda)
+    batches = Background(gathered, depth=prefetch, name="mechwork-cache-loader") if prefetch > 0 else gathered
+    try:
+        for idx, raw in batches:
+            out = {}
+            for name, t in raw.items():
+                if t.device != device:
+                    t = t.to(device, non_blocking=cuda)
+                t = t.to(dtype)
+                out[name] = t.reshape(t.shape[0], -1) if flatten else t
+            result = out[single] if single is not None else out
+            yield (idx, result) if with_indices else result
+    finally:
+        if isinstance(batches, Background):
+            batches.close()
+
+
+def _gathered(sources: dict[str, Tensor], index_iter: Iterator[Tensor], *, pin: bool) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+    for idx in index_iter:
+        yield idx, {name: gather_rows(src, idx, pin=pin) for name, src in sources.items()}
 
 
 def as_site_list(sites: Any) -> tuple[list[Any], bool]:

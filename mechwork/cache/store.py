@@ -207,6 +207,26 @@ class ActivationStore:
         idx = (starts[:, None] + torch.arange(self.context)).clamp_max(self.n_tokens - 1)
         return self.tokens[idx.reshape(-1)].reshape(idx.shape), r - starts
 
+    def examples(self, rows: int | Tensor, tokenizer: Any, *, before: int = 12) -> list[str]:
+        """What the model had read for each row: up to ``before`` tokens of its window, then the row's own token
+        in ``[[ ]]`` (e.g. to show the top activations of an SAE latent).
+
+        Parameters
+        ----------
+        rows : int or Int[Tensor, "k"]
+        tokenizer : Hugging Face tokenizer, or a model with a ``tokenizer``
+        before : int
+        """
+        tok = getattr(tokenizer, "tokenizer", None) or tokenizer
+        if not callable(getattr(tok, "decode", None)):
+            raise ConfigError(f"examples() needs a tokenizer (or a model with one), got {type(tokenizer).__name__}")
+        windows, pos = self.window(rows)
+        out = []
+        for w, p in zip(windows.tolist(), pos.tolist()):
+            lead = tok.decode(w[max(0, p - before) : p])
+            out.append(f"{lead} [[{tok.decode(w[p : p + 1])}]]".strip())
+        return out
+
     # ------------------------------------------------------------------------------------------ statistics
     def stats(self, site: SiteName) -> dict[str, Any]:
         """Running statistics from the collection.

@@ -47,6 +47,10 @@ class Stream:
         return n * F.element_size(self.dtype)
 
 
+SYNC_EVERY = 32 << 20  # bytes appended to a shard file between two fdatasync calls (0: only when it is closed)
+_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+
 class _ShardFile:
     """A shard being written: raw appends to a temporary file, header fixed up at the end, fsync, rename."""
 
@@ -56,10 +60,16 @@ class _ShardFile:
         self.f = open(self.tmp, "wb", buffering=0)
         self.f.write(F.header(stream.name, stream.dtype, (0, *stream.shape), align=align))
         self.rows = 0
+        self.unsynced = 0
 
     def append(self, t: Tensor) -> int:
         self.rows += int(t.shape[0])
-        return F.write_all(self.f, F.tensor_bytes(t))
+        n = F.write_all(self.f, F.tensor_bytes(t))
+        self.unsynced += n
+        if SYNC_EVERY and self.unsynced >= SYNC_EVERY:  # flush as we go (on the writer thread, overlapping the
+            _datasync(self.f.fileno())  # forward pass) so that closing the shard has little left to wait for
+            self.unsynced = 0
+        return n
 
     def finish(self) -> None:
         self.f.seek(0)
@@ -223,13 +233,12 @@ class Pipeline:
             item = self.q.get()
             if item is _STOP:
                 return
-            if self.error is not None:
-                continue  # drain after a failure
             fn, args, event, release = item
             try:
-                if event is not None:
-                    event.synchronize()
-                fn(*args)
+                if self.error is None:  # after a failure: drain, but still hand pinned buffers back
+                    if event is not None:
+                        event.synchronize()
+                    fn(*args)
             except BaseException as e:  # noqa: BLE001 - handed to the producer
                 self.error = e
             finally:
@@ -282,14 +291,19 @@ class Pipeline:
 
 
 class PinnedPool:
-    """Reusable pinned host buffers per stream for non-blocking device-to-host copies (GPU path)."""
+    """Reusable pinned host buffers per stream for non-blocking device-to-host copies (GPU path).
 
-    def __init__(self, streams: list[Stream], rows: int, depth: int) -> None:
+    ``depth`` buffers per stream circulate between the producer (``take``, then a non-blocking copy) and the
+    writer thread (``give`` once the batch is on disk), which bounds the host memory in flight. ``pin=False``
+    gives ordinary buffers (the tests run this path on a CPU).
+    """
+
+    def __init__(self, streams: list[Stream], rows: int, depth: int, *, pin: bool = True) -> None:
         self.free: dict[str, queue.Queue] = {}
         for s in streams:
             q: queue.Queue = queue.Queue()
             for _ in range(depth):
-                q.put(torch.empty((rows, *s.shape), dtype=s.dtype, pin_memory=True))
+                q.put(torch.empty((rows, *s.shape), dtype=s.dtype, pin_memory=pin))
             self.free[s.name] = q
 
     def take(self, name: str) -> Tensor:

@@ -65,7 +65,10 @@ def to_tokens(model: Any, text: str | Sequence[str] | Tensor, *, prepend_bos: bo
     text = list(text)
     if not text:
         raise DataError("no prompts given (empty list)")
-    toks = model.to_tokens(text, prepend_bos=prepend_bos)
+    try:  # TransformerLens truncates to n_ctx by default: we want to say so instead
+        toks = model.to_tokens(text, prepend_bos=prepend_bos, truncate=False)
+    except TypeError:
+        toks = model.to_tokens(text, prepend_bos=prepend_bos)
     return check_tokens(model, toks, what="prompt tokens")
 
 

@@ -19,6 +19,7 @@ Accepted sources
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from dataclasses import dataclass
@@ -144,7 +145,8 @@ class TokenSource:
             yield from TokenSource(batch)._docs_prompts()
 
     def _docs_corpus(self) -> Iterator[Tensor]:
-        corpus = self.source
+        # a fresh copy: the documents depend on the corpus's seed only, not on what the object already produced
+        corpus = dataclasses.replace(self.source) if dataclasses.is_dataclass(self.source) else self.source
         while True:
             yield from self._tokenize(corpus.texts(TEXT_BATCH))
 
@@ -356,3 +358,43 @@ def pack(
         if len(out) == batch:
             yield from flush()
     yield from flush()
+
+
+def pad_windows(
+    docs: Iterable[Tensor], context: int, *, bos_id: int | None, pad_id: int, batch: int = 1
+) -> Iterator[Windows]:
+    """One document per window, right-padded to ``context`` tokens, ``batch`` windows at a time.
+
+    A causal model then computes every document's activations exactly as if it ran on that document alone
+    (what a probe or an eraser fitted on task prompts needs), at the cost of the padding rows. Padding rows
+    have ``doc == -1`` and ``doc_pos == -1``; with ``bos_id`` every document starts with BOS.
+
+    Raises
+    ------
+    DataError
+        A document longer than ``context`` (BOS included): it would have to be cut or split.
+    """
+    if context < 1:
+        raise DataError(f"context must be at least 1 token, got {context}")
+    rows: list[tuple[Tensor, Tensor, Tensor]] = []
+    for i, d in enumerate(docs):
+        if bos_id is not None and int(d[0]) != bos_id:
+            d = torch.cat([torch.tensor([bos_id], dtype=torch.long), d])
+        n = int(d.numel())
+        if n > context:
+            raise DataError(
+                f"document {i} has {n} tokens{' (BOS included)' if bos_id is not None else ''} but packing='pad' puts one "
+                f"document in a window of context={context}; pass a larger context or packing='concat'"
+            )
+        tok = torch.full((context,), pad_id, dtype=torch.long)
+        tok[:n] = d
+        doc = torch.full((context,), -1, dtype=torch.long)
+        doc[:n] = i
+        pos = torch.full((context,), -1, dtype=torch.long)
+        pos[:n] = torch.arange(n)
+        rows.append((tok, doc, pos))
+        if len(rows) == batch:
+            yield Windows(*(torch.stack(c) for c in zip(*rows)))
+            rows = []
+    if rows:
+        yield Windows(*(torch.stack(c) for c in zip(*rows)))

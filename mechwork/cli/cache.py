@@ -1,0 +1,139 @@
+"""``mechwork cache collect|info``: collect activations to disk, describe a store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+EPILOG_COLLECT = """examples:
+  mechwork cache collect toy-mixed --sites resid_post.1 z.2 --tokens 200000 --out acts/
+  mechwork cache collect toy-mixed --sites resid_post.3 --tokens 50000 --source task:ioi --dtype bfloat16 --out ioi/
+  mechwork cache collect ./my-gpt2 --sites blocks.6.hook_resid_post --tokens 1e6 --source texts.jsonl --out gpt2-acts/
+  mechwork cache collect toy-mixed --sites resid_post.1 z.2 --tokens 200000 --out acts/ --resume   # after an interruption
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("cache", help="collect activations to a sharded on-disk store; describe a store",
+                       description="Activation caching: many sites in one forward pass, a memory-mapped store.")
+    csub = p.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
+
+    c = csub.add_parser("collect", help="run a model over a token source and store activations",
+                        description="Run MODEL over a token source once and store the activations of every site.",
+                        epilog=EPILOG_COLLECT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("model", help="shipped model name, model folder or hub name (see `mechwork zoo list`)")
+    c.add_argument("--sites", nargs="+", required=True, metavar="SITE",
+                   help="hook names, aliases or patterns, e.g. resid_post.1 z.2 blocks.3.mlp.hook_post 'resid_post.*'")
+    c.add_argument("--tokens", type=float, default=None, metavar="N",
+                   help="number of tokens (rows) to collect; 1e6 style accepted (default: the whole source)")
+    c.add_argument("--out", required=True, type=Path, help="output folder")
+    c.add_argument("--source", default="corpus",
+                   help="'corpus' (the generated language, default), 'task:NAME' (ioi, induction, gender, style) "
+                        "or a .txt/.jsonl/.safetensors/.npy file")
+    c.add_argument("--batch-size", type=int, default=32, help="context windows per forward pass (default 32)")
+    c.add_argument("--context", type=int, default=None, help="tokens per window (default: the model's n_ctx)")
+    c.add_argument("--dtype", default=None, help="storage dtype: float32, float16, bfloat16 (default: the model's)")
+    c.add_argument("--device", default=None, help="device of the model: cpu, cuda, cuda:1 (default: CUDA if available)")
+    c.add_argument("--model-dtype", default=None, help="dtype the model is loaded in (default float32)")
+    c.add_argument("--backend", default="auto", choices=("auto", "hooked", "bridge"), help="TransformerLens backend")
+    c.add_argument("--autocast", action="store_true", help="run the forward pass under bfloat16 autocast")
+    c.add_argument("--no-bos", action="store_true", help="do not start documents and windows with BOS")
+    c.add_argument("--packing", default="concat", choices=("concat", "pad"),
+                   help="concat: documents back to back (default); pad: one document per padded window (task prompts)")
+    c.add_argument("--seed", type=int, default=0, help="seed of generated sources (default 0)")
+    c.add_argument("--shard-tokens", type=int, default=None, help="rows per shard file (default: about 256 MiB)")
+    c.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue an interrupted collection into --out")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=_collect)
+
+    i = csub.add_parser("info", help="describe an activation store",
+                        description="Check an activation store against its manifest and describe it.",
+                        epilog="example:\n  mechwork cache info acts/", formatter_class=argparse.RawDescriptionHelpFormatter)
+    i.add_argument("path", type=Path, help="store folder")
+    i.add_argument("--json", action="store_true", help="print the manifest (with its statistics summary) as JSON")
+    i.set_defaults(func=_info)
+    def _help(args: argparse.Namespace) -> int:
+        p.print_help()
+        return 0
+
+    p.set_defaults(func=_help)
+
+
+def _source(spec: str, seed: int) -> Any:
+    from ..core.errors import ConfigError
+
+    if spec == "corpus":
+        from ..data import Corpus
+
+        return Corpus(seed=seed)
+    if spec.startswith("task:"):
+        from .. import tasks
+
+        return tasks.get(spec[5:])
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--source {spec!r}: expected 'corpus', 'task:NAME' or an existing file")
+    return path
+
+
+def _collect(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import load_model
+    from ..cache import collect
+    from ..core.errors import ConfigError
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    n_tokens = None
+    if args.tokens is not None:
+        if args.tokens != int(args.tokens) or args.tokens < 1:
+            raise ConfigError(f"--tokens must be a positive whole number, got {args.tokens}")
+        n_tokens = int(args.tokens)
+    model = load_model(args.model, device=args.device, dtype=args.model_dtype, backend=args.backend)
+    source = _source(args.source, args.seed)
+    t0 = time.perf_counter()
+    store = collect(model, source, args.sites, out=args.out, n_tokens=n_tokens, batch_size=args.batch_size,
+                    context=args.context, dtype=args.dtype, resume=args.resume, overwrite=args.overwrite,
+                    bos=not args.no_bos, progress=not args.quiet, shard_tokens=args.shard_tokens, seed=args.seed,
+                    autocast=True if args.autocast else None, packing=args.packing)
+    dt = time.perf_counter() - t0
+    print(f"{store.n_tokens:,} tokens x {len(store.sites)} sites ({store.nbytes / 1e9:.3f} GB {store.manifest.dtype}) "
+          f"in {dt:.1f} s -> {store.path}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ..cache import ActivationStore
+
+    store = ActivationStore.open(args.path, partial=True)
+    m = store.manifest
+    size = sum(f.stat().st_size for f in Path(args.path).rglob("*") if f.is_file())
+    if args.json:
+        print(json.dumps({**m.to_dict(), "path": str(store.path), "bytes_on_disk": size}, indent=2))
+        return 0
+    print(f"store      {store.path}")
+    print(f"status     {'complete' if m.complete else 'UNFINISHED (resume with --resume)'}")
+    print(f"model      {m.model_spec}  (fingerprint {m.fingerprint})")
+    print(f"tokens     {m.n_tokens:,} in {len(m.shards)} shard(s) of up to {m.shard_tokens:,} rows; context {m.context}, "
+          f"bos {m.bos}")
+    print(f"source     {m.source} (packing {m.packing})")
+    print(f"dtype      {m.dtype}; {size / 1e9:.3f} GB on disk; mechwork {m.mechwork_version}")
+    print()
+    rows = []
+    for e in m.sites:
+        st = store.stats(e.name)
+        rows.append((e.name, e.alias, "x".join(map(str, e.shape)), f"{st['mean_norm']:.4g}", f"{st['rms_norm']:.4g}",
+                     f"{float(st['std'].mean()):.4g}", f"{max(float(st['max'].max()), -float(st['min'].min())):.4g}"))
+    head = ("site", "alias", "shape", "mean_norm", "rms_norm", "mean_std", "max_abs")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    return 0
