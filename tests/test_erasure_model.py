@@ -162,3 +162,8 @@ def test_cli_fit_eval(tmp_path, capsys):
     assert rep["probes"]["rank"] == mechwork.erasure.load(out).rank
     assert main(["erase", "fit", "toy-mixed", "--site", "resid_pre.9", "--out", str(tmp_path / "x")]) == 2
     assert "resid_pre" in capsys.readouterr().err
+    assert main(["erase", "sweep", "toy-mixed", "--sites", "resid_pre.0,resid_pre.2", "--n", "120", "--n-eval", "120",
+                 "--behaviour-n", "16", "--stratify", "position", "--out", str(tmp_path / "sw")]) == 0
+    rows = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [r["site"] for r in rows] == [None, "resid_pre.0", "resid_pre.2"]
+    assert rows[1]["positions"] == "all/stratified-by-position" and (tmp_path / "sw" / "sweep.html").stat().st_size > 100_000
