@@ -60,8 +60,12 @@ class Background(Iterator[T]):
             raise value  # type: ignore[misc]
         raise StopIteration
 
-    def close(self) -> None:
-        """Stop the producer thread (it ends at its next hand-over) and drop what it had prepared."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the producer thread, drop what it had prepared and wait (up to ``timeout`` s) for it to end.
+
+        Waiting matters on error paths: a daemon thread still inside a torch or tokenizer call when the
+        interpreter exits can abort the whole process instead of letting it exit with its error.
+        """
         self._finished = True
         self._stop.set()
         try:
@@ -69,6 +73,8 @@ class Background(Iterator[T]):
                 self._q.get_nowait()
         except queue.Empty:
             pass
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def __del__(self) -> None:
         self._stop.set()
