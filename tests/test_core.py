@@ -148,3 +148,15 @@ def test_gated_site_is_enabled_on_use(toy_mixed):
     attn_out = mechwork.core.capture(toy_mixed, toks, ["attn_out.0"])["blocks.0.hook_attn_out"]
     assert torch.allclose(out[s.name].sum(2) + toy_mixed.blocks[0].attn.b_O, attn_out, atol=1e-5)
     toy_mixed.set_use_attn_result(False)
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "f.json", {"a": 1})
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "x").write_text("1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700

@@ -23,6 +23,20 @@ from .errors import CheckpointError
 PathLike = str | os.PathLike
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(path: Path, base: int) -> None:
+    """Give a mkstemp/mkdtemp result (0600/0700) the permissions a plain open()/mkdir() would have."""
+    try:
+        os.chmod(path, base & ~_umask())
+    except OSError:
+        pass
+
+
 def fsync_dir(path: PathLike) -> None:
     """fsync a directory so that a rename inside it is durable (no-op where unsupported)."""
     try:
@@ -52,6 +66,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        _default_mode(tmp_path, 0o666)
         os.replace(tmp_path, path)
         fsync_dir(path.parent)
     except BaseException:
@@ -151,6 +166,7 @@ def atomic_dir(path: PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     try:
         yield tmp
         fsync_dir(tmp)
+        _default_mode(tmp, 0o777)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
