@@ -231,3 +231,13 @@ def test_prompt_longer_than_context(toy_mixed_any):
         mechwork.core.to_tokens(toy_mixed_any, long)
     with pytest.raises(mechwork.DataError, match="context is 64"):
         toy_mixed_any(torch.ones(1, 65, dtype=torch.long))
+
+
+def test_tokenizer_round_trip_and_generate(toy_mixed_any):
+    """to_tokens / to_str_tokens / generate work with the word-level tokenizer on both backends."""
+    model = toy_mixed_any
+    text = "When Mary and John went to the store , John gave a drink to"
+    assert model.to_str_tokens(text)[0] == "<bos>" and model.to_str_tokens(text)[1:] == text.split()
+    torch.manual_seed(0)
+    out = model.generate(text, max_new_tokens=2, do_sample=False, verbose=False)
+    assert isinstance(out, str) and out.split()[len(text.split())] == "Mary"  # greedy IOI answer
