@@ -49,9 +49,14 @@ def test_toy_induction_2l_has_the_canonical_circuit(toy_induction):
 @pytest.mark.parametrize("name", list(ENTRIES))
 def test_cards_record_training(name):
     card = read_json(ENTRIES[name].path / "card.json")
-    for key in ("training_command", "seed", "steps", "wall_seconds", "metrics", "weights_sha256"):
+    for key in ("training_command", "seed", "steps", "wall_seconds", "metrics", "weights_digest"):
         assert key in card, key
     assert card["training_command"] == f"mechwork zoo train {name}"
+    # the shipped weights are the ones the card describes
+    from mechwork.core.io import load_tensors
+    from mechwork.models.checkpoint import weights_digest
+
+    assert weights_digest(load_tensors(ENTRIES[name].path / "model.safetensors")) == card["weights_digest"]
 
 
 def test_backends_give_same_logits(toy_mixed, toy_mixed_bridge, toy_induction, toy_induction_bridge):

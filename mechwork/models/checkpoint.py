@@ -45,8 +45,22 @@ def save_checkpoint(path: PathLike, cfg: ModelConfig, state: dict[str, Tensor], 
         cfg.to_json(tmp / CONFIG_FILE, format=FORMAT, mechwork_version=__version__)
         save_tokenizer(tmp / TOKENIZER_DIR)
         if card is not None:
-            atomic_write_json(tmp / CARD_FILE, {**card, "weights_sha256": sha256(tmp / WEIGHTS_FILE)})
+            atomic_write_json(tmp / CARD_FILE, {**card, "weights_digest": weights_digest(state)})
     return path
+
+
+def weights_digest(state: dict[str, Tensor]) -> str:
+    """SHA-256 over the tensors themselves (sorted names, dtype, shape, bytes).
+
+    Unlike a hash of the file, it does not depend on how the safetensors header happens to be serialised, so
+    two training runs that produce the same weights give the same digest.
+    """
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def sha256(path: PathLike) -> str:
