@@ -321,3 +321,18 @@ def test_corpus_source_depends_on_its_seed_only(toy_mixed):
     a = collect(toy_mixed, corpus, ["resid_post.0"], n_tokens=300, progress=False)
     b = collect(toy_mixed, corpus, ["resid_post.0"], n_tokens=300, progress=False)  # same object, used again
     assert torch.equal(a.tokens, b.tokens) and "seed 9" in a.manifest.source
+
+
+def test_corpus_documents_end_with_eos_as_in_training(toy_mixed):
+    """A Corpus source packs ``<bos> doc <eos>`` like the zoo's training rows, not bare concatenated text."""
+    from mechwork.data import Corpus, vocab as V
+    from mechwork.data.tokenizer import word_to_id
+
+    store = collect(toy_mixed, Corpus(seed=5), ["resid_post.0"], n_tokens=640, batch_size=4, progress=False)
+    toks = store.tokens.tolist()
+    ids = word_to_id()
+    bos = [i for i, t in enumerate(toks) if t == ids[V.BOS]]
+    assert len(bos) > 3
+    for i in bos[1:]:
+        if i % store.context:  # a BOS inside a window follows the previous document's EOS
+            assert toks[i - 1] == ids[V.EOS]

@@ -10,7 +10,7 @@ Accepted sources
 - a list/tuple of strings: texts, tokenised with the model's tokenizer (no special tokens added);
 - a list of token-id lists or 1-D tensors, or a 2-D integer tensor: one document per row;
 - a :class:`mechwork.tasks.Task`: an endless stream of its prompts (seeded); a ``PromptBatch``: its prompts;
-- a :class:`mechwork.data.Corpus`: an endless stream of generated documents;
+- a :class:`mechwork.data.Corpus`: an endless stream of generated documents, each ending with the tokenizer's EOS;
 - a path (``str`` or ``Path``): ``.txt`` (one document per non-empty line), ``.jsonl`` (a string, a list of ids,
   or an object with ``text`` / ``tokens`` / ``input_ids``), ``.safetensors`` (a ``tokens`` / ``input_ids``
   tensor) or ``.npy`` (an integer array, loaded without pickle);
@@ -147,8 +147,12 @@ class TokenSource:
     def _docs_corpus(self) -> Iterator[Tensor]:
         # a fresh copy: the documents depend on the corpus's seed only, not on what the object already produced
         corpus = dataclasses.replace(self.source) if dataclasses.is_dataclass(self.source) else self.source
+        # documents end with EOS, as the zoo models saw them in training ("<bos> words <eos>"); packing adds the BOS
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        tail = torch.tensor([eos], dtype=torch.long) if eos is not None else None
         while True:
-            yield from self._tokenize(corpus.texts(TEXT_BATCH))
+            for doc in self._tokenize(corpus.texts(TEXT_BATCH)):
+                yield doc if tail is None else torch.cat([doc, tail])
 
     def _docs_texts(self) -> Iterator[Tensor]:
         s = self.source
