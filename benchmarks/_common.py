@@ -11,8 +11,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -31,8 +32,9 @@ def environment() -> dict[str, Any]:
     if torch.cuda.is_available():
         env["device"] = torch.cuda.get_device_name(0)
     try:
-        import transformer_lens  # noqa: F401
         from importlib.metadata import version
+
+        import transformer_lens  # noqa: F401
 
         env["transformer_lens"] = version("transformer-lens")
         env["sae_lens"] = version("sae-lens")
@@ -43,6 +45,7 @@ def environment() -> dict[str, Any]:
 
 def timeit(fn: Callable[[], Any], *, repeat: int = 5, warmup: int = 1, sync: bool = True) -> float:
     """Median wall-clock seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs."""
+
     def _sync() -> None:
         if sync and torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -88,7 +91,9 @@ def write_results(name: str, payload: dict[str, Any], out_dir: str | Path | None
     from mechwork.core.io import atomic_write_json
 
     out = Path(out_dir or RESULTS_DIR) / f"{name}.json"
-    atomic_write_json(out, {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": environment(), **payload})
+    atomic_write_json(
+        out, {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": environment(), **payload}
+    )
     print(f"wrote {out}")
     return out
 

@@ -29,8 +29,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -39,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from _common import print_table, write_results  # noqa: E402
 
 CONTEXT = 128
@@ -56,8 +56,9 @@ def build_model(device: str, shape: str = "gpt2-small") -> Any:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     dims = {k: v for k, v in SHAPES[shape].items() if k != "site_layer"}
-    cfg = HookedTransformerConfig(**dims, n_ctx=CONTEXT, d_vocab=50257, act_fn="gelu_new", normalization_type="LN", seed=0,
-                                  device=device)
+    cfg = HookedTransformerConfig(
+        **dims, n_ctx=CONTEXT, d_vocab=50257, act_fn="gelu_new", normalization_type="LN", seed=0, device=device
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = HookedTransformer(cfg).eval().to(device)
@@ -79,7 +80,9 @@ def timed(fn: Callable[[], Any], device: str) -> float:
 
 
 def bare_forward(model: Any, tokens: torch.Tensor, stop: int, batch: int, device: str, autocast: bool) -> None:
-    ac = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
+    ac = (
+        torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
+    )
     with torch.inference_mode(), ac:
         for i in range(0, tokens.shape[0], batch):
             model(tokens[i : i + batch].to(device, non_blocking=True), stop_at_layer=stop)
@@ -100,8 +103,17 @@ def disk_bandwidth(folder: Path, nbytes: int) -> float:
     return written / dt / 1e9
 
 
-def saelens_run(model: Any, tokens: torch.Tensor, folder: Path, device: str, batch: int, layer: int, *,
-                keep: bool = False, default_buffer: bool = False) -> float:
+def saelens_run(
+    model: Any,
+    tokens: torch.Tensor,
+    folder: Path,
+    device: str,
+    batch: int,
+    layer: int,
+    *,
+    keep: bool = False,
+    default_buffer: bool = False,
+) -> float:
     """Seconds for SAELens's CacheActivationsRunner on the same model and tokens (one site).
 
     The buffer is sized to hold exactly the requested tokens: with its default ``buffer_size_gb=2.0`` the
@@ -119,11 +131,19 @@ def saelens_run(model: Any, tokens: torch.Tensor, folder: Path, device: str, bat
     d_in = int(model.cfg.d_model)
     ds = datasets.Dataset.from_dict({"input_ids": tokens.tolist()})
     cfg = CacheActivationsRunnerConfig(
-        dataset_path="local-random-tokens", model_name="random-gpt2-small", model_batch_size=batch,
-        hook_name=f"blocks.{layer}.hook_resid_post", d_in=d_in, training_tokens=n, context_size=CONTEXT,
-        new_cached_activations_path=str(folder), dtype="float32", device=device,
+        dataset_path="local-random-tokens",
+        model_name="random-gpt2-small",
+        model_batch_size=batch,
+        hook_name=f"blocks.{layer}.hook_resid_post",
+        d_in=d_in,
+        training_tokens=n,
+        context_size=CONTEXT,
+        new_cached_activations_path=str(folder),
+        dtype="float32",
+        device=device,
         buffer_size_gb=2.0 if default_buffer else (n * d_in * 4 + 1024) / 1e9,  # one buffer holding exactly the tokens
-        prepend_bos=False, streaming=False,
+        prepend_bos=False,
+        streaming=False,
     )
     original = car.load_model
     car.load_model = lambda *a, **k: model  # the runner cannot be given a model: hand it ours instead of a download
@@ -166,7 +186,9 @@ def read_store(model: Any, folder: Path, n_tokens: int, dtype: str, batch: int) 
     from mechwork.cache import collect
 
     tokens = torch.randint(0, 50257, (n_tokens // CONTEXT, CONTEXT), generator=torch.Generator().manual_seed(1))
-    return collect(model, tokens, READ_SITES, out=folder, batch_size=batch, bos=False, dtype=dtype, progress=False, overwrite=True)
+    return collect(
+        model, tokens, READ_SITES, out=folder, batch_size=batch, bos=False, dtype=dtype, progress=False, overwrite=True
+    )
 
 
 def read_throughput(store: Any, sites: Any, batch: int, device: str, prefetch: int) -> tuple[float, float]:
@@ -208,14 +230,34 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path) -> tuple[lis
             t = times[name]
             t["forward"].append(timed(lambda: bare_forward(model, toks, stop, args.batch, dev, args.autocast), dev))
             out = work / f"{shape}_{name.replace(' ', '_')}"
-            t["collect"].append(timed(lambda: stores.__setitem__(name, collect(
-                model, toks, sites, out=out, batch_size=args.batch, bos=False, dtype=args.dtype, progress=False,
-                overwrite=True, autocast=ac)), dev))
+            t["collect"].append(
+                timed(
+                    lambda: stores.__setitem__(
+                        name,
+                        collect(
+                            model,
+                            toks,
+                            sites,
+                            out=out,
+                            batch_size=args.batch,
+                            bos=False,
+                            dtype=args.dtype,
+                            progress=False,
+                            overwrite=True,
+                            autocast=ac,
+                        ),
+                    ),
+                    dev,
+                )
+            )
             msg = f"{shape} round {r}: {name}: forward {t['forward'][-1]:.2f}s collect {t['collect'][-1]:.2f}s"
             if name == "1 site" and not args.no_saelens:
                 n_sl = args.saelens_tokens // CONTEXT
-                t["saelens"].append(saelens_run(model, tokens[:n_sl], work / "saelens", dev, args.batch, layer,
-                                                keep=r == args.repeat - 1))
+                t["saelens"].append(
+                    saelens_run(
+                        model, tokens[:n_sl], work / "saelens", dev, args.batch, layer, keep=r == args.repeat - 1
+                    )
+                )
                 msg += f" saelens {t['saelens'][-1]:.2f}s ({n_sl * CONTEXT} tokens)"
             print(msg, flush=True)
 
@@ -226,38 +268,114 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path) -> tuple[lis
         f, c = statistics.median(t["forward"]), statistics.median(t["collect"])
         paired = statistics.median(a / b for a, b in zip(t["forward"], t["collect"]))
         gb = stores[name].nbytes / 1e9
-        res[name] = {"tokens": n, "forward_s": t["forward"], "collect_s": t["collect"], "forward_tok_s": n / f,
-                     "collect_tok_s": n / c, "ratio_of_medians": f / c, "ratio_paired_median": paired, "gb_written": gb}
+        res[name] = {
+            "tokens": n,
+            "forward_s": t["forward"],
+            "collect_s": t["collect"],
+            "forward_tok_s": n / f,
+            "collect_tok_s": n / c,
+            "ratio_of_medians": f / c,
+            "ratio_paired_median": paired,
+            "gb_written": gb,
+        }
         target = 0.8 if name == "1 site" else 0.7
-        rows.append({"model": shape, "measure": f"bare forward to layer {stop}", "sites": name, "tokens": n, "seconds": f,
-                     "tok/s": n / f, "ratio": 1.0})
-        rows.append({"model": shape, "measure": f"mechwork collect to disk ({args.dtype})", "sites": name, "tokens": n,
-                     "seconds": c, "tok/s": n / c, "ratio": paired, "GB": gb, "target": f">= {target}"})
+        rows.append(
+            {
+                "model": shape,
+                "measure": f"bare forward to layer {stop}",
+                "sites": name,
+                "tokens": n,
+                "seconds": f,
+                "tok/s": n / f,
+                "ratio": 1.0,
+            }
+        )
+        rows.append(
+            {
+                "model": shape,
+                "measure": f"mechwork collect to disk ({args.dtype})",
+                "sites": name,
+                "tokens": n,
+                "seconds": c,
+                "tok/s": n / c,
+                "ratio": paired,
+                "GB": gb,
+                "target": f">= {target}",
+            }
+        )
         if t["saelens"]:
             n_sl = (args.saelens_tokens // CONTEXT) * CONTEXT
             sl = statistics.median(t["saelens"])
             sl_ratio = statistics.median((n_sl / s_) / (n / f_) for s_, f_ in zip(t["saelens"], t["forward"]))
             speedup = statistics.median((n / c_) / (n_sl / s_) for s_, c_ in zip(t["saelens"], t["collect"]))
-            res["saelens"] = {"tokens": n_sl, "seconds": t["saelens"], "tok_s": n_sl / sl, "ratio_to_forward": sl_ratio,
-                              "mechwork_speedup": speedup}
-            rows.append({"model": shape, "measure": "SAELens CacheActivationsRunner (float32)", "sites": name, "tokens": n_sl,
-                         "seconds": sl, "tok/s": n_sl / sl, "ratio": sl_ratio})
-            rows.append({"model": shape, "measure": "mechwork collect / SAELens", "sites": name, "ratio": speedup,
-                         "target": ">= 25"})
+            res["saelens"] = {
+                "tokens": n_sl,
+                "seconds": t["saelens"],
+                "tok_s": n_sl / sl,
+                "ratio_to_forward": sl_ratio,
+                "mechwork_speedup": speedup,
+            }
+            rows.append(
+                {
+                    "model": shape,
+                    "measure": "SAELens CacheActivationsRunner (float32)",
+                    "sites": name,
+                    "tokens": n_sl,
+                    "seconds": sl,
+                    "tok/s": n_sl / sl,
+                    "ratio": sl_ratio,
+                }
+            )
+            rows.append(
+                {
+                    "model": shape,
+                    "measure": "mechwork collect / SAELens",
+                    "sites": name,
+                    "ratio": speedup,
+                    "target": ">= 25",
+                }
+            )
     if not args.no_saelens:  # SAELens caches one hook per run: every residual site takes one run per layer
         sites, _, seqs = configs[all_name]
-        total = sum(saelens_run(model, tokens[:seqs], work / "saelens_all", dev, args.batch, i) for i in range(n_layers))
+        total = sum(
+            saelens_run(model, tokens[:seqs], work / "saelens_all", dev, args.batch, i) for i in range(n_layers)
+        )
         n, c = seqs * CONTEXT, statistics.median(times[all_name]["collect"])
         res["saelens_all"] = {"tokens": n, "seconds": total, "runs": n_layers, "mechwork_speedup": total / c}
-        rows.append({"model": shape, "measure": f"SAELens CacheActivationsRunner, {n_layers} runs", "sites": all_name,
-                     "tokens": n, "seconds": total, "tok/s": n / total, "ratio": (n / total) / res[all_name]["forward_tok_s"]})
-        rows.append({"model": shape, "measure": "mechwork collect / SAELens", "sites": all_name, "ratio": total / c, "target": ">= 25"})
+        rows.append(
+            {
+                "model": shape,
+                "measure": f"SAELens CacheActivationsRunner, {n_layers} runs",
+                "sites": all_name,
+                "tokens": n,
+                "seconds": total,
+                "tok/s": n / total,
+                "ratio": (n / total) / res[all_name]["forward_tok_s"],
+            }
+        )
+        rows.append(
+            {
+                "model": shape,
+                "measure": "mechwork collect / SAELens",
+                "sites": all_name,
+                "ratio": total / c,
+                "target": ">= 25",
+            }
+        )
     if args.saelens_default_buffer and not args.no_saelens:
         n_sl = args.saelens_tokens // CONTEXT
         dt = saelens_run(model, tokens[:n_sl], work / "saelens_default", dev, args.batch, layer, default_buffer=True)
         res["saelens_default_buffer"] = {"tokens_requested": n_sl * CONTEXT, "seconds": dt}
-        rows.append({"model": shape, "measure": "SAELens, default buffer_size_gb=2 (per token asked)", "sites": "1 site",
-                     "tokens": n_sl * CONTEXT, "seconds": dt, "tok/s": n_sl * CONTEXT / dt})
+        rows.append(
+            {
+                "model": shape,
+                "measure": "SAELens, default buffer_size_gb=2 (per token asked)",
+                "sites": "1 site",
+                "tokens": n_sl * CONTEXT,
+                "seconds": dt,
+                "tok/s": n_sl * CONTEXT / dt,
+            }
+        )
     if args.read_tokens and shape == args.shapes.split(",")[0]:
         rstore = read_store(model, work / "reads", args.read_tokens, args.dtype, args.batch)
         res["reads"] = {"tokens": rstore.n_tokens, "gb": rstore.nbytes / 1e9}
@@ -265,16 +383,38 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path) -> tuple[lis
             for prefetch in (0, 2):
                 gbs, dt = read_throughput(rstore, sites, 4096, dev, prefetch)
                 res["reads"][f"{label}, prefetch {prefetch}"] = gbs
-                rows.append({"model": shape, "measure": f"store.batches shuffled 4096 rows, prefetch {prefetch}", "sites": label,
-                             "tokens": rstore.n_tokens, "seconds": dt, "GB/s": gbs, "target": ">= 1 GB/s"})
+                rows.append(
+                    {
+                        "model": shape,
+                        "measure": f"store.batches shuffled 4096 rows, prefetch {prefetch}",
+                        "sites": label,
+                        "tokens": rstore.n_tokens,
+                        "seconds": dt,
+                        "GB/s": gbs,
+                        "target": ">= 1 GB/s",
+                    }
+                )
         shutil.rmtree(work / "reads", ignore_errors=True)
         if (work / "saelens").is_dir():
             gbs = saelens_read(work / "saelens", f"blocks.{layer}.hook_resid_post", 4096 // CONTEXT)
             res["reads"]["saelens sequential"] = gbs
-            rows.append({"model": shape, "measure": "SAELens cache read (sequential, HF datasets)", "sites": "1 site",
-                         "tokens": args.saelens_tokens, "GB/s": gbs})
-            rows.append({"model": shape, "measure": "mechwork shuffled / SAELens sequential read", "sites": "1 site",
-                         "ratio": res["reads"]["1 site, prefetch 0"] / gbs})
+            rows.append(
+                {
+                    "model": shape,
+                    "measure": "SAELens cache read (sequential, HF datasets)",
+                    "sites": "1 site",
+                    "tokens": args.saelens_tokens,
+                    "GB/s": gbs,
+                }
+            )
+            rows.append(
+                {
+                    "model": shape,
+                    "measure": "mechwork shuffled / SAELens sequential read",
+                    "sites": "1 site",
+                    "ratio": res["reads"]["1 site, prefetch 0"] / gbs,
+                }
+            )
     shutil.rmtree(work / "saelens", ignore_errors=True)
     for name in configs:
         res[name]["bytes_per_token"] = stores[name].nbytes / stores[name].n_tokens
@@ -290,18 +430,27 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=16384, help="tokens per measurement, one site")
     p.add_argument("--tokens-all", type=int, default=8192, help="tokens per measurement, every residual site")
     p.add_argument("--saelens-tokens", type=int, default=8192, help="tokens per SAELens run (0: skip SAELens)")
-    p.add_argument("--saelens-default-buffer", action="store_true",
-                   help="also time SAELens with its default buffer_size_gb=2.0 (it then processes ~1M tokens: minutes)")
+    p.add_argument(
+        "--saelens-default-buffer",
+        action="store_true",
+        help="also time SAELens with its default buffer_size_gb=2.0 (it then processes ~1M tokens: minutes)",
+    )
     p.add_argument("--read-tokens", type=int, default=131072, help="rows of the store the read throughput is timed on")
     p.add_argument("--batch", type=int, default=32, help="sequences per forward pass")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on a shared 2-core machine 2 threads make OpenMP spin and the "
-                        "timings swing 2-5x between identical runs)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared 2-core machine 2 threads make OpenMP spin and the "
+        "timings swing 2-5x between identical runs)",
+    )
     p.add_argument("--workdir", default=None, help="folder for the stores (default: a temporary folder)")
     p.add_argument("--results", default=None, help="folder for the JSON (default benchmarks/results)")
     p.add_argument("--name", default="cache")
-    p.add_argument("--quick", action="store_true", help="a one-minute smoke run with tiny sizes (numbers not meaningful)")
+    p.add_argument(
+        "--quick", action="store_true", help="a one-minute smoke run with tiny sizes (numbers not meaningful)"
+    )
     p.add_argument("--no-write", action="store_true", help="print the table, write no JSON")
     args = p.parse_args()
     if args.quick:
@@ -332,9 +481,12 @@ def main() -> None:
                 res["ceiling_tok_s"], res["ratio_to_ceiling"] = ceiling, res["collect_tok_s"] / ceiling
     results["loadavg_before"], results["loadavg_after"] = load_before, os.getloadavg()
     results["wall_s"] = time.perf_counter() - t0
-    print_table(rows, ["model", "measure", "sites", "tokens", "seconds", "tok/s", "ratio", "GB", "GB/s", "target"],
-                title=f"activation caching on {args.device} ({args.threads} torch threads; load average "
-                      f"{load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}); ratios are medians of paired runs")
+    print_table(
+        rows,
+        ["model", "measure", "sites", "tokens", "seconds", "tok/s", "ratio", "GB", "GB/s", "target"],
+        title=f"activation caching on {args.device} ({args.threads} torch threads; load average "
+        f"{load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}); ratios are medians of paired runs",
+    )
     if not args.no_write:
         write_results(args.name, {"results": results, "rows": rows}, args.results)
     if not args.workdir:

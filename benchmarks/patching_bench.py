@@ -30,9 +30,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # transformer_lens.patching's per-ce
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import load_json, print_table, timeit, write_results  # noqa: E402
-
 import mechwork  # noqa: E402
+from benchmarks._common import load_json, print_table, timeit, write_results  # noqa: E402
 from mechwork.patching import (  # noqa: E402
     activation_patch,
     attribution_patch,
@@ -94,8 +93,15 @@ def costs(model: Any, task: Any, batch: Any) -> list[dict]:
     for name, (fn, kw) in fns.items():
         r = fn(model, batch, task, sites="z", per="head_position", **kw)
         c = r.cost
-        rows.append({"method": name, "forwards": c["forwards"], "backwards": c["backwards"],
-                     "full-forward equiv.": c["full_forward_equivalents"], "seconds": c["seconds"]})
+        rows.append(
+            {
+                "method": name,
+                "forwards": c["forwards"],
+                "backwards": c["backwards"],
+                "full-forward equiv.": c["full_forward_equivalents"],
+                "seconds": c["seconds"],
+            }
+        )
     return rows
 
 
@@ -132,33 +138,61 @@ def speed(model: Any, task: Any, batch: Any, repeat: int) -> list[dict]:
         plain = activation_patch(model, batch, task, sites=sites, per=per, resume=False)
         t_tl = timeit(tl_run, repeat=repeat, warmup=0)
         t_ours = timeit(lambda: activation_patch(model, batch, task, sites=sites, per=per), repeat=repeat)
-        t_plain = timeit(lambda: activation_patch(model, batch, task, sites=sites, per=per, resume=False), repeat=repeat)
-        rows.append({
-            "grid": label, "cells": ref.numel(), "TL forwards": ref.numel() + 2, "TL s": t_tl,
-            "mechwork forwards": ours.cost["forwards"], "mechwork s": t_ours, "speed-up": t_tl / t_ours,
-            "batched only s": t_plain, "batched only speed-up": t_tl / t_plain,
-            "max abs diff": float(max((ours.scores - ref).abs().max(), (plain.scores - ref).abs().max())),
-        })
+        t_plain = timeit(
+            lambda: activation_patch(model, batch, task, sites=sites, per=per, resume=False), repeat=repeat
+        )
+        rows.append(
+            {
+                "grid": label,
+                "cells": ref.numel(),
+                "TL forwards": ref.numel() + 2,
+                "TL s": t_tl,
+                "mechwork forwards": ours.cost["forwards"],
+                "mechwork s": t_ours,
+                "speed-up": t_tl / t_ours,
+                "batched only s": t_plain,
+                "batched only speed-up": t_tl / t_plain,
+                "max abs diff": float(max((ours.scores - ref).abs().max(), (plain.scores - ref).abs().max())),
+            }
+        )
     return rows
 
 
 def markdown(payload: dict[str, Any]) -> str:
     env = payload["environment"]
-    out = [MD_START, "## Patching", "",
-           f"`python benchmarks/patching_bench.py` ({payload['date']}; {env.get('cpu')}, {env.get('torch_threads')} torch "
-           f"thread(s), device {env.get('device')}; torch {env.get('torch')}, transformer-lens {env.get('transformer_lens')}; "
-           f"{payload['n_prompts']} prompts). Scores are denoising metric changes; r is Pearson's correlation with "
-           "activation patching over the grid's cells.", ""]
+    out = [
+        MD_START,
+        "## Patching",
+        "",
+        f"`python benchmarks/patching_bench.py` ({payload['date']}; {env.get('cpu')}, {env.get('torch_threads')} torch "
+        f"thread(s), device {env.get('device')}; torch {env.get('torch')}, transformer-lens {env.get('transformer_lens')}; "
+        f"{payload['n_prompts']} prompts). Scores are denoising metric changes; r is Pearson's correlation with "
+        "activation patching over the grid's cells.",
+        "",
+    ]
     for setup in payload["setups"]:
         opts = ", ".join(f"{k}={v}" for k, v in setup.get("task_options", {}).items())
-        out += [f"### {setup['model']} / {setup['task']}{f' ({opts})' if opts else ''}: clean {setup['clean']:.3f}, "
-                f"corrupted {setup['corrupted']:.3f}", "",
-                "Pearson r with activation patching:", "", _md_table(setup["quality"]), "",
-                "Cost on the heads x position grid:", "", _md_table(setup["cost"]), "",
-                "Faithfulness of each method's top-k heads (signed ranking; every other head corrupted):", "",
-                _md_table(setup["faithfulness"]), "",
-                "Activation patching vs `transformer_lens.patching` (same grid, identical scores):", "",
-                _md_table(setup["speed"]), ""]
+        out += [
+            f"### {setup['model']} / {setup['task']}{f' ({opts})' if opts else ''}: clean {setup['clean']:.3f}, "
+            f"corrupted {setup['corrupted']:.3f}",
+            "",
+            "Pearson r with activation patching:",
+            "",
+            _md_table(setup["quality"]),
+            "",
+            "Cost on the heads x position grid:",
+            "",
+            _md_table(setup["cost"]),
+            "",
+            "Faithfulness of each method's top-k heads (signed ranking; every other head corrupted):",
+            "",
+            _md_table(setup["faithfulness"]),
+            "",
+            "Activation patching vs `transformer_lens.patching` (same grid, identical scores):",
+            "",
+            _md_table(setup["speed"]),
+            "",
+        ]
     out += [payload.get("notes", ""), MD_END]
     return "\n".join(out)
 
@@ -231,8 +265,19 @@ def main(argv: list[str] | None = None) -> int:
         s_rows = speed(model, task, batch, repeat)
         print_table(s_rows, title="activation patching vs transformer_lens.patching")
         ap_heads = found["ap_heads"]
-        setups.append({"model": model_name, "task": task_name, "task_options": options, "clean": ap_heads.clean, "corrupted": ap_heads.corrupted,
-                       "quality": q_rows, "cost": c_rows, "faithfulness": f_rows, "speed": s_rows})
+        setups.append(
+            {
+                "model": model_name,
+                "task": task_name,
+                "task_options": options,
+                "clean": ap_heads.clean,
+                "corrupted": ap_heads.corrupted,
+                "quality": q_rows,
+                "cost": c_rows,
+                "faithfulness": f_rows,
+                "speed": s_rows,
+            }
+        )
     payload = {"n_prompts": n, "setups": setups, "notes": NOTES}
     out = write_results("patching", payload, args.out)
     if not args.no_md:

@@ -59,8 +59,14 @@ def _mechwork_step(d: int, m: int, k: int, x: torch.Tensor, *, sparse: bool):
     import mechwork.sae as ms
     from mechwork.sae.trainer import _Run
 
-    cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_in=d, d_sae=m, k=k, b_dec_init="zeros"),), batch_size=x.shape[0],
-                         tokens=x.shape[0] * 10_000, sparse=sparse, lr=2e-4, device=str(x.device))
+    cfg = ms.TrainConfig(
+        saes=(ms.SAEConfig(d_in=d, d_sae=m, k=k, b_dec_init="zeros"),),
+        batch_size=x.shape[0],
+        tokens=x.shape[0] * 10_000,
+        sparse=sparse,
+        lr=2e-4,
+        device=str(x.device),
+    )
     sae = ms.SAE(cfg.saes[0], device=x.device)
     run = _Run(cfg, [sae], None, 10_000, x.device, None)
     return lambda: run.one_step(x)
@@ -72,8 +78,14 @@ def _saelens_step(d: int, m: int, k: int, x: torch.Tensor, *, autocast: bool = F
     from sae_lens.training.sae_trainer import SAETrainer
 
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=m, k=k, device=str(x.device)))
-    tcfg = SAETrainerConfig(total_training_samples=x.shape[0] * 10_000, train_batch_size_samples=x.shape[0], lr=2e-4,
-                            lr_end=2e-4, device=str(x.device), autocast=autocast)
+    tcfg = SAETrainerConfig(
+        total_training_samples=x.shape[0] * 10_000,
+        train_batch_size_samples=x.shape[0],
+        lr=2e-4,
+        lr_end=2e-4,
+        device=str(x.device),
+        autocast=autocast,
+    )
     trainer = SAETrainer(tcfg, sae, data_provider=iter(()))
     return lambda: trainer._train_step(sae, x), trainer
 
@@ -93,10 +105,22 @@ def speed(settings, repeat: int, device: torch.device) -> list[dict]:
         }
         t = _median_time(fns, repeat=repeat, warmup=2)
         tps = {name: b / sec for name, sec in t.items()}
-        rows.append({"threads": torch.get_num_threads(), "d_in": d, "d_sae": m, "k": k, "batch": b, "device": device.type,
-                     "floor_tok_s": tps["floor"], "mechwork_tok_s": tps["mechwork"], "mechwork_dense_tok_s": tps["mechwork_dense"],
-                     "saelens_tok_s": tps["saelens"], "x_saelens": tps["mechwork"] / tps["saelens"],
-                     "x_floor": tps["mechwork"] / tps["floor"]})
+        rows.append(
+            {
+                "threads": torch.get_num_threads(),
+                "d_in": d,
+                "d_sae": m,
+                "k": k,
+                "batch": b,
+                "device": device.type,
+                "floor_tok_s": tps["floor"],
+                "mechwork_tok_s": tps["mechwork"],
+                "mechwork_dense_tok_s": tps["mechwork_dense"],
+                "saelens_tok_s": tps["saelens"],
+                "x_saelens": tps["mechwork"] / tps["saelens"],
+                "x_floor": tps["mechwork"] / tps["floor"],
+            }
+        )
         del fns, sl_step
     return rows
 
@@ -109,12 +133,31 @@ def recovery_bench(steps: int, batch: int, device: torch.device) -> list[dict]:
     rows = []
     for width in (512, 1024):
         t0 = time.perf_counter()
-        res = ms.train(ms.TrainConfig(saes=(ms.SAEConfig(d_sae=width, k=32),), batch_size=batch, tokens=batch * steps, lr=1e-3,
-                                      warmup_steps=50, device=str(device)), sd.batches(batch, seed=1), progress=False)
+        res = ms.train(
+            ms.TrainConfig(
+                saes=(ms.SAEConfig(d_sae=width, k=32),),
+                batch_size=batch,
+                tokens=batch * steps,
+                lr=1e-3,
+                warmup_steps=50,
+                device=str(device),
+            ),
+            sd.batches(batch, seed=1),
+            progress=False,
+        )
         sec = time.perf_counter() - t0
         ev = ms.evaluate(res.sae, None, sd.sample(8192, seed=7)[0].to(device))
-        rows.append({"impl": "mechwork", "d_sae": width, "steps": steps, "seconds": sec, **recovery(res.sae.W_dec, sd.features),
-                     "fvu": ev["fvu"], "dead_fraction": ev["dead_fraction"]})
+        rows.append(
+            {
+                "impl": "mechwork",
+                "d_sae": width,
+                "steps": steps,
+                "seconds": sec,
+                **recovery(res.sae.W_dec, sd.features),
+                "fvu": ev["fvu"],
+                "dead_fraction": ev["dead_fraction"],
+            }
+        )
         # SAELens TopK on the same batches, same steps, same lr (its defaults otherwise)
         data = sd.batches(batch, seed=1)  # the same batches, regenerated (seeded)
         step, trainer = _saelens_step(256, width, 32, torch.zeros(batch, 256, device=device))
@@ -130,8 +173,17 @@ def recovery_bench(steps: int, batch: int, device: torch.device) -> list[dict]:
             xs = sd.sample(8192, seed=7)[0].to(device)
             f = sl.encode(xs)
             err = (xs - sl.decode(f)).pow(2).sum() / (xs - xs.mean(0)).pow(2).sum()
-        rows.append({"impl": "saelens", "d_sae": width, "steps": steps, "seconds": sec, **recovery(W, sd.features),
-                     "fvu": float(err), "dead_fraction": float(((f != 0).sum(0) == 0).float().mean())})
+        rows.append(
+            {
+                "impl": "saelens",
+                "d_sae": width,
+                "steps": steps,
+                "seconds": sec,
+                **recovery(W, sd.features),
+                "fvu": float(err),
+                "dead_fraction": float(((f != 0).sum(0) == 0).float().mean()),
+            }
+        )
     return rows
 
 
@@ -152,17 +204,43 @@ def main(argv=None) -> int:
     for t in threads:
         torch.set_num_threads(t)
         rows += speed(settings, args.repeat, device)
-    print_table(rows, ["threads", "d_in", "d_sae", "k", "batch", "floor_tok_s", "mechwork_tok_s", "mechwork_dense_tok_s",
-                       "saelens_tok_s", "x_saelens", "x_floor"], title=f"TopK training step, tokens/s ({device.type})")
+    print_table(
+        rows,
+        [
+            "threads",
+            "d_in",
+            "d_sae",
+            "k",
+            "batch",
+            "floor_tok_s",
+            "mechwork_tok_s",
+            "mechwork_dense_tok_s",
+            "saelens_tok_s",
+            "x_saelens",
+            "x_floor",
+        ],
+        title=f"TopK training step, tokens/s ({device.type})",
+    )
     torch.set_num_threads(threads[0])
     rec = [] if args.no_recovery else recovery_bench(100 if args.quick else args.recovery_steps, 4096, device)
     if rec:
-        print_table(rec, ["impl", "d_sae", "steps", "seconds", "mmcs", "mcc", "recovered_0.9", "fvu", "dead_fraction"],
-                    title="Synthetic dictionary recovery: 256-d, 512 features, 32 active, batch 4096")
+        print_table(
+            rec,
+            ["impl", "d_sae", "steps", "seconds", "mmcs", "mcc", "recovered_0.9", "fvu", "dead_fraction"],
+            title="Synthetic dictionary recovery: 256-d, 512 features, 32 active, batch 4096",
+        )
     if not args.no_write:
-        write_results(args.out_name, {"threads": threads, "repeat": args.repeat, "speed": rows, "recovery": rec,
-                              "targets": {"x_saelens": 3.0, "x_floor": 0.4},
-                              "notes": "medians of interleaved repeats on a shared, noisy machine; compare ratios only"})
+        write_results(
+            args.out_name,
+            {
+                "threads": threads,
+                "repeat": args.repeat,
+                "speed": rows,
+                "recovery": rec,
+                "targets": {"x_saelens": 3.0, "x_floor": 0.4},
+                "notes": "medians of interleaved repeats on a shared, noisy machine; compare ratios only",
+            },
+        )
     return 0
 
 

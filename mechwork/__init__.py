@@ -20,7 +20,19 @@ from .core.errors import (  # noqa: E402
 from .core.sites import Site, site, sites  # noqa: E402
 
 _SUBMODULES = (
-    "core", "data", "tasks", "models", "cache", "sae", "projection", "patching", "circuits", "steering", "erasure", "viz", "cli",
+    "core",
+    "data",
+    "tasks",
+    "models",
+    "cache",
+    "sae",
+    "projection",
+    "patching",
+    "circuits",
+    "steering",
+    "erasure",
+    "viz",
+    "cli",
 )
 _LAZY = {"load_model": ("models", "load_model")}
 
@@ -39,7 +51,17 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "__version__", "load_model", "sites", "site", "Site",
-    "MechworkError", "SiteError", "ConfigError", "CheckpointError", "ShapeError", "ModelNotFoundError",
-    "NonFiniteError", "DataError",
+    "__version__",
+    "load_model",
+    "sites",
+    "site",
+    "Site",
+    "MechworkError",
+    "SiteError",
+    "ConfigError",
+    "CheckpointError",
+    "ShapeError",
+    "ModelNotFoundError",
+    "NonFiniteError",
+    "DataError",
 ]

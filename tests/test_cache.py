@@ -63,8 +63,13 @@ def test_stops_after_last_needed_site(toy_mixed_any, sites, started):
     model = toy_mixed_any
     calls = {i: 0 for i in range(4)}
     calls["unembed"] = 0
-    handles = [b.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1)) for i, b in enumerate(model.blocks)]
-    handles.append(model.unembed.register_forward_pre_hook(lambda m, a: calls.__setitem__("unembed", calls["unembed"] + 1)))
+    handles = [
+        b.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
+        for i, b in enumerate(model.blocks)
+    ]
+    handles.append(
+        model.unembed.register_forward_pre_hook(lambda m, a: calls.__setitem__("unembed", calls["unembed"] + 1))
+    )
     try:
         store = collect(model, torch.randint(3, 200, (4, 64)), sites, batch_size=2, bos=False, progress=False)
     finally:
@@ -176,7 +181,9 @@ def test_pad_packing_gives_per_prompt_activations(toy_mixed_any, tmp_path):
 def test_storage_dtypes(toy_mixed, dtype, tmp_path):
     tokens = torch.randint(3, 200, (4, 64), generator=torch.Generator().manual_seed(2))
     ref = collect(toy_mixed, tokens, ["resid_post.1", "z.0"], bos=False, progress=False)
-    store = collect(toy_mixed, tokens, ["resid_post.1", "z.0"], out=tmp_path / "s", dtype=dtype, bos=False, progress=False)
+    store = collect(
+        toy_mixed, tokens, ["resid_post.1", "z.0"], out=tmp_path / "s", dtype=dtype, bos=False, progress=False
+    )
     assert store.dtype == getattr(torch, dtype)
     for s in store.sites:
         assert store[s].dtype == store.dtype
@@ -187,8 +194,16 @@ def test_storage_dtypes(toy_mixed, dtype, tmp_path):
 
 def test_statistics(toy_mixed, tmp_path):
     tokens = torch.randint(3, 200, (10, 64), generator=torch.Generator().manual_seed(4))
-    store = collect(toy_mixed, tokens, ["resid_post.2", "z.1"], out=tmp_path / "s", batch_size=3, shard_tokens=128,
-                    bos=False, progress=False)
+    store = collect(
+        toy_mixed,
+        tokens,
+        ["resid_post.2", "z.1"],
+        out=tmp_path / "s",
+        batch_size=3,
+        shard_tokens=128,
+        bos=False,
+        progress=False,
+    )
     for s in store.sites:
         x = store[s].double().reshape(store.n_tokens, -1)
         st = store.stats(s)
@@ -202,7 +217,9 @@ def test_statistics(toy_mixed, tmp_path):
         assert abs(st["rms_norm"] - norms.square().mean().sqrt().item()) < 1e-6 * st["rms_norm"]
         assert store.manifest.summary[s]["mean_norm"] == pytest.approx(st["mean_norm"])
     memory = collect(toy_mixed, tokens, ["resid_post.2"], batch_size=3, shard_tokens=128, bos=False, progress=False)
-    torch.testing.assert_close(memory.stats("resid_post.2")["mean"], store.stats("resid_post.2")["mean"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        memory.stats("resid_post.2")["mean"], store.stats("resid_post.2")["mean"], rtol=0, atol=0
+    )
 
 
 def test_in_memory_store_saves(toy_mixed, tmp_path):
@@ -220,8 +237,15 @@ def test_in_memory_store_saves(toy_mixed, tmp_path):
 @pytest.fixture(scope="module")
 def small_store(toy_mixed, tmp_path_factory):
     tokens = torch.randint(3, 200, (8, 64), generator=torch.Generator().manual_seed(7))
-    return collect(toy_mixed, tokens, ["resid_post.1", "z.2"], out=tmp_path_factory.mktemp("b") / "s", bos=False,
-                   shard_tokens=128, progress=False)
+    return collect(
+        toy_mixed,
+        tokens,
+        ["resid_post.1", "z.2"],
+        out=tmp_path_factory.mktemp("b") / "s",
+        bos=False,
+        shard_tokens=128,
+        progress=False,
+    )
 
 
 def test_shuffle_is_a_permutation_per_epoch(small_store):
@@ -263,7 +287,9 @@ def test_batches_options(small_store):
     stream = small_store.batches("resid_post.1", 100, epochs=None)
     assert sum(1 for _ in zip(range(3 * n // 100), stream)) == 3 * n // 100  # streams past one epoch
     full = list(small_store.row_indices(50, seed=2, epochs=2))
-    assert all(torch.equal(a, b) for a, b in zip(list(small_store.row_indices(50, seed=2, epochs=2, start=5)), full[5:]))
+    assert all(
+        torch.equal(a, b) for a, b in zip(list(small_store.row_indices(50, seed=2, epochs=2, start=5)), full[5:])
+    )
     sub = torch.cat(list(small_store.row_indices(64, rows=slice(0, 200))))
     assert torch.equal(torch.sort(sub).values, torch.arange(200))
     b = next(small_store.batches("resid_post.1", 8, dtype="float64"))
@@ -308,8 +334,12 @@ def test_background_iterator_order_errors_and_close():
 
 
 def test_site_patterns(toy_mixed):
-    store = collect(toy_mixed, torch.randint(3, 200, (2, 64)), ["resid_post.*", "blocks.1.attn.hook_?"], bos=False, progress=False)
-    heads = [s.name for s in mechwork.sites(toy_mixed) if s.name.startswith("blocks.1.attn.hook_") and len(s.name) == 20]
+    store = collect(
+        toy_mixed, torch.randint(3, 200, (2, 64)), ["resid_post.*", "blocks.1.attn.hook_?"], bos=False, progress=False
+    )
+    heads = [
+        s.name for s in mechwork.sites(toy_mixed) if s.name.startswith("blocks.1.attn.hook_") and len(s.name) == 20
+    ]
     assert sorted(heads) == [f"blocks.1.attn.hook_{x}" for x in "kqvz"]
     assert store.sites == [f"blocks.{i}.hook_resid_post" for i in range(4)] + heads  # the model's site order
     with pytest.raises(mechwork.SiteError, match="matches no site"):
@@ -325,7 +355,8 @@ def test_corpus_source_depends_on_its_seed_only(toy_mixed):
 
 def test_corpus_documents_end_with_eos_as_in_training(toy_mixed):
     """A Corpus source packs ``<bos> doc <eos>`` like the zoo's training rows, not bare concatenated text."""
-    from mechwork.data import Corpus, vocab as V
+    from mechwork.data import Corpus
+    from mechwork.data import vocab as V
     from mechwork.data.tokenizer import word_to_id
 
     store = collect(toy_mixed, Corpus(seed=5), ["resid_post.0"], n_tokens=640, batch_size=4, progress=False)

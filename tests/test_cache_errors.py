@@ -140,14 +140,26 @@ def _shard(root, site_dir="blocks.1.hook_resid_post", i=0):
     "damage, match",
     [
         (lambda r: _shard(r).unlink(), r"shard-00000.safetensors is missing"),
-        (lambda r: _shard(r, i=1).write_bytes(_shard(r, i=1).read_bytes()[:-100]), r"shard-00001.safetensors has \d+ bytes, expected"),
+        (
+            lambda r: _shard(r, i=1).write_bytes(_shard(r, i=1).read_bytes()[:-100]),
+            r"shard-00001.safetensors has \d+ bytes, expected",
+        ),
         (lambda r: _shard(r).write_bytes(b"\x00" * 5000), r"shard-00000.safetensors"),
-        (lambda r: _shard(r).write_bytes(b"PK\x03\x04 not a safetensors file at all" * 200), r"shard-00000.safetensors"),
-        (lambda r: shutil.copy(_shard(r, "blocks.2.attn.hook_z"), _shard(r)), r"shard-00000.safetensors is not a mechwork activation shard .*found \['blocks.2.attn.hook_z'\]"),
+        (
+            lambda r: _shard(r).write_bytes(b"PK\x03\x04 not a safetensors file at all" * 200),
+            r"shard-00000.safetensors",
+        ),
+        (
+            lambda r: shutil.copy(_shard(r, "blocks.2.attn.hook_z"), _shard(r)),
+            r"shard-00000.safetensors is not a mechwork activation shard .*found \['blocks.2.attn.hook_z'\]",
+        ),
         (lambda r: (r / "tokens" / F.shard_name(0)).unlink(), r"tokens/shard-00000.safetensors is missing"),
         (lambda r: (r / F.MANIFEST).unlink(), r"manifest not found"),
         (lambda r: (r / F.MANIFEST).write_text("{truncated"), r"manifest.json is not valid JSON"),
-        (lambda r: (r / F.MANIFEST).write_text(json.dumps({"format": "mechwork-model"})), r"not a mechwork activation-store manifest"),
+        (
+            lambda r: (r / F.MANIFEST).write_text(json.dumps({"format": "mechwork-model"})),
+            r"not a mechwork activation-store manifest",
+        ),
         (lambda r: _edit_manifest(r, n_tokens=100), r"shards hold 768 rows but n_tokens is 100"),
         (lambda r: _edit_manifest(r, format_version=99), r"format version 99"),
         (lambda r: _edit_manifest(r, bogus=1), r"unknown field"),
@@ -207,7 +219,9 @@ def test_nan_is_reported_with_site_and_row(toy_mixed, tmp_path):
     out = tmp_path / "s"
     _poison(toy_mixed, "blocks.1.hook_resid_post", float("nan"), at_call=5)  # batch 5 is in shard 1
     try:
-        with pytest.raises(NonFiniteError, match=r"site blocks\.1\.hook_resid_post: NaN or inf activation at token row 709 "):
+        with pytest.raises(
+            NonFiniteError, match=r"site blocks\.1\.hook_resid_post: NaN or inf activation at token row 709 "
+        ):
             collect(toy_mixed, TOKENS, SITES, out=out, **KW)
     finally:
         toy_mixed.reset_hooks(including_permanent=True)
@@ -236,7 +250,9 @@ def test_disk_full_keeps_committed_shards_and_resumes(toy_mixed, good_store, tmp
         return real(f, data)
 
     monkeypatch.setattr(F, "write_all", failing)
-    with pytest.raises(CheckpointError, match=r"the disk is full writing .*keeps its 512 committed tokens.*resume=True"):
+    with pytest.raises(
+        CheckpointError, match=r"the disk is full writing .*keeps its 512 committed tokens.*resume=True"
+    ):
         collect(toy_mixed, TOKENS, SITES, out=out, **KW)
     assert not _tmp_files(out)
     assert ActivationStore.open(out, partial=True).n_tokens == 512
@@ -259,8 +275,32 @@ def _cli(argv):
 
 def test_cli_collect_and_info(tmp_path, capsys):
     out = tmp_path / "cli"
-    assert _cli(["cache", "collect", "toy-mixed", "--sites", "resid_post.1", "z.2", "--tokens", "2e3", "--out", str(out),
-                 "--source", "task:ioi", "--dtype", "bfloat16", "--quiet", "--threads", "1", "--device", "cpu"]) == 0
+    assert (
+        _cli(
+            [
+                "cache",
+                "collect",
+                "toy-mixed",
+                "--sites",
+                "resid_post.1",
+                "z.2",
+                "--tokens",
+                "2e3",
+                "--out",
+                str(out),
+                "--source",
+                "task:ioi",
+                "--dtype",
+                "bfloat16",
+                "--quiet",
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     store = ActivationStore.open(out)
     assert store.n_tokens == 2000 and store.dtype == torch.bfloat16 and "ioi" in store.manifest.source
     assert _cli(["cache", "info", str(out)]) == 0

@@ -9,8 +9,7 @@ import hashlib
 import pytest
 import torch
 
-from mechwork.cache import ActivationStore, collect
-from mechwork.cache import mapping
+from mechwork.cache import ActivationStore, collect, mapping
 from mechwork.cache.loader import gather_rows
 
 TOKENS = torch.randint(3, 200, (24, 64), generator=torch.Generator().manual_seed(9))
@@ -19,8 +18,16 @@ SITES = ["resid_post.0", "z.1"]
 
 @pytest.fixture(scope="module")
 def store(toy_mixed, tmp_path_factory):
-    s = collect(toy_mixed, TOKENS, SITES, out=tmp_path_factory.mktemp("read") / "s", batch_size=4, bos=False,
-                shard_tokens=512, progress=False)
+    s = collect(
+        toy_mixed,
+        TOKENS,
+        SITES,
+        out=tmp_path_factory.mktemp("read") / "s",
+        batch_size=4,
+        bos=False,
+        shard_tokens=512,
+        progress=False,
+    )
     assert len(s.manifest.shards) == 3  # 1536 rows in three shards
     return s
 

@@ -17,14 +17,23 @@ torch.set_num_threads(1)
 
 
 def classification(n_classes: int, *, n: int = 2048, d: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    X, y = make_classification(n_samples=n, n_features=d, n_informative=min(d, max(4, n_classes * 2)), n_redundant=0,
-                               n_classes=n_classes, n_clusters_per_class=1, random_state=seed)
+    X, y = make_classification(
+        n_samples=n,
+        n_features=d,
+        n_informative=min(d, max(4, n_classes * 2)),
+        n_redundant=0,
+        n_classes=n_classes,
+        n_clusters_per_class=1,
+        random_state=seed,
+    )
     return torch.from_numpy(X), torch.from_numpy(y)
 
 
 def anisotropic(*, n: int = 4000, d: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The METHODS 8.7 recipe: informative + redundant features mixed by a random Gaussian matrix."""
-    X, y = make_classification(n_samples=n, n_features=d, n_informative=8, n_redundant=8, class_sep=1.5, random_state=seed)
+    X, y = make_classification(
+        n_samples=n, n_features=d, n_informative=8, n_redundant=8, class_sep=1.5, random_state=seed
+    )
     M = np.random.default_rng(seed).standard_normal((d, d)) * 0.5
     return torch.from_numpy(X @ M).float(), torch.from_numpy(y)
 

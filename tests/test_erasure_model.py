@@ -141,9 +141,18 @@ def test_fit_store_streams_like_in_memory(toy_mixed):
 
 
 def test_layer_sweep_probe_grid_and_figure(toy_mixed, tmp_path):
-    rows = mechwork.erasure.layer_sweep(toy_mixed, "gender", ["resid_pre.0", "resid_pre.2"], ("leace", "rlace"), n_fit=150,
-                                        n_eval=120, behaviour_n=32, tasks=("ioi",), probes=("linear",),
-                                        method_options={"rlace": {"max_steps": 50}})
+    rows = mechwork.erasure.layer_sweep(
+        toy_mixed,
+        "gender",
+        ["resid_pre.0", "resid_pre.2"],
+        ("leace", "rlace"),
+        n_fit=150,
+        n_eval=120,
+        behaviour_n=32,
+        tasks=("ioi",),
+        probes=("linear",),
+        method_options={"rlace": {"max_steps": 50}},
+    )
     assert rows[0]["site"] is None and len(rows) == 5
     assert {r["label"] for r in rows[1:]} == {"leace [all]", "rlace [all]"}
     assert all(r["linear_accuracy_before"] > 0.9 for r in rows[1:] if r["site"] == "resid_pre.2")
@@ -158,8 +167,27 @@ def test_layer_sweep_probe_grid_and_figure(toy_mixed, tmp_path):
 
 def test_cli_fit_eval(tmp_path, capsys):
     out = tmp_path / "e"
-    assert main(["erase", "fit", "toy-mixed", "--site", "resid_pre.1", "--method", "inlp", "--n-iter", "2", "--n", "150",
-                 "--out", str(out), "--no-eval"]) == 0
+    assert (
+        main(
+            [
+                "erase",
+                "fit",
+                "toy-mixed",
+                "--site",
+                "resid_pre.1",
+                "--method",
+                "inlp",
+                "--n-iter",
+                "2",
+                "--n",
+                "150",
+                "--out",
+                str(out),
+                "--no-eval",
+            ]
+        )
+        == 0
+    )
     assert "fitted Eraser(method='inlp'" in capsys.readouterr().out
     assert main(["erase", "eval", str(out), "--n", "150", "--behaviour-n", "32"]) == 0
     text = capsys.readouterr().out
@@ -168,8 +196,31 @@ def test_cli_fit_eval(tmp_path, capsys):
     assert rep["probes"]["rank"] == mechwork.erasure.load(out).rank
     assert main(["erase", "fit", "toy-mixed", "--site", "resid_pre.9", "--out", str(tmp_path / "x")]) == 2
     assert "resid_pre" in capsys.readouterr().err
-    assert main(["erase", "sweep", "toy-mixed", "--sites", "resid_pre.0,resid_pre.2", "--n", "120", "--n-eval", "120",
-                 "--behaviour-n", "16", "--stratify", "position", "--out", str(tmp_path / "sw")]) == 0
+    assert (
+        main(
+            [
+                "erase",
+                "sweep",
+                "toy-mixed",
+                "--sites",
+                "resid_pre.0,resid_pre.2",
+                "--n",
+                "120",
+                "--n-eval",
+                "120",
+                "--behaviour-n",
+                "16",
+                "--stratify",
+                "position",
+                "--out",
+                str(tmp_path / "sw"),
+            ]
+        )
+        == 0
+    )
     rows = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert [r["site"] for r in rows] == [None, "resid_pre.0", "resid_pre.2"]
-    assert rows[1]["positions"] == "all/stratified-by-position" and (tmp_path / "sw" / "sweep.html").stat().st_size > 100_000
+    assert (
+        rows[1]["positions"] == "all/stratified-by-position"
+        and (tmp_path / "sw" / "sweep.html").stat().st_size > 100_000
+    )

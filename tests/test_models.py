@@ -115,11 +115,31 @@ def _hf_configs():
 
     V = mechwork.data.vocab_size()
     return {
-        "gpt2": GPT2Config(vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2),
-        "pythia": GPTNeoXConfig(vocab_size=V, max_position_embeddings=64, hidden_size=32, num_hidden_layers=2,
-                                num_attention_heads=4, intermediate_size=64, rotary_pct=0.25, bos_token_id=1, eos_token_id=2),
-        "llama": LlamaConfig(vocab_size=V, max_position_embeddings=64, hidden_size=32, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, bos_token_id=1, eos_token_id=2),
+        "gpt2": GPT2Config(
+            vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2
+        ),
+        "pythia": GPTNeoXConfig(
+            vocab_size=V,
+            max_position_embeddings=64,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            rotary_pct=0.25,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        "llama": LlamaConfig(
+            vocab_size=V,
+            max_position_embeddings=64,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
     }
 
 
@@ -160,8 +180,9 @@ def test_pretrained_encoder_offline():
     enc = tok(["mechanistic interpretability of transformers"], return_tensors="pt")
     with torch.inference_mode():
         ref = AutoModel.from_pretrained(str(encoder_path()))(**enc).last_hidden_state
-        _, cache = model.run_with_cache(enc["input_ids"], attention_mask=enc["attention_mask"],
-                                        names_filter=["blocks.5.hook_resid_post"])
+        _, cache = model.run_with_cache(
+            enc["input_ids"], attention_mask=enc["attention_mask"], names_filter=["blocks.5.hook_resid_post"]
+        )
     assert (cache["blocks.5.hook_resid_post"] - ref).abs().max() < 1e-4
     assert mechwork.site(model, "resid_post.5").shape == (384,)
 
@@ -202,11 +223,14 @@ def test_truncated_weights_file(model_copy):
         mechwork.load_model(model_copy)
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda c: c.update(n_layers=3), "does not match"),
-    (lambda c: c.update(n_layerz=2), "n_layerz"),
-    (lambda c: c.update(d_model=-1), "d_model"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c: c.update(n_layers=3), "does not match"),
+        (lambda c: c.update(n_layerz=2), "n_layerz"),
+        (lambda c: c.update(d_model=-1), "d_model"),
+    ],
+)
 def test_invalid_config(model_copy, edit, match):
     cfg = json.loads((model_copy / "config.json").read_text())
     edit(cfg)

@@ -53,8 +53,13 @@ def test_demo_writes_figure(tmp_path, capsys):
 
 
 def test_entry_point_runs():
-    r = subprocess.run([sys.executable, "-m", "mechwork", "zoo", "list", "--json"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "mechwork", "zoo", "list", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert {m["name"] for m in json.loads(r.stdout)} >= {"toy-mixed", "toy-induction-2l"}
 

@@ -116,11 +116,22 @@ def test_pattern_and_resid_mid_and_noise_equal_transformer_lens(models, ioi):
 def test_fast_path_equals_full_forwards():
     """Resuming from a cached layer and cached keys/values, and computing a patched layer only over the changed
     positions (rotary, RMSNorm, gated MLP), gives what plain forwards give; so does IG's resumed path."""
-    model, _ = _pair({"positional_embedding_type": "rotary", "normalization_type": "RMS", "gated_mlp": True,
-                      "act_fn": "silu", "rotary_dim": 32}, bridge=False)
+    model, _ = _pair(
+        {
+            "positional_embedding_type": "rotary",
+            "normalization_type": "RMS",
+            "gated_mlp": True,
+            "act_fn": "silu",
+            "rotary_dim": 32,
+        },
+        bridge=False,
+    )
     task = mechwork.tasks.get("induction", prefix_len=3, segment_len=5)
     batch = task.prompts(5, seed=1)
-    for sites, per in ((["resid_pre", "z", "mlp_out", "resid_post"], "position"), (["q", "pattern", "z.2"], "head_position")):
+    for sites, per in (
+        (["resid_pre", "z", "mlp_out", "resid_post"], "position"),
+        (["q", "pattern", "z.2"], "head_position"),
+    ):
         fast = activation_patch(model, batch, task, sites=sites, per=per)
         slow = activation_patch(model, batch, task, sites=sites, per=per, resume=False)
         torch.testing.assert_close(fast.scores, slow.scores, atol=2e-5, rtol=1e-4, equal_nan=True)
@@ -138,8 +149,12 @@ def test_fast_path_equals_full_forwards():
 
 def test_gradient_methods_agree_across_backends(models, ioi):
     task, batch = ioi
-    for fn, kw in ((attribution_patch, {}), (relevance_patch, {}), (relevance_patch, {"rules": ["LN-rule", "AH-rule"]}),
-                   (integrated_gradients, {"steps": 8})):
+    for fn, kw in (
+        (attribution_patch, {}),
+        (relevance_patch, {}),
+        (relevance_patch, {"rules": ["LN-rule", "AH-rule"]}),
+        (integrated_gradients, {"steps": 8}),
+    ):
         a = fn(models[0], batch, task, sites=["resid_pre", "z", "mlp_out"], per="position", **kw)
         b = fn(models[1], batch, task, sites=["resid_pre", "z", "mlp_out"], per="position", **kw)
         torch.testing.assert_close(a.scores, b.scores, atol=2e-5, rtol=1e-4)
@@ -148,9 +163,14 @@ def test_gradient_methods_agree_across_backends(models, ioi):
 def test_linear_model_attribution_equals_activation_patching(ioi):
     """No LayerNorm, attention only, sites of the last layer: the logit difference is linear in them."""
     task, batch = ioi
-    model, _ = _pair({"normalization_type": None, "attn_only": True, "n_layers": 2, "initializer_range": 0.15}, bridge=False)
-    for sites, per, direction in (("z.1", "head_position", "denoise"), ("attn_out.1", "position", "denoise"),
-                                  ("resid_post.1", "position", "noise")):
+    model, _ = _pair(
+        {"normalization_type": None, "attn_only": True, "n_layers": 2, "initializer_range": 0.15}, bridge=False
+    )
+    for sites, per, direction in (
+        ("z.1", "head_position", "denoise"),
+        ("attn_out.1", "position", "denoise"),
+        ("resid_post.1", "position", "noise"),
+    ):
         ap = activation_patch(model, batch, task, sites=sites, per=per, direction=direction)
         assert float(ap.scores.abs().max()) > 1e-3
         for fn in (attribution_patch, relevance_patch, integrated_gradients):
@@ -169,7 +189,9 @@ def test_integrated_gradients_completeness(models, ioi):
         assert float(ig.scores[0, layer].sum()) == pytest.approx(gap, rel=0.01)
     comp = ig.info["completeness"]
     assert all(c["relative_error"] < 0.01 for c in comp.values())
-    ap = activation_patch(models[0], batch, task, sites="mlp_out.1", per="layer")  # the site's endpoint = patching it all
+    ap = activation_patch(
+        models[0], batch, task, sites="mlp_out.1", per="layer"
+    )  # the site's endpoint = patching it all
     assert comp["mlp_out.1"]["exact"] == pytest.approx(float(ap.scores[0]), rel=1e-4, abs=1e-6)
     assert float(ig.scores[1, 1].sum()) == pytest.approx(float(ap.scores[0]), rel=0.01, abs=1e-4)
     for rule in ("midpoint", "left", "trapezoid"):
@@ -285,7 +307,9 @@ def test_result_api(models, ioi, tmp_path):
     assert r.axes == ("component", "layer", "pos") and r.labels["component"] == ["resid_pre", "attn_out", "mlp_out"]
     assert r.labels["pos"][0] == "0 <bos>"
     df = r.to_dataframe()
-    assert len(df) == r.scores.numel() and {"component", "layer", "pos", "score", "normalized", "node"} <= set(df.columns)
+    assert len(df) == r.scores.numel() and {"component", "layer", "pos", "score", "normalized", "node"} <= set(
+        df.columns
+    )
     top = r.top(5)
     assert [t.score for t in top] == sorted([t.score for t in top], key=abs, reverse=True)
     assert abs(top[0].score) == pytest.approx(float(r.scores.abs().max()))
@@ -396,7 +420,9 @@ def test_bad_sites_and_options(models, ioi):
     assert issubclass(SiteError, MechworkError) and issubclass(NonFiniteError, MechworkError)
 
 
-@pytest.mark.parametrize("arch,backend_name", [("gpt2", "hooked"), ("gpt2", "bridge"), ("pythia", "hooked"), ("llama", "hooked")])
+@pytest.mark.parametrize(
+    "arch,backend_name", [("gpt2", "hooked"), ("gpt2", "bridge"), ("pythia", "hooked"), ("llama", "hooked")]
+)
 def test_hugging_face_architectures(tmp_path, ioi, arch, backend_name):
     """Any causal model load_model returns: GPT-2 (both backends), Pythia (rotary, parallel blocks), LLaMA (GQA,
     RMSNorm, gated MLP) from local Hugging Face folders: peer equality, resume = full forwards, LRP invariance."""
@@ -408,8 +434,10 @@ def test_hugging_face_architectures(tmp_path, ioi, arch, backend_name):
     config.initializer_range = 0.4  # large enough weights for effects well above float noise
     _, folder = _save_hf(tmp_path, config, arch)
     model = mechwork.load_model(folder, backend=backend_name)
-    for fn, sites, per in (("get_act_patch_resid_pre", "resid_pre", "position"),
-                           ("get_act_patch_attn_head_out_by_pos", "z", "head_position")):
+    for fn, sites, per in (
+        ("get_act_patch_resid_pre", "resid_pre", "position"),
+        ("get_act_patch_attn_head_out_by_pos", "z", "head_position"),
+    ):
         ours = activation_patch(model, batch, task, sites=sites, per=per)
         assert float(ours.scores.abs().max()) > 1e-2
         torch.testing.assert_close(ours.scores, _tl(getattr(tlp, fn), model, task, batch), atol=1e-5, rtol=1e-5)
@@ -418,5 +446,7 @@ def test_hugging_face_architectures(tmp_path, ioi, arch, backend_name):
     logits, _ = _run_all(model, batch.clean)
     with lrp(model, ["layernorm", "identity", "half", "attention"]):
         assert torch.equal(logits, _run_all(model, batch.clean)[0])
-    relp = relevance_patch(model, batch, task, sites="z", per="head", rules=["layernorm", "identity", "half", "attention"])
+    relp = relevance_patch(
+        model, batch, task, sites="z", per="head", rules=["layernorm", "identity", "half", "attention"]
+    )
     assert torch.isfinite(relp.scores).all()

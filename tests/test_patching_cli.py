@@ -23,9 +23,28 @@ def test_patch_help_has_examples(capsys):
 
 def test_patch_writes_result_and_figure(tmp_path, capsys):
     out, fig = tmp_path / "r.json", tmp_path / "fig.html"
-    rc = main(["patch", "toy-induction-2l", "--task", "induction", "--task-options", "prefix_len=4,segment_len=10",
-               "--method", "relp", "--per", "head", "--n", "8",
-               "--out", str(out), "--html", str(fig), "--top", "3"])
+    rc = main(
+        [
+            "patch",
+            "toy-induction-2l",
+            "--task",
+            "induction",
+            "--task-options",
+            "prefix_len=4,segment_len=10",
+            "--method",
+            "relp",
+            "--per",
+            "head",
+            "--n",
+            "8",
+            "--out",
+            str(out),
+            "--html",
+            str(fig),
+            "--top",
+            "3",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "relevance patching (RelP)" in text and "top 3" in text and "z.1 head" in text
@@ -37,8 +56,27 @@ def test_patch_writes_result_and_figure(tmp_path, capsys):
 
 def test_patch_all_methods_json_summary(tmp_path, capsys):
     out = tmp_path / "cmp.json"
-    rc = main(["patch", "toy-induction-2l", "--task", "induction", "--method", "all", "--per", "head", "--n", "6",
-               "--steps", "4", "--faithfulness", "2", "--json", "--out", str(out)])
+    rc = main(
+        [
+            "patch",
+            "toy-induction-2l",
+            "--task",
+            "induction",
+            "--method",
+            "all",
+            "--per",
+            "head",
+            "--n",
+            "6",
+            "--steps",
+            "4",
+            "--faithfulness",
+            "2",
+            "--json",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert set(summary["methods"]) == {"activation", "attribution", "relevance", "integrated_gradients"}
@@ -50,7 +88,10 @@ def test_patch_all_methods_json_summary(tmp_path, capsys):
 
 
 def test_patch_bad_input_is_reported(capsys):
-    assert main(["patch", "toy-induction-2l", "--task", "induction", "--sites", "resid_pre", "--per", "head", "--n", "4"]) == 2
+    assert (
+        main(["patch", "toy-induction-2l", "--task", "induction", "--sites", "resid_pre", "--per", "head", "--n", "4"])
+        == 2
+    )
     assert "head axis" in capsys.readouterr().err
     assert main(["patch", "toy-induction-2l", "--task", "induction", "--sites", "mlp_out", "--n", "4"]) == 2
     assert "mlp_out" in capsys.readouterr().err

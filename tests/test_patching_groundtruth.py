@@ -49,12 +49,16 @@ def _tl(fn_name, model, task, batch):
 
 @pytest.mark.parametrize("name", ["toy-mixed", "toy-induction-2l"])
 def test_peer_equality_on_shipped_models(name, backend, request, ioi, induction):
-    fixture = {"toy-mixed": "toy_mixed", "toy-induction-2l": "toy_induction"}[name] + ("_bridge" if backend == "bridge" else "")
+    fixture = {"toy-mixed": "toy_mixed", "toy-induction-2l": "toy_induction"}[name] + (
+        "_bridge" if backend == "bridge" else ""
+    )
     model = request.getfixturevalue(fixture)
     task, batch = ioi if name == "toy-mixed" else induction
     batch = batch.select(range(8))
-    for fn, sites, per in (("get_act_patch_resid_pre", "resid_pre", "position"),
-                           ("get_act_patch_attn_head_out_by_pos", "z", "head_position")):
+    for fn, sites, per in (
+        ("get_act_patch_resid_pre", "resid_pre", "position"),
+        ("get_act_patch_attn_head_out_by_pos", "z", "head_position"),
+    ):
         ours = activation_patch(model, batch, task, sites=sites, per=per)
         torch.testing.assert_close(ours.scores, _tl(fn, model, task, batch), atol=1e-5, rtol=1e-5)
 
@@ -79,14 +83,20 @@ def _circuit(model):
     induction = {(1, h) for h in range(ind.shape[1]) if ind[1, h] > 0.4}
     previous = {(0, h) for h in range(prev.shape[1]) if prev[0, h] > 0.4}
     if not induction or not previous:
-        pytest.xfail(f"toy-induction-2l lacks the canonical circuit: induction scores {ind.tolist()}, "
-                     f"previous-token scores {prev.tolist()} (report to the lead)")
+        pytest.xfail(
+            f"toy-induction-2l lacks the canonical circuit: induction scores {ind.tolist()}, "
+            f"previous-token scores {prev.tolist()} (report to the lead)"
+        )
     return induction, previous
 
 
-IG_JOINT = pytest.mark.xfail(strict=True, reason=(
-    "IG (site path) scores a head by its share of the joint patch of its whole layer: the previous-token head, "
-    "useless when patched alone, carries much of the joint effect of layer 0 and ranks first"))
+IG_JOINT = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "IG (site path) scores a head by its share of the joint patch of its whole layer: the previous-token head, "
+        "useless when patched alone, carries much of the joint effect of layer 0 and ranks first"
+    ),
+)
 
 
 @pytest.mark.parametrize("method", ["activation", "AtP", "RelP", pytest.param("IG", marks=IG_JOINT)])
@@ -123,10 +133,15 @@ def test_ioi_top_heads_are_faithful(toy_mixed, ioi):
     assert ap.gap > 1.0
     k = int((ap.normalized() >= 0.1).sum())
     assert 1 <= k <= 10, f"{k} heads each recover >= 10% of the logit difference"
-    results = {"activation": ap, **{n: fn(toy_mixed, batch, task, sites="z", per="head") for n, fn in GRADIENT_METHODS.items()}}
+    results = {
+        "activation": ap,
+        **{n: fn(toy_mixed, batch, task, sites="z", per="head") for n, fn in GRADIENT_METHODS.items()},
+    }
     values = {}
     for name, r in results.items():
         f = faithfulness(toy_mixed, batch, task, r.top(k, absolute=False), universe=ap)
         values[name] = f.value
-        assert f.value > 0.6, f"{name}: top-{k} heads {[str(n) for n in r.top(k, absolute=False)]} faithfulness {f.value:.3f}"
+        assert f.value > 0.6, (
+            f"{name}: top-{k} heads {[str(n) for n in r.top(k, absolute=False)]} faithfulness {f.value:.3f}"
+        )
     assert max(values.values()) - min(values.values()) < 0.1, values

@@ -52,8 +52,14 @@ def test_sparse_gradients_match_dense_reference():
 
 def test_sparse_training_run_matches_dense(synth):
     _, x = synth
-    base = ms.TrainConfig(saes=(ms.SAEConfig(d_sae=96, k=4, dead_tokens=512, k_start=12),), batch_size=256, tokens=256 * 25,
-                          lr=3e-3, warmup_steps=5, log_every=5)
+    base = ms.TrainConfig(
+        saes=(ms.SAEConfig(d_sae=96, k=4, dead_tokens=512, k_start=12),),
+        batch_size=256,
+        tokens=256 * 25,
+        lr=3e-3,
+        warmup_steps=5,
+        log_every=5,
+    )
     rs = ms.train(base, x, progress=False)
     rd = ms.train(base.replace(sparse=False), x, progress=False)
     for p, q in zip(rs.sae.parameters(), rd.sae.parameters()):
@@ -63,7 +69,9 @@ def test_sparse_training_run_matches_dense(synth):
 
 def test_topk_recovers_synthetic_dictionary(synth):
     sd, x = synth
-    cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_sae=128, k=3),), batch_size=256, tokens=24000 * 3, lr=3e-3, warmup_steps=20)
+    cfg = ms.TrainConfig(
+        saes=(ms.SAEConfig(d_sae=128, k=3),), batch_size=256, tokens=24000 * 3, lr=3e-3, warmup_steps=20
+    )
     res = ms.train(cfg, x, progress=False)
     rec = recovery(res.sae.W_dec, sd.features)
     assert rec["mmcs"] >= 0.9, rec
@@ -74,8 +82,13 @@ def test_topk_recovers_synthetic_dictionary(synth):
 
 def test_relu_baseline_trains(synth):
     sd, x = synth
-    cfg = ms.TrainConfig(saes=(ms.SAEConfig(architecture="relu", d_sae=128, l1_coefficient=0.3),), batch_size=256,
-                         tokens=24000 * 2, lr=3e-3, warmup_steps=20)
+    cfg = ms.TrainConfig(
+        saes=(ms.SAEConfig(architecture="relu", d_sae=128, l1_coefficient=0.3),),
+        batch_size=256,
+        tokens=24000 * 2,
+        lr=3e-3,
+        warmup_steps=20,
+    )
     res = ms.train(cfg, x, progress=False)
     ev = ms.evaluate(res.sae, None, sd.sample(4000, seed=99)[0])
     assert ev["fvu"] < 0.3 and ev["l0"] < 40, ev
@@ -96,8 +109,17 @@ def test_sweep_equals_separate_runs(synth):
 def test_exact_resume_equals_uninterrupted_run(synth, tmp_path):
     _, x = synth
     sae = ms.SAEConfig(d_sae=96, k=3, dead_tokens=256, k_start=9, normalize="scale")
-    cfg = ms.TrainConfig(saes=(sae, sae.replace(seed=1, k=4)), batch_size=128, tokens=128 * 30, lr=3e-3, warmup_steps=4,
-                         log_every=3, checkpoint_every=6, data_seed=3, out=str(tmp_path / "full"))
+    cfg = ms.TrainConfig(
+        saes=(sae, sae.replace(seed=1, k=4)),
+        batch_size=128,
+        tokens=128 * 30,
+        lr=3e-3,
+        warmup_steps=4,
+        log_every=3,
+        checkpoint_every=6,
+        data_seed=3,
+        out=str(tmp_path / "full"),
+    )
     full = ms.train(cfg, x, progress=False)
     part = ms.train(cfg.replace(out=str(tmp_path / "part")), x, progress=False, stop_at_step=13)
     assert part.stopped_early and part.steps == 13
@@ -113,7 +135,9 @@ def test_exact_resume_equals_uninterrupted_run(synth, tmp_path):
 
 def test_resume_refuses_a_different_config(synth, tmp_path):
     _, x = synth
-    cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_sae=64, k=3),), batch_size=128, tokens=128 * 10, out=str(tmp_path), checkpoint_every=2)
+    cfg = ms.TrainConfig(
+        saes=(ms.SAEConfig(d_sae=64, k=3),), batch_size=128, tokens=128 * 10, out=str(tmp_path), checkpoint_every=2
+    )
     ms.train(cfg, x, progress=False, stop_at_step=4)
     with pytest.raises(ConfigError, match=r"lr: checkpoint None vs now 0\.01"):
         ms.train(cfg.replace(lr=0.01), x, progress=False, resume=True)
@@ -132,20 +156,30 @@ def test_resume_refuses_a_different_config(synth, tmp_path):
 
 def test_nan_in_activations_stops_with_step_and_keeps_checkpoint(synth, tmp_path):
     _, x = synth
-    batches = [x[i:i + 128].clone() for i in range(0, 128 * 8, 128)]
+    batches = [x[i : i + 128].clone() for i in range(0, 128 * 8, 128)]
     batches[5][17, 3] = float("nan")
-    cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_sae=64, k=3, b_dec_init="zeros"),), batch_size=128, tokens=128 * 8,
-                         out=str(tmp_path), checkpoint_every=2)
+    cfg = ms.TrainConfig(
+        saes=(ms.SAEConfig(d_sae=64, k=3, b_dec_init="zeros"),),
+        batch_size=128,
+        tokens=128 * 8,
+        out=str(tmp_path),
+        checkpoint_every=2,
+    )
     with pytest.raises(NonFiniteError, match="sample used to initialise"):
         ms.train(cfg.replace(saes=(ms.SAEConfig(d_sae=64, k=3),)), batches, progress=False)
-    with pytest.raises(NonFiniteError, match=r"activations of batch 5 contain NaN/inf \(rows \[17\].*last good checkpoint is .*checkpoint"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"activations of batch 5 contain NaN/inf \(rows \[17\].*last good checkpoint is .*checkpoint",
+    ):
         ms.train(cfg, batches, progress=False)
     assert read_trainer_json(tmp_path / "checkpoint")["step"] == 4
 
 
 def test_nan_loss_stops_and_names_the_cause(synth, tmp_path):
     _, x = synth
-    cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_sae=64, k=3),), batch_size=128, tokens=128 * 10, out=str(tmp_path), checkpoint_every=2)
+    cfg = ms.TrainConfig(
+        saes=(ms.SAEConfig(d_sae=64, k=3),), batch_size=128, tokens=128 * 10, out=str(tmp_path), checkpoint_every=2
+    )
     calls = {"n": 0}
 
     def joint(saes, outs, batch):
@@ -184,19 +218,35 @@ def test_bad_configs_raise():
     with pytest.raises(ConfigError, match="unknown field"):
         ms.TrainConfig.from_dict({"batch_sise": 3})
     with pytest.raises(ShapeError, match=r"d_in=10 but the data \(the activations\) has width 8"):
-        ms.train(ms.TrainConfig(saes=(ms.SAEConfig(d_in=10, d_sae=16, k=2),), batch_size=8), torch.randn(64, 8), progress=False)
+        ms.train(
+            ms.TrainConfig(saes=(ms.SAEConfig(d_in=10, d_sae=16, k=2),), batch_size=8),
+            torch.randn(64, 8),
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="no training data"):
         ms.train(ms.TrainConfig(), progress=False)
     with pytest.raises(ConfigError, match="tokens= is required"):
-        ms.train(ms.TrainConfig(saes=(ms.SAEConfig(d_sae=16, k=2),), batch_size=8), iter([torch.randn(8, 4)]), progress=False)
+        ms.train(
+            ms.TrainConfig(saes=(ms.SAEConfig(d_sae=16, k=2),), batch_size=8), iter([torch.randn(8, 4)]), progress=False
+        )
     with pytest.raises(ShapeError):
-        ms.train(ms.TrainConfig(saes=(ms.SAEConfig(d_sae=16, k=2),), batch_size=8), torch.arange(64).reshape(16, 4), progress=False)
+        ms.train(
+            ms.TrainConfig(saes=(ms.SAEConfig(d_sae=16, k=2),), batch_size=8),
+            torch.arange(64).reshape(16, 4),
+            progress=False,
+        )
 
 
 def test_iterator_source_and_schedules():
     sd = SyntheticDictionary(d=16, n_features=32, n_active=2, seed=3)
-    cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_sae=32, k=2, k_start=10, k_anneal=0.5),), batch_size=100, tokens=100 * 20,
-                         log_every=2, warmup_steps=4, decay_fraction=0.25)
+    cfg = ms.TrainConfig(
+        saes=(ms.SAEConfig(d_sae=32, k=2, k_start=10, k_anneal=0.5),),
+        batch_size=100,
+        tokens=100 * 20,
+        log_every=2,
+        warmup_steps=4,
+        decay_fraction=0.25,
+    )
     res = ms.train(cfg, sd.batches(64), progress=False)
     ks = [h["k"] for h in res.history]
     assert ks[0] > ks[-1] == 2 and ks == sorted(ks, reverse=True)
@@ -254,5 +304,7 @@ def test_wandb_logging_when_asked(synth, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "disabled")
     _, x = synth
-    cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_sae=32, k=2),), batch_size=128, tokens=128 * 4, log_every=2, wandb_project="mechwork-test")
+    cfg = ms.TrainConfig(
+        saes=(ms.SAEConfig(d_sae=32, k=2),), batch_size=128, tokens=128 * 4, log_every=2, wandb_project="mechwork-test"
+    )
     assert ms.train(cfg, x, progress=False).steps == 4

@@ -27,8 +27,12 @@ def sae_lens():
 def _trained(arch: str, norm: str, alpha: float = 1.0) -> tuple[SAE, torch.Tensor]:
     torch.manual_seed(0)
     x = torch.randn(3000, 24) * 3 + 0.5
-    cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_sae=80, k=5, alpha=alpha, architecture=arch, normalize=norm, l1_coefficient=0.2),),
-                         batch_size=250, tokens=250 * 6, lr=3e-3)
+    cfg = ms.TrainConfig(
+        saes=(ms.SAEConfig(d_sae=80, k=5, alpha=alpha, architecture=arch, normalize=norm, l1_coefficient=0.2),),
+        batch_size=250,
+        tokens=250 * 6,
+        lr=3e-3,
+    )
     return ms.train(cfg, x, progress=False).sae, x[:200]
 
 
@@ -120,8 +124,15 @@ def test_truncated_and_foreign_folders_name_the_file(tmp_path):
     from mechwork.core.io import save_tensors
 
     (tmp_path / "s" / "cfg.json").write_text(json.dumps(cfg))
-    save_tensors(tmp_path / "s" / "sae_weights.safetensors", {"W_enc": torch.zeros(24, 80), "b_enc": torch.zeros(80),
-                                                              "W_dec": torch.zeros(80, 23), "b_dec": torch.zeros(24)})
+    save_tensors(
+        tmp_path / "s" / "sae_weights.safetensors",
+        {
+            "W_enc": torch.zeros(24, 80),
+            "b_enc": torch.zeros(80),
+            "W_dec": torch.zeros(80, 23),
+            "b_dec": torch.zeros(24),
+        },
+    )
     with pytest.raises(CheckpointError, match=r"W_dec has shape \(80, 23\), expected \(80, 24\)"):
         ms.load(tmp_path / "s")
     save_tensors(tmp_path / "s" / "sae_weights.safetensors", {"b_enc": torch.zeros(80)})
@@ -142,7 +153,12 @@ def test_saelens_registration_after_a_later_import(tmp_path):
         f"s = sae_lens.SAE.load_from_disk({str(tmp_path / 's')!r})\n"
         "print(type(s).__name__)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("MechworkTopKSAE")

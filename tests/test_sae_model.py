@@ -15,8 +15,15 @@ from mechwork.sae import shipped
 @pytest.fixture(scope="module")
 def small_sae(toy_mixed):
     """A quickly trained SAE streamed from toy-mixed at resid_post.1."""
-    cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_sae=256, k=16),), model="toy-mixed", site="resid_post.1", tokens=1024 * 30,
-                         batch_size=1024, lr=3e-3, stream_buffer=8192)
+    cfg = ms.TrainConfig(
+        saes=(ms.SAEConfig(d_sae=256, k=16),),
+        model="toy-mixed",
+        site="resid_post.1",
+        tokens=1024 * 30,
+        batch_size=1024,
+        lr=3e-3,
+        stream_buffer=8192,
+    )
     return ms.train(cfg, model=toy_mixed, progress=False).sae
 
 
@@ -71,7 +78,9 @@ def test_train_from_store_and_bad_store_input(toy_mixed):
     from mechwork.data import Corpus
 
     store = collect(toy_mixed, Corpus(5), ["resid_post.0", "mlp_post.0"], n_tokens=8192, progress=False)
-    cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_sae=128, k=8),), site="resid_post.0", batch_size=512, lr=3e-3, tokens=8192 * 4)
+    cfg = ms.TrainConfig(
+        saes=(ms.SAEConfig(d_sae=128, k=8),), site="resid_post.0", batch_size=512, lr=3e-3, tokens=8192 * 4
+    )
     res = ms.train(cfg, store, progress=False)  # four epochs over the store, a fresh permutation each
     assert res.steps == 64 and res.sae.d_in == 128
     assert res.sae.meta["site"] == "blocks.0.hook_resid_post"
@@ -87,8 +96,17 @@ def test_train_from_store_and_bad_store_input(toy_mixed):
 
 
 def test_stream_training_resumes_exactly(toy_mixed, tmp_path):
-    cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_sae=64, k=4),), model="toy-mixed", site="resid_post.0", tokens=256 * 12,
-                         batch_size=256, lr=3e-3, stream_buffer=1024, checkpoint_every=3, out=str(tmp_path / "a"))
+    cfg = ms.TrainConfig(
+        saes=(ms.SAEConfig(d_sae=64, k=4),),
+        model="toy-mixed",
+        site="resid_post.0",
+        tokens=256 * 12,
+        batch_size=256,
+        lr=3e-3,
+        stream_buffer=1024,
+        checkpoint_every=3,
+        out=str(tmp_path / "a"),
+    )
     full = ms.train(cfg, model=toy_mixed, progress=False)
     ms.train(cfg.replace(out=str(tmp_path / "b")), model=toy_mixed, progress=False, stop_at_step=7)
     resumed = ms.train(cfg.replace(out=str(tmp_path / "b")), model=toy_mixed, progress=False, resume=True)
@@ -106,8 +124,15 @@ def test_latent_tags_and_escaped_dashboard(toy_mixed, small_sae, tmp_path):
     assert best["f1"] > 0.5, best  # some latent tracks a ground-truth role (e.g. bos, ioi:answer)
     text = ms.render_text(sc, [best["latent"]], n=2)
     assert "[[" in text and best["tag"] in text
-    evil = ms.LatentScan(sc.windows, sc.loc, sc.vals, sc.idx, ["<b>&tag"] * sc.n_tokens,
-                         lambda ids: ["<script>alert(1)</script>" for _ in ids], sc.d_sae)
+    evil = ms.LatentScan(
+        sc.windows,
+        sc.loc,
+        sc.vals,
+        sc.idx,
+        ["<b>&tag"] * sc.n_tokens,
+        lambda ids: ["<script>alert(1)</script>" for _ in ids],
+        sc.d_sae,
+    )
     page = ms.write_html(tmp_path / "d.html", evil, [best["latent"]]).read_text()
     assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;&amp;tag" in page
 
@@ -120,7 +145,8 @@ def test_shipped_saes_load_and_meet_their_card(toy_mixed_any, site):
     sae = ms.load(path)
     card = ms.read_card(path)
     assert card["model_sha256"] == shipped.model_sha256(), (
-        "toy-mixed was retrained after this SAE was: retrain the shipped SAEs with `python -m mechwork.sae.shipped`")
+        "toy-mixed was retrained after this SAE was: retrain the shipped SAEs with `python -m mechwork.sae.shipped`"
+    )
     ev = ms.evaluate(sae, toy_mixed_any, n_tokens=shipped.CHECK_TOKENS, seed=shipped.EVAL_SEED)
     assert ev["fvu"] <= 0.1 and ev["ce_loss_recovered"] >= 0.9 and ev["dead_fraction"] < 0.05, ev
     recorded = card["eval"]

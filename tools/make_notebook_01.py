@@ -50,7 +50,9 @@ cells = [
         "fig = lens.plot(ld, title='IOI logit difference by layer')\n"
         "fig"
     ),
-    nbf.v4.new_markdown_cell("## Weights in vocabulary space\n\nWhich heads copy the token they attend to? The OV circuit `W_E W_OV W_U` of a copying head has a strong diagonal."),
+    nbf.v4.new_markdown_cell(
+        "## Weights in vocabulary space\n\nWhich heads copy the token they attend to? The OV circuit `W_E W_OV W_U` of a copying head has a strong diagonal."
+    ),
     nbf.v4.new_code_cell(
         "scores = {(l, h): mechwork.projection.project(model, 'ov', layer=l, head=h).diagonal_score()\n"
         "          for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)}\n"
@@ -71,6 +73,8 @@ cells = [
         "sorted(effects.items(), key=lambda kv: kv[1])[:4]"
     ),
 ]
-nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+nb = nbf.v4.new_notebook(
+    cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+)
 nbf.write(nb, "notebooks/01_getting_started.ipynb")
 print("wrote notebooks/01_getting_started.ipynb")

@@ -111,13 +111,13 @@ cells = [
         "mechwork loads SAELens folders (`topk`, `standard`, `jumprelu`) with `ms.load`."
     ),
     nbf.v4.new_code_cell(
-        "d = pathlib.Path(tempfile.mkdtemp()) / 'my_sae'\n"
-        "sae.save(d)\n"
-        "sorted(p.name for p in d.iterdir())"
+        "d = pathlib.Path(tempfile.mkdtemp()) / 'my_sae'\nsae.save(d)\nsorted(p.name for p in d.iterdir())"
     ),
 ]
 
-nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+nb = nbf.v4.new_notebook(
+    cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+)
 out = Path(__file__).resolve().parents[1] / "notebooks" / "02_sae.ipynb"
 nbf.write(nb, out)
 print(f"wrote {out}")

@@ -125,6 +125,8 @@ cells = [
         "back, back.config.site, back.config.task"
     ),
 ]
-nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+nb = nbf.v4.new_notebook(
+    cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+)
 nbf.write(nb, "notebooks/04_erasure.ipynb")
 print("wrote notebooks/04_erasure.ipynb")

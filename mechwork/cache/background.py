@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterator, TypeVar
+from collections.abc import Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 _DONE = object()
@@ -45,7 +46,7 @@ class Background(Iterator[T]):
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             self._put(("error", e))
 
-    def __iter__(self) -> "Background[T]":
+    def __iter__(self) -> Background[T]:
         return self
 
     def __next__(self) -> T:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ from .background import Background
 from .plan import autocast_dtype, check_int, fingerprint, forward, make_plan, rows_of, shard_tokens_for
 from .stats import Moments, scalar_summary
 from .store import ActivationStore, check_store, load_manifest, merge_shard_stats
-from .writer import DiskSink, MemorySink, Pipeline, PinnedPool, Stream, clear_uncommitted
+from .writer import DiskSink, MemorySink, PinnedPool, Pipeline, Stream, clear_uncommitted
 
 
 def collect(
@@ -105,9 +106,24 @@ def collect(
     CheckpointError
         A disk error (the store keeps its committed shards and can be resumed) or a store that cannot be resumed.
     """
-    run = _Run.prepare(model, source, sites, out=out, n_tokens=n_tokens, batch_size=batch_size, context=context,
-                       dtype=dtype, device=device, resume=resume, bos=bos, overwrite=overwrite, shard_tokens=shard_tokens,
-                       seed=seed, autocast=autocast, packing=packing)
+    run = _Run.prepare(
+        model,
+        source,
+        sites,
+        out=out,
+        n_tokens=n_tokens,
+        batch_size=batch_size,
+        context=context,
+        dtype=dtype,
+        device=device,
+        resume=resume,
+        bos=bos,
+        overwrite=overwrite,
+        shard_tokens=shard_tokens,
+        seed=seed,
+        autocast=autocast,
+        packing=packing,
+    )
     if run.done is not None:
         return run.done
     return run.execute(progress=progress)
@@ -123,9 +139,26 @@ class _Run:
     done: ActivationStore | None = None
 
     @classmethod
-    def prepare(cls, model: Any, source: Any, sites: Any, *, out: PathLike | None, n_tokens: int | None, batch_size: int,
-                context: int | None, dtype: Any, device: Any, resume: bool, bos: bool, overwrite: bool,
-                shard_tokens: int | None, seed: int, autocast: Any, packing: str) -> "_Run":
+    def prepare(
+        cls,
+        model: Any,
+        source: Any,
+        sites: Any,
+        *,
+        out: PathLike | None,
+        n_tokens: int | None,
+        batch_size: int,
+        context: int | None,
+        dtype: Any,
+        device: Any,
+        resume: bool,
+        bos: bool,
+        overwrite: bool,
+        shard_tokens: int | None,
+        seed: int,
+        autocast: Any,
+        packing: str,
+    ) -> _Run:
         self = cls()
         self.model = model
         check_int("n_tokens", n_tokens, none=True)
@@ -145,7 +178,9 @@ class _Run:
         if self.dtype not in F.STORAGE_DTYPES:
             raise ConfigError(f"storage dtype must be float32, float16, bfloat16 or float64, got {self.dtype}")
         if out is not None and device is not None and parse_device(device).type != "cpu":
-            raise ConfigError(f"device={device!r} applies to in-memory stores; a disk store is read onto a device with store.batches(..., device=...)")
+            raise ConfigError(
+                f"device={device!r} applies to in-memory stores; a disk store is read onto a device with store.batches(..., device=...)"
+            )
         self.store_device = parse_device(device) if device is not None else torch.device("cpu")
         self.autocast = autocast_dtype(autocast)
         tokenizer = getattr(model, "tokenizer", None)
@@ -156,8 +191,14 @@ class _Run:
                 self.bos_id = getattr(tokenizer, "eos_token_id", None)  # GPT-2 style: BOS and EOS share an id
             if self.bos_id is None:
                 raise ConfigError("bos=True but the model's tokenizer has no BOS (or EOS) token; pass bos=False")
-        self.pad_id = next((i for i in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
-                            if i is not None), 0)
+        self.pad_id = next(
+            (
+                i
+                for i in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
+                if i is not None
+            ),
+            0,
+        )
         self.source = TokenSource(source, tokenizer=tokenizer, seed=seed)
         if self.source.finite is False and n_tokens is None:
             raise ConfigError(f"the source ({self.source.description}) never ends: pass n_tokens")
@@ -167,10 +208,20 @@ class _Run:
         spec = getattr(model, "mechwork_spec", None) or getattr(model.cfg, "model_name", None) or type(model).__name__
         st = shard_tokens_for(self.plan.streams, context, batch_size, shard_tokens, n_tokens, F.ALIGN)
         self.manifest = F.Manifest(
-            model_spec=str(spec), sites=self.plan.entries, dtype=dtype_name(self.dtype), context=context, bos=bos,
-            batch_size=batch_size, shard_tokens=st, source=self.source.description, mechwork_version=__version__,
-            fingerprint=fingerprint(model), seed=seed, autocast=dtype_name(self.autocast) if self.autocast else None,
-            requested_tokens=n_tokens, packing=packing,
+            model_spec=str(spec),
+            sites=self.plan.entries,
+            dtype=dtype_name(self.dtype),
+            context=context,
+            bos=bos,
+            batch_size=batch_size,
+            shard_tokens=st,
+            source=self.source.description,
+            mechwork_version=__version__,
+            fingerprint=fingerprint(model),
+            seed=seed,
+            autocast=dtype_name(self.autocast) if self.autocast else None,
+            requested_tokens=n_tokens,
+            packing=packing,
         )
         self.root = None if out is None else Path(out).expanduser()
         if self.root is not None:
@@ -188,7 +239,11 @@ class _Run:
             raise ConfigError("pass resume=True (continue the store at out) or overwrite=True (replace it), not both")
         if has_manifest and resume:
             old = load_manifest(root)
-            diff = {k: (v, self.manifest.settings()[k]) for k, v in old.settings().items() if v != self.manifest.settings()[k]}
+            diff = {
+                k: (v, self.manifest.settings()[k])
+                for k, v in old.settings().items()
+                if v != self.manifest.settings()[k]
+            }
             if diff:
                 lines = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diff.items())
                 raise ConfigError(f"cannot resume {root}: the collection differs from the stored one ({lines})")
@@ -202,11 +257,15 @@ class _Run:
             return
         if root.exists() and any(root.iterdir()):
             if not has_manifest:
-                raise ConfigError(f"out={root} exists, is not empty and holds no activation store; choose another folder")
+                raise ConfigError(
+                    f"out={root} exists, is not empty and holds no activation store; choose another folder"
+                )
             if not overwrite:
                 state = "a complete" if load_manifest(root).complete else "an unfinished"
-                raise ConfigError(f"out={root} already holds {state} activation store; pass resume=True to continue it "
-                                  "or overwrite=True to replace it")
+                raise ConfigError(
+                    f"out={root} already holds {state} activation store; pass resume=True to continue it "
+                    "or overwrite=True to replace it"
+                )
             _empty_store_folder(root)
         root.mkdir(parents=True, exist_ok=True)
         self.manifest.to_json(root / F.MANIFEST)
@@ -214,7 +273,9 @@ class _Run:
     # -------------------------------------------------------------------------------------- loop
     def _windows(self) -> Iterator[Windows]:
         if self.packing == "pad":
-            return pad_windows(self.source.documents(), self.context, bos_id=self.bos_id, pad_id=self.pad_id, batch=self.batch_size)
+            return pad_windows(
+                self.source.documents(), self.context, bos_id=self.bos_id, pad_id=self.pad_id, batch=self.batch_size
+            )
         return pack(self.source.documents(), self.context, bos_id=self.bos_id, batch=self.batch_size)
 
     def _skip_committed(self, windows: Iterator[Windows]) -> None:
@@ -231,7 +292,9 @@ class _Run:
             t = w.tokens.reshape(-1)
             if not torch.equal(t, stored[row : row + t.numel()]):
                 bad = int((t != stored[row : row + t.numel()]).nonzero()[0]) + row
-                raise DataError(f"cannot resume: the source differs from the one the store was collected from (first at token row {bad})")
+                raise DataError(
+                    f"cannot resume: the source differs from the one the store was collected from (first at token row {bad})"
+                )
             row += t.numel()
 
     def execute(self, *, progress: bool) -> ActivationStore:
@@ -247,7 +310,9 @@ class _Run:
         if (on_gpu or STAGED_ON_CPU) and self.root is not None:
             pool = PinnedPool(self.plan.streams[:-1], self.batch_size * self.context, depth=POOL_DEPTH, pin=on_gpu)
         windows = Background(self._windows(), depth=4, name="mechwork-cache-tokens")  # tokenising overlaps the forward
-        bar = tqdm(total=self.n_tokens, initial=m.n_tokens, unit="tok", unit_scale=True, desc="collect", disable=not progress)
+        bar = tqdm(
+            total=self.n_tokens, initial=m.n_tokens, unit="tok", unit_scale=True, desc="collect", disable=not progress
+        )
         try:
             self._skip_committed(windows)
             self._loop(windows, sink, pool, bar)
@@ -281,7 +346,9 @@ class _Run:
             for s in self.plan.sites:
                 x = rows_of(acts[s.name], s, self.context)[:keep]
                 if tuple(x.shape[1:]) != tuple(entries[s.name].shape):
-                    raise ShapeError(f"site {s.name} gave per-token shape {tuple(x.shape[1:])}, expected {tuple(entries[s.name].shape)}")
+                    raise ShapeError(
+                        f"site {s.name} gave per-token shape {tuple(x.shape[1:])}, expected {tuple(entries[s.name].shape)}"
+                    )
                 flat = x.reshape(keep, -1)
                 moments[s.name].update(flat if real is None else flat[real])  # padding rows stay out of the statistics
                 if pool is not None:
@@ -315,8 +382,11 @@ class _Run:
         if total == 0:
             raise DataError(f"the source ({self.source.description}) gave no tokens")
         if self.n_tokens is not None and total < self.n_tokens:
-            warnings.warn(f"the source ({self.source.description}) ran out after {total} of the {self.n_tokens} tokens requested; "
-                          "the store holds what there was", stacklevel=4)
+            warnings.warn(
+                f"the source ({self.source.description}) ran out after {total} of the {self.n_tokens} tokens requested; "
+                "the store holds what there was",
+                stacklevel=4,
+            )
 
     # -------------------------------------------------------------------------------------- finishing
     def _final_manifest(self, manifest: F.Manifest, moments: dict[str, Moments]) -> F.Manifest:
@@ -355,7 +425,9 @@ def _empty_store_folder(root: Path) -> None:
     for name in (F.STATS, F.MANIFEST):
         (root / name).unlink(missing_ok=True)
     if any(root.iterdir()):
-        raise CheckpointError(f"{root} holds files that are not part of the activation store; remove them or choose another folder")
+        raise CheckpointError(
+            f"{root} holds files that are not part of the activation store; remove them or choose another folder"
+        )
 
 
 def save_store(store: ActivationStore, root: Path, *, overwrite: bool = False) -> ActivationStore:
@@ -366,8 +438,14 @@ def save_store(store: ActivationStore, root: Path, *, overwrite: bool = False) -
         _empty_store_folder(root)
     root.mkdir(parents=True, exist_ok=True)
     m = store.manifest
-    streams = [Stream(e.name, e.dir, store.dtype, tuple(e.shape)) for e in m.sites] + [Stream(F.TOKENS, F.TOKENS, torch.int64, (3,))]
-    st = m.shard_tokens if m.align == F.ALIGN else shard_tokens_for(streams, m.context, m.batch_size, m.shard_tokens, None, F.ALIGN)
+    streams = [Stream(e.name, e.dir, store.dtype, tuple(e.shape)) for e in m.sites] + [
+        Stream(F.TOKENS, F.TOKENS, torch.int64, (3,))
+    ]
+    st = (
+        m.shard_tokens
+        if m.align == F.ALIGN
+        else shard_tokens_for(streams, m.context, m.batch_size, m.shard_tokens, None, F.ALIGN)
+    )
     manifest = m.replace(shards=(), n_tokens=0, complete=False, align=F.ALIGN, shard_tokens=st)
     manifest.to_json(root / F.MANIFEST)
     sink = DiskSink(root, manifest, streams)

@@ -40,8 +40,12 @@ TOKENS = "tokens"  # the stream of token ids / document index / document positio
 ALIGN = max(4096, mmap.PAGESIZE)
 
 ST_CODES: dict[torch.dtype, str] = {
-    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
 }
 STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -102,8 +106,20 @@ class Manifest(Config):
 
     def settings(self) -> dict[str, Any]:
         """The fields a resumed collection must reproduce exactly."""
-        keys = ("model_spec", "fingerprint", "dtype", "context", "bos", "batch_size", "shard_tokens", "source", "seed",
-                "autocast", "requested_tokens", "packing")
+        keys = (
+            "model_spec",
+            "fingerprint",
+            "dtype",
+            "context",
+            "bos",
+            "batch_size",
+            "shard_tokens",
+            "source",
+            "seed",
+            "autocast",
+            "requested_tokens",
+            "packing",
+        )
         d = {k: getattr(self, k) for k in keys}
         d["sites"] = [(s.name, tuple(s.shape)) for s in self.sites]
         return d
@@ -117,8 +133,9 @@ def tmp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp")
 
 
-def header(name: str, dtype: torch.dtype, shape: tuple[int, ...], *, align: int = ALIGN,
-           metadata: dict[str, str] | None = None) -> bytes:
+def header(
+    name: str, dtype: torch.dtype, shape: tuple[int, ...], *, align: int = ALIGN, metadata: dict[str, str] | None = None
+) -> bytes:
     """A safetensors header for one tensor, padded with spaces to ``align`` bytes (data starts there)."""
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     obj: dict[str, Any] = {"__metadata__": {"format": FORMAT, **(metadata or {})}}
@@ -140,7 +157,9 @@ def read_header(path: Path) -> tuple[int, dict[str, Any]]:
             (n,) = struct.unpack("<Q", raw)
             size = os.fstat(f.fileno()).st_size
             if n > min(size - 8, 100 << 20):
-                raise CheckpointError(f"shard {path} has a header length of {n} bytes in a {size}-byte file: foreign or corrupt")
+                raise CheckpointError(
+                    f"shard {path} has a header length of {n} bytes in a {size}-byte file: foreign or corrupt"
+                )
             text = f.read(n)
     except FileNotFoundError:
         raise CheckpointError(f"shard {path} is missing") from None
@@ -158,19 +177,27 @@ def check_shard(path: Path, name: str, dtype: torch.dtype, shape: tuple[int, ...
     offset, hdr = read_header(path)
     meta = hdr.get("__metadata__") or {}
     if meta.get("format") != FORMAT or name not in hdr:
-        raise CheckpointError(f"shard {path} is not a mechwork activation shard (expected tensor {name!r}, "
-                              f"found {sorted(k for k in hdr if k != '__metadata__')})")
+        raise CheckpointError(
+            f"shard {path} is not a mechwork activation shard (expected tensor {name!r}, "
+            f"found {sorted(k for k in hdr if k != '__metadata__')})"
+        )
     info = hdr[name]
     want = {"dtype": ST_CODES[dtype], "shape": list(shape)}
     got = {"dtype": info.get("dtype"), "shape": info.get("shape")}
     if got != want:
-        raise CheckpointError(f"shard {path} holds {got['dtype']} {got['shape']} but the manifest expects {want['dtype']} {want['shape']}")
+        raise CheckpointError(
+            f"shard {path} holds {got['dtype']} {got['shape']} but the manifest expects {want['dtype']} {want['shape']}"
+        )
     if offset != align:
-        raise CheckpointError(f"shard {path} has its data at byte {offset}, expected {align}: rewritten by another tool")
+        raise CheckpointError(
+            f"shard {path} has its data at byte {offset}, expected {align}: rewritten by another tool"
+        )
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     size = path.stat().st_size
     if size != offset + nbytes:
-        raise CheckpointError(f"shard {path} has {size} bytes, expected {offset + nbytes} ({shape[0]} rows): truncated or extended")
+        raise CheckpointError(
+            f"shard {path} has {size} bytes, expected {offset + nbytes} ({shape[0]} rows): truncated or extended"
+        )
 
 
 def tensor_bytes(t: Tensor) -> memoryview:

@@ -10,7 +10,8 @@ the device.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ def row_batches(
     if per_epoch == 0:
         raise ConfigError(f"batch_size {batch_size} exceeds the {n} rows available and drop_last=True leaves no batch")
     first_epoch, skip = divmod(start, per_epoch)
-    for epoch in (itertools.count(first_epoch) if epochs is None else range(first_epoch, epochs)):
+    for epoch in itertools.count(first_epoch) if epochs is None else range(first_epoch, epochs):
         order = rows[torch.randperm(n, generator=epoch_generator(seed, epoch))] if shuffle else rows
         for b in range(skip, per_epoch):
             yield order[b * batch_size : (b + 1) * batch_size]
@@ -71,7 +72,9 @@ def _resolve_rows(rows: Any, n_tokens: int) -> Tensor:
             raise ConfigError(f"a boolean row mask must have shape ({n_tokens},), got {tuple(t.shape)}")
         return t.nonzero().squeeze(1)
     if t.dtype.is_floating_point or t.ndim != 1:
-        raise ConfigError(f"rows must be a slice, a 1-D tensor of row indices or a boolean mask, got {t.dtype} {tuple(t.shape)}")
+        raise ConfigError(
+            f"rows must be a slice, a 1-D tensor of row indices or a boolean mask, got {t.dtype} {tuple(t.shape)}"
+        )
     t = t.long()
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_tokens):
         raise ConfigError(f"row indices must lie in [0, {n_tokens}), got min {int(t.min())}, max {int(t.max())}")
@@ -128,7 +131,9 @@ def iterate(
             batches.close()
 
 
-def _gathered(sources: dict[str, Tensor], index_iter: Iterator[Tensor], *, pin: bool) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+def _gathered(
+    sources: dict[str, Tensor], index_iter: Iterator[Tensor], *, pin: bool
+) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
     for idx in index_iter:
         yield idx, {name: gather_rows(src, idx, pin=pin) for name, src in sources.items()}
 

@@ -16,8 +16,8 @@ import os
 import sys
 import warnings
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -33,7 +33,14 @@ def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
+        libc.mmap.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int64,
+        ]
         libc.munmap.restype = ctypes.c_int
         libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     except (OSError, AttributeError):  # pragma: no cover - exotic platforms
@@ -59,7 +66,10 @@ def map_parts(parts: Sequence[tuple[Path, int, int]], *, align: int) -> Tensor:
         return torch.empty(0, dtype=torch.uint8)
     page = mmap.PAGESIZE
     if _LIBC is None or align % page:
-        return _read_parts(parts, reason="no POSIX mmap" if _LIBC is None else f"alignment {align} is not a multiple of the page size {page}")
+        return _read_parts(
+            parts,
+            reason="no POSIX mmap" if _LIBC is None else f"alignment {align} is not a multiple of the page size {page}",
+        )
     span = _round_up(total, page)
     base = _LIBC.mmap(None, span, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
     if base in (None, _FAILED):
@@ -71,8 +81,14 @@ def map_parts(parts: Sequence[tuple[Path, int, int]], *, align: int) -> Tensor:
                 raise CheckpointError(f"shard {path}: {nbytes} data bytes is not a multiple of the page size {page}")
             fd = os.open(path, os.O_RDONLY)
             try:
-                got = _LIBC.mmap(base + at, _round_up(nbytes, page), mmap.PROT_READ | mmap.PROT_WRITE,
-                                 mmap.MAP_PRIVATE | _MAP_FIXED, fd, offset)
+                got = _LIBC.mmap(
+                    base + at,
+                    _round_up(nbytes, page),
+                    mmap.PROT_READ | mmap.PROT_WRITE,
+                    mmap.MAP_PRIVATE | _MAP_FIXED,
+                    fd,
+                    offset,
+                )
             finally:
                 os.close(fd)
             if got != base + at:
@@ -100,7 +116,9 @@ def _read_parts(parts: Sequence[tuple[Path, int, int]], *, reason: str) -> Tenso
     return out
 
 
-def map_stream(parts: Sequence[tuple[Path, int, int]], dtype: torch.dtype, shape: tuple[int, ...], rows: int, *, align: int) -> Tensor:
+def map_stream(
+    parts: Sequence[tuple[Path, int, int]], dtype: torch.dtype, shape: tuple[int, ...], rows: int, *, align: int
+) -> Tensor:
     """The rows of one stream as a ``[rows, *shape]`` tensor of ``dtype`` mapped from its shards."""
     raw = map_parts(parts, align=align)
     if rows == 0:

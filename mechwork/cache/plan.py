@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -89,14 +90,20 @@ def make_plan(model: Any, sites: Any, context: int, dtype: torch.dtype) -> Plan:
     shapes = {s.name: row_shape(s, context) for s in site_list}
     unknown = [s for s in site_list if shapes[s.name] is None]
     if unknown:  # backend-specific hook points: learn their shapes from one short forward pass
-        probe = forward(model, torch.zeros((1, min(context, 2)), dtype=torch.long, device=model_device(model)), unknown, None)
+        probe = forward(
+            model, torch.zeros((1, min(context, 2)), dtype=torch.long, device=model_device(model)), unknown, None
+        )
         for s in unknown:
             t = probe[s.name]
             if t.ndim < 2 or t.shape[0] != 1 or t.shape[1] != min(context, 2):
-                raise ShapeError(f"site {s.name} gives tensors of shape {tuple(t.shape)}, not [batch, pos, ...]; it cannot be cached per token")
+                raise ShapeError(
+                    f"site {s.name} gives tensors of shape {tuple(t.shape)}, not [batch, pos, ...]; it cannot be cached per token"
+                )
             shapes[s.name] = tuple(t.shape[2:])
     entries = tuple(F.SiteEntry(s.name, s.alias, s.kind, s.layer, shapes[s.name], dirname(s)) for s in site_list)  # type: ignore[arg-type]
-    streams = [Stream(e.name, e.dir, dtype, tuple(e.shape)) for e in entries] + [Stream(F.TOKENS, F.TOKENS, torch.int64, (3,))]
+    streams = [Stream(e.name, e.dir, dtype, tuple(e.shape)) for e in entries] + [
+        Stream(F.TOKENS, F.TOKENS, torch.int64, (3,))
+    ]
     return Plan(site_list, entries, streams, stop_at_layer(model, site_list))
 
 
@@ -104,7 +111,9 @@ class Captured(Exception):
     """Raised by the last hook that fires: every requested site is captured, the rest of the pass is skipped."""
 
 
-def forward(model: Any, tokens: Tensor, sites: Sequence[Site], stop: int | None, autocast: torch.dtype | None = None) -> dict[str, Tensor]:
+def forward(
+    model: Any, tokens: Tensor, sites: Sequence[Site], stop: int | None, autocast: torch.dtype | None = None
+) -> dict[str, Tensor]:
     """Activations of ``sites`` for one batch, under inference mode.
 
     The pass stops at ``stop_at_layer`` and, finer still, right after the last requested site: its hook raises
@@ -125,7 +134,9 @@ def forward(model: Any, tokens: Tensor, sites: Sequence[Site], stop: int | None,
     ac = torch.autocast(tokens.device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     try:
         with torch.inference_mode(), ac:
-            run_with_hooks(model, tokens, [(s.name, hook_for(s.name)) for s in sites], stop_at_layer=stop, return_type=None)
+            run_with_hooks(
+                model, tokens, [(s.name, hook_for(s.name)) for s in sites], stop_at_layer=stop, return_type=None
+            )
     except Captured:
         pass
     missing = [s.name for s in sites if s.name not in acts]
@@ -155,7 +166,9 @@ def fingerprint(model: Any) -> str:
     return f"{n}:{total:.12g}"
 
 
-def shard_tokens_for(streams: list[Stream], context: int, batch_size: int, requested: int | None, n_tokens: int | None, align: int) -> int:
+def shard_tokens_for(
+    streams: list[Stream], context: int, batch_size: int, requested: int | None, n_tokens: int | None, align: int
+) -> int:
     """Rows per shard: whole batches of whole windows, page-aligned in every stream, about SHARD_BYTES large."""
     grain = math.lcm(batch_size * context, F.align_rows([s.row_bytes for s in streams], align))
     if requested is None:

@@ -31,12 +31,16 @@ class Moments:
     norm_sq: Tensor
 
     @classmethod
-    def zeros(cls, d: int, device: torch.device | str = "cpu") -> "Moments":
+    def zeros(cls, d: int, device: torch.device | str = "cpu") -> Moments:
         f64 = dict(dtype=torch.float64, device=device)
         return cls(
-            count=0, mean=torch.zeros(d, **f64), m2=torch.zeros(d, **f64),
-            min=torch.full((d,), math.inf, **f64), max=torch.full((d,), -math.inf, **f64),
-            norm_sum=torch.zeros((), **f64), norm_sq=torch.zeros((), **f64),
+            count=0,
+            mean=torch.zeros(d, **f64),
+            m2=torch.zeros(d, **f64),
+            min=torch.full((d,), math.inf, **f64),
+            max=torch.full((d,), -math.inf, **f64),
+            norm_sum=torch.zeros((), **f64),
+            norm_sq=torch.zeros((), **f64),
         )
 
     @property
@@ -58,12 +62,17 @@ class Moments:
         dev = xf - mean_b
         row_sq = (xf * xf).sum(1).double()
         batch = Moments(
-            count=n, mean=mean_b.double(), m2=(dev * dev).sum(0).double(), min=xf.amin(0).double(),
-            max=xf.amax(0).double(), norm_sum=row_sq.sqrt().sum(), norm_sq=row_sq.sum(),
+            count=n,
+            mean=mean_b.double(),
+            m2=(dev * dev).sum(0).double(),
+            min=xf.amin(0).double(),
+            max=xf.amax(0).double(),
+            norm_sum=row_sq.sqrt().sum(),
+            norm_sq=row_sq.sum(),
         )
         self.merge_(batch)
 
-    def merge_(self, other: "Moments") -> None:
+    def merge_(self, other: Moments) -> None:
         """Merge ``other`` into ``self`` in place (no host-device synchronisation)."""
         n_a, n_b = self.count, other.count
         n = n_a + n_b
@@ -78,7 +87,7 @@ class Moments:
         self.norm_sq = self.norm_sq + other.norm_sq
         self.count = n
 
-    def to(self, device: torch.device | str) -> "Moments":
+    def to(self, device: torch.device | str) -> Moments:
         return Moments(count=self.count, **{f: getattr(self, f).to(device) for f in _FIELDS[1:]})
 
     def tensors(self, prefix: str) -> dict[str, Tensor]:
@@ -87,14 +96,18 @@ class Moments:
         return out
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor], prefix: str) -> "Moments":
+    def from_tensors(cls, tensors: dict[str, Tensor], prefix: str) -> Moments:
         count = int(tensors[f"{prefix}/count"].item())
         return cls(count=count, **{f: tensors[f"{prefix}/{f}"] for f in _FIELDS[1:]})
 
     def finite_within(self, limit: float) -> bool:
         """Whether every value seen is finite and within ``[-limit, limit]`` (the storage dtype's range)."""
-        return bool(torch.isfinite(self.min).all() and torch.isfinite(self.max).all()
-                    and self.max.max() <= limit and self.min.min() >= -limit)
+        return bool(
+            torch.isfinite(self.min).all()
+            and torch.isfinite(self.max).all()
+            and self.max.max() <= limit
+            and self.min.min() >= -limit
+        )
 
     def summary(self, shape: tuple[int, ...]) -> dict[str, Any]:
         """Statistics as a user sees them: tensors shaped like one token's activation, floats for norms."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -47,8 +48,14 @@ class ActivationStore:
         Everything recorded about the collection.
     """
 
-    def __init__(self, manifest: F.Manifest, *, path: Path | None = None, data: dict[str, Tensor] | None = None,
-                 moments: dict[str, Moments] | None = None) -> None:
+    def __init__(
+        self,
+        manifest: F.Manifest,
+        *,
+        path: Path | None = None,
+        data: dict[str, Tensor] | None = None,
+        moments: dict[str, Moments] | None = None,
+    ) -> None:
         self.manifest = manifest
         self.path = path
         self._data: dict[str, Tensor] = dict(data or {})
@@ -57,7 +64,7 @@ class ActivationStore:
 
     # ------------------------------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: PathLike, *, partial: bool = False) -> "ActivationStore":
+    def open(cls, path: PathLike, *, partial: bool = False) -> ActivationStore:
         """Open a store folder, checking every shard against the manifest.
 
         Parameters
@@ -119,8 +126,10 @@ class ActivationStore:
 
     def __repr__(self) -> str:
         where = str(self.path) if self.path else "memory"
-        return (f"ActivationStore({where}: {self.model_spec}, {self.n_tokens:,} tokens x {len(self.sites)} sites, "
-                f"{self.manifest.dtype}, context {self.context})")
+        return (
+            f"ActivationStore({where}: {self.model_spec}, {self.n_tokens:,} tokens x {len(self.sites)} sites, "
+            f"{self.manifest.dtype}, context {self.context})"
+        )
 
     def site_name(self, site: SiteName) -> str:
         """The full hook name of ``site`` (a full name, an alias ``resid_post.2``, ``2.resid_post`` or ``("resid_post", 2)``)."""
@@ -171,7 +180,7 @@ class ActivationStore:
             self._data[name] = map_stream(parts, dtype, shape, self.n_tokens, align=self.manifest.align)
         return self._data[name]
 
-    def __getitem__(self, site: SiteName) -> Float[Tensor, "n_tokens *shape"]:
+    def __getitem__(self, site: SiteName) -> Float[Tensor, n_tokens * shape]:
         """All rows of one site, ``[n_tokens, *shape]`` in the storage dtype (memory-mapped for disk stores)."""
         e = self._entry(site)
         return self._stream(e.name, e.dir, self.dtype, tuple(e.shape))
@@ -254,11 +263,27 @@ class ActivationStore:
         return self._moments
 
     # ------------------------------------------------------------------------------------------ batches
-    def row_indices(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, epochs: int | None = 1,
-                    drop_last: bool = False, rows: Any = None, start: int = 0) -> Iterator[Int[Tensor, " batch"]]:
+    def row_indices(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        epochs: int | None = 1,
+        drop_last: bool = False,
+        rows: Any = None,
+        start: int = 0,
+    ) -> Iterator[Int[Tensor, " batch"]]:
         """The row indices of the batches :meth:`batches` yields with the same arguments, without reading data."""
-        return row_batches(_resolve_rows(rows, self.n_tokens), batch_size, shuffle=shuffle, seed=seed, epochs=epochs,
-                           drop_last=drop_last, start=start)
+        return row_batches(
+            _resolve_rows(rows, self.n_tokens),
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            epochs=epochs,
+            drop_last=drop_last,
+            start=start,
+        )
 
     def batches(
         self,
@@ -318,12 +343,22 @@ class ActivationStore:
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ConfigError(f"prefetch must be a non-negative integer, got {prefetch!r}")
         sources = {n: self[n] for n in full}
-        idx = self.row_indices(batch_size, shuffle=shuffle, seed=seed, epochs=epochs, drop_last=drop_last, rows=rows, start=start)
-        return iterate(sources, idx, single=full[0] if single else None, device=dev, dtype=out_dtype,  # type: ignore[arg-type]
-                       flatten=flatten, with_indices=with_indices, prefetch=prefetch)
+        idx = self.row_indices(
+            batch_size, shuffle=shuffle, seed=seed, epochs=epochs, drop_last=drop_last, rows=rows, start=start
+        )
+        return iterate(
+            sources,
+            idx,
+            single=full[0] if single else None,
+            device=dev,
+            dtype=out_dtype,  # type: ignore[arg-type]
+            flatten=flatten,
+            with_indices=with_indices,
+            prefetch=prefetch,
+        )
 
     # ------------------------------------------------------------------------------------------ saving
-    def save(self, path: PathLike, *, overwrite: bool = False) -> "ActivationStore":
+    def save(self, path: PathLike, *, overwrite: bool = False) -> ActivationStore:
         """Write this store (e.g. an in-memory one) to a folder and return the opened copy."""
         from .collect import save_store
 
@@ -345,9 +380,13 @@ def load_manifest(root: Path) -> F.Manifest:
     raw = read_json(path, what="activation store manifest")
     if not isinstance(raw, dict) or raw.get("format") != F.FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise CheckpointError(f"{path} is not a mechwork activation-store manifest (format {found!r}, expected {F.FORMAT!r})")
+        raise CheckpointError(
+            f"{path} is not a mechwork activation-store manifest (format {found!r}, expected {F.FORMAT!r})"
+        )
     if int(raw.get("format_version", 0)) > F.FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {raw['format_version']}; this mechwork reads up to {F.FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path} has format version {raw['format_version']}; this mechwork reads up to {F.FORMAT_VERSION}"
+        )
     try:
         manifest = F.Manifest.from_dict(raw, source=str(path))
     except ConfigError as e:
@@ -355,14 +394,18 @@ def load_manifest(root: Path) -> F.Manifest:
     if sum(manifest.shards) != manifest.n_tokens:
         raise CheckpointError(f"{path}: shards hold {sum(manifest.shards)} rows but n_tokens is {manifest.n_tokens}")
     if any(r != manifest.shard_tokens for r in manifest.shards[:-1]):
-        raise CheckpointError(f"{path}: every shard but the last must hold {manifest.shard_tokens} rows, found {list(manifest.shards)}")
+        raise CheckpointError(
+            f"{path}: every shard but the last must hold {manifest.shard_tokens} rows, found {list(manifest.shards)}"
+        )
     return manifest
 
 
 def check_store(root: Path, manifest: F.Manifest) -> None:
     """Check every committed shard file (and the statistics) against the manifest."""
     dtype = parse_dtype(manifest.dtype)
-    streams = [(e.name, e.dir, dtype, tuple(e.shape)) for e in manifest.sites] + [(F.TOKENS, F.TOKENS, torch.int64, (3,))]
+    streams = [(e.name, e.dir, dtype, tuple(e.shape)) for e in manifest.sites] + [
+        (F.TOKENS, F.TOKENS, torch.int64, (3,))
+    ]
     for name, dirname, dt, shape in streams:
         for i, rows in enumerate(manifest.shards):
             F.check_shard(root / dirname / F.shard_name(i), name, dt, (rows, *shape), manifest.align)  # type: ignore[arg-type]
@@ -372,7 +415,9 @@ def check_store(root: Path, manifest: F.Manifest) -> None:
         for e in manifest.sites:
             key = f"{e.name}/mean"
             if key not in t or t[key].numel() != e.d:
-                raise CheckpointError(f"{stats}: statistics of site {e.name} missing or of the wrong width (expected {e.d})")
+                raise CheckpointError(
+                    f"{stats}: statistics of site {e.name} missing or of the wrong width (expected {e.d})"
+                )
 
 
 def merge_shard_stats(root: Path, manifest: F.Manifest) -> dict[str, Moments]:

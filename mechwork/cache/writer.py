@@ -16,8 +16,9 @@ import os
 import queue
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -86,8 +87,11 @@ class _ShardFile:
 
 
 def _disk_error(e: OSError, root: Path, committed: int) -> CheckpointError:
-    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-            errno.EFBIG: "the file size limit was reached"}.get(e.errno or 0, f"a write failed ({e.strerror or e})")
+    what = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EFBIG: "the file size limit was reached",
+    }.get(e.errno or 0, f"a write failed ({e.strerror or e})")
     where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
     return CheckpointError(
         f"{what}{where}. The store {root} keeps its {committed} committed tokens intact; free space and run "
@@ -110,8 +114,10 @@ class DiskSink:
     def write(self, shard: int, payload: Payload, *, event: Any = None, release: Any = None) -> None:
         try:
             if self.shard != shard:
-                self.files = {n: _ShardFile(self.root / s.dir / F.shard_name(shard), s, self.manifest.align)
-                              for n, s in self.streams.items()}
+                self.files = {
+                    n: _ShardFile(self.root / s.dir / F.shard_name(shard), s, self.manifest.align)
+                    for n, s in self.streams.items()
+                }
                 self.shard = shard
             for name, t in payload.items():
                 self.bytes_written += self.files[name].append(t)
@@ -124,10 +130,15 @@ class DiskSink:
             if not m.finite_within(torch.finfo(s.dtype).max):
                 self._raise_nonfinite(s, rows)
         try:
-            save_tensors(self.root / "stats" / F.shard_name(shard), {k: v for n, m in stats.items() for k, v in m.tensors(n).items()})
+            save_tensors(
+                self.root / "stats" / F.shard_name(shard),
+                {k: v for n, m in stats.items() for k, v in m.tensors(n).items()},
+            )
             for f in self.files.values():
                 if f.rows != rows:
-                    raise MechworkError(f"internal error: shard {shard} of {f.stream.name} has {f.rows} rows, expected {rows}")
+                    raise MechworkError(
+                        f"internal error: shard {shard} of {f.stream.name} has {f.rows} rows, expected {rows}"
+                    )
                 f.finish()
             for s in self.streams.values():
                 fsync_dir(self.root / s.dir)
@@ -143,12 +154,18 @@ class DiskSink:
         """Find the first non-finite stored value of the open shard of ``s`` and raise NonFiniteError."""
         f = self.files[s.name]
         f.f.flush()
-        raw = torch.from_file(str(f.tmp), shared=False, size=self.manifest.align + rows * s.row_bytes, dtype=torch.uint8)
-        data = raw[self.manifest.align:].view(s.dtype).view(rows, -1)
+        raw = torch.from_file(
+            str(f.tmp), shared=False, size=self.manifest.align + rows * s.row_bytes, dtype=torch.uint8
+        )
+        data = raw[self.manifest.align :].view(s.dtype).view(rows, -1)
         bad = (~torch.isfinite(data)).any(dim=1).nonzero()
         row = self.manifest.n_tokens + (int(bad[0]) if bad.numel() else 0)
         what = "NaN or inf" if bad.numel() else "an out-of-range value"
-        hint = "" if s.dtype in (torch.float32, torch.float64) else f" (values beyond the {s.dtype} range overflow: store float32 or bfloat16)"
+        hint = (
+            ""
+            if s.dtype in (torch.float32, torch.float64)
+            else f" (values beyond the {s.dtype} range overflow: store float32 or bfloat16)"
+        )
         raise NonFiniteError(
             f"site {s.name}: {what} activation at token row {row} (window {row // self.manifest.context}, position "
             f"{row % self.manifest.context}){hint}; nothing from this shard was committed"
@@ -170,7 +187,9 @@ class MemorySink:
         self.prealloc = n_rows is not None
         self.bufs: dict[str, Tensor] = {}
         if n_rows is not None:
-            self.bufs = {s.name: torch.empty((n_rows, *s.shape), dtype=s.dtype, device=self.devices[s.name]) for s in streams}
+            self.bufs = {
+                s.name: torch.empty((n_rows, *s.shape), dtype=s.dtype, device=self.devices[s.name]) for s in streams
+            }
         self.chunks: dict[str, list[Tensor]] = {s.name: [] for s in streams}
         self.rows = 0
         self.shard_rows: list[int] = []
@@ -195,8 +214,9 @@ class MemorySink:
                 data = self.tensors()[name][self.rows - rows : self.rows].reshape(rows, -1)
                 bad = (~torch.isfinite(data)).any(dim=1).nonzero()
                 row = self.rows - rows + (int(bad[0]) if bad.numel() else 0)
-                raise NonFiniteError(f"site {name}: NaN, inf or out-of-range activation at token row {row} "
-                                     f"(storage dtype {s.dtype})")
+                raise NonFiniteError(
+                    f"site {name}: NaN, inf or out-of-range activation at token row {row} (storage dtype {s.dtype})"
+                )
         self.shard_rows.append(rows)
         self.shard_stats.append({k: m.to("cpu") for k, m in stats.items()})
 
@@ -204,8 +224,10 @@ class MemorySink:
         """The rows written so far, one tensor per stream."""
         if self.prealloc:
             return {n: b[: self.rows] for n, b in self.bufs.items()}
-        return {n: torch.cat(c) if c else torch.empty((0, *self.streams[n].shape), dtype=self.streams[n].dtype)
-                for n, c in self.chunks.items()}
+        return {
+            n: torch.cat(c) if c else torch.empty((0, *self.streams[n].shape), dtype=self.streams[n].dtype)
+            for n, c in self.chunks.items()
+        }
 
     def abort(self) -> None:
         self.bufs = None
@@ -259,7 +281,9 @@ class Pipeline:
                 if not self.thread.is_alive():
                     raise MechworkError("the cache writer thread died") from self.error
 
-    def write(self, shard: int, payload: Payload, *, event: Any = None, release: Callable[[], None] | None = None) -> None:
+    def write(
+        self, shard: int, payload: Payload, *, event: Any = None, release: Callable[[], None] | None = None
+    ) -> None:
         self._put((self.sink.write, (shard, payload), event, release))
 
     def end_shard(self, shard: int, rows: int, stats: dict[str, Moments]) -> None:

@@ -17,22 +17,42 @@ EPILOG_COLLECT = """examples:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("cache", help="collect activations to a sharded on-disk store; describe a store",
-                       description="Activation caching: many sites in one forward pass, a memory-mapped store.")
+    p = sub.add_parser(
+        "cache",
+        help="collect activations to a sharded on-disk store; describe a store",
+        description="Activation caching: many sites in one forward pass, a memory-mapped store.",
+    )
     csub = p.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
 
-    c = csub.add_parser("collect", help="run a model over a token source and store activations",
-                        description="Run MODEL over a token source once and store the activations of every site.",
-                        epilog=EPILOG_COLLECT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = csub.add_parser(
+        "collect",
+        help="run a model over a token source and store activations",
+        description="Run MODEL over a token source once and store the activations of every site.",
+        epilog=EPILOG_COLLECT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     c.add_argument("model", help="shipped model name, model folder or hub name (see `mechwork zoo list`)")
-    c.add_argument("--sites", nargs="+", required=True, metavar="SITE",
-                   help="hook names, aliases or patterns, e.g. resid_post.1 z.2 blocks.3.mlp.hook_post 'resid_post.*'")
-    c.add_argument("--tokens", type=float, default=None, metavar="N",
-                   help="number of tokens (rows) to collect; 1e6 style accepted (default: the whole source)")
+    c.add_argument(
+        "--sites",
+        nargs="+",
+        required=True,
+        metavar="SITE",
+        help="hook names, aliases or patterns, e.g. resid_post.1 z.2 blocks.3.mlp.hook_post 'resid_post.*'",
+    )
+    c.add_argument(
+        "--tokens",
+        type=float,
+        default=None,
+        metavar="N",
+        help="number of tokens (rows) to collect; 1e6 style accepted (default: the whole source)",
+    )
     c.add_argument("--out", required=True, type=Path, help="output folder")
-    c.add_argument("--source", default="corpus",
-                   help="'corpus' (the generated language, default), 'task:NAME' (ioi, induction, gender, style) "
-                        "or a .txt/.jsonl/.safetensors/.npy file")
+    c.add_argument(
+        "--source",
+        default="corpus",
+        help="'corpus' (the generated language, default), 'task:NAME' (ioi, induction, gender, style) "
+        "or a .txt/.jsonl/.safetensors/.npy file",
+    )
     c.add_argument("--batch-size", type=int, default=32, help="context windows per forward pass (default 32)")
     c.add_argument("--context", type=int, default=None, help="tokens per window (default: the model's n_ctx)")
     c.add_argument("--dtype", default=None, help="storage dtype: float32, float16, bfloat16 (default: the model's)")
@@ -41,8 +61,12 @@ def register(sub: Any) -> None:
     c.add_argument("--backend", default="auto", choices=("auto", "hooked", "bridge"), help="TransformerLens backend")
     c.add_argument("--autocast", action="store_true", help="run the forward pass under bfloat16 autocast")
     c.add_argument("--no-bos", action="store_true", help="do not start documents and windows with BOS")
-    c.add_argument("--packing", default="concat", choices=("concat", "pad"),
-                   help="concat: documents back to back (default); pad: one document per padded window (task prompts)")
+    c.add_argument(
+        "--packing",
+        default="concat",
+        choices=("concat", "pad"),
+        help="concat: documents back to back (default); pad: one document per padded window (task prompts)",
+    )
     c.add_argument("--seed", type=int, default=0, help="seed of generated sources (default 0)")
     c.add_argument("--shard-tokens", type=int, default=None, help="rows per shard file (default: about 256 MiB)")
     c.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -52,12 +76,17 @@ def register(sub: Any) -> None:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_collect)
 
-    i = csub.add_parser("info", help="describe an activation store",
-                        description="Check an activation store against its manifest and describe it.",
-                        epilog="example:\n  mechwork cache info acts/", formatter_class=argparse.RawDescriptionHelpFormatter)
+    i = csub.add_parser(
+        "info",
+        help="describe an activation store",
+        description="Check an activation store against its manifest and describe it.",
+        epilog="example:\n  mechwork cache info acts/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     i.add_argument("path", type=Path, help="store folder")
     i.add_argument("--json", action="store_true", help="print the manifest (with its statistics summary) as JSON")
     i.set_defaults(func=_info)
+
     def _help(args: argparse.Namespace) -> int:
         p.print_help()
         return 0
@@ -99,13 +128,29 @@ def _collect(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, dtype=args.model_dtype, backend=args.backend)
     source = _source(args.source, args.seed)
     t0 = time.perf_counter()
-    store = collect(model, source, args.sites, out=args.out, n_tokens=n_tokens, batch_size=args.batch_size,
-                    context=args.context, dtype=args.dtype, resume=args.resume, overwrite=args.overwrite,
-                    bos=not args.no_bos, progress=not args.quiet, shard_tokens=args.shard_tokens, seed=args.seed,
-                    autocast=True if args.autocast else None, packing=args.packing)
+    store = collect(
+        model,
+        source,
+        args.sites,
+        out=args.out,
+        n_tokens=n_tokens,
+        batch_size=args.batch_size,
+        context=args.context,
+        dtype=args.dtype,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        bos=not args.no_bos,
+        progress=not args.quiet,
+        shard_tokens=args.shard_tokens,
+        seed=args.seed,
+        autocast=True if args.autocast else None,
+        packing=args.packing,
+    )
     dt = time.perf_counter() - t0
-    print(f"{store.n_tokens:,} tokens x {len(store.sites)} sites ({store.nbytes / 1e9:.3f} GB {store.manifest.dtype}) "
-          f"in {dt:.1f} s -> {store.path}")
+    print(
+        f"{store.n_tokens:,} tokens x {len(store.sites)} sites ({store.nbytes / 1e9:.3f} GB {store.manifest.dtype}) "
+        f"in {dt:.1f} s -> {store.path}"
+    )
     return 0
 
 
@@ -121,16 +166,27 @@ def _info(args: argparse.Namespace) -> int:
     print(f"store      {store.path}")
     print(f"status     {'complete' if m.complete else 'UNFINISHED (resume with --resume)'}")
     print(f"model      {m.model_spec}  (fingerprint {m.fingerprint})")
-    print(f"tokens     {m.n_tokens:,} in {len(m.shards)} shard(s) of up to {m.shard_tokens:,} rows; context {m.context}, "
-          f"bos {m.bos}")
+    print(
+        f"tokens     {m.n_tokens:,} in {len(m.shards)} shard(s) of up to {m.shard_tokens:,} rows; context {m.context}, "
+        f"bos {m.bos}"
+    )
     print(f"source     {m.source} (packing {m.packing})")
     print(f"dtype      {m.dtype}; {size / 1e9:.3f} GB on disk; mechwork {m.mechwork_version}")
     print()
     rows = []
     for e in m.sites:
         st = store.stats(e.name)
-        rows.append((e.name, e.alias, "x".join(map(str, e.shape)), f"{st['mean_norm']:.4g}", f"{st['rms_norm']:.4g}",
-                     f"{float(st['std'].mean()):.4g}", f"{max(float(st['max'].max()), -float(st['min'].min())):.4g}"))
+        rows.append(
+            (
+                e.name,
+                e.alias,
+                "x".join(map(str, e.shape)),
+                f"{st['mean_norm']:.4g}",
+                f"{st['rms_norm']:.4g}",
+                f"{float(st['std'].mean()):.4g}",
+                f"{max(float(st['max'].max()), -float(st['min'].min())):.4g}",
+            )
+        )
     head = ("site", "alias", "shape", "mean_norm", "rms_norm", "mean_std", "max_abs")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))

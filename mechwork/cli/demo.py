@@ -33,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model = load_model(args.model, device="cpu", backend=args.backend)
     cfg = model.cfg
-    print(f"== {args.model} ({type(model).__name__}): {cfg.n_layers} layers, d_model {cfg.d_model}, "
-          f"{cfg.n_heads} heads, {sum(p.numel() for p in model.parameters()):,} parameters, {len(sites(model))} sites")
+    print(
+        f"== {args.model} ({type(model).__name__}): {cfg.n_layers} layers, d_model {cfg.d_model}, "
+        f"{cfg.n_heads} heads, {sum(p.numel() for p in model.parameters()):,} parameters, {len(sites(model))} sites"
+    )
 
     prompt = "When Mary and John went to the store , John gave a drink to"
     toks = model.to_tokens(prompt)
@@ -49,8 +51,10 @@ def run(args: argparse.Namespace) -> int:
     task = tasks.get("ioi")
     batch = task.prompts(args.n, seed=0, split="test")
     res = task.evaluate(model, n=args.n, seed=0)
-    print(f"\nIOI on {args.n} held-out name pairs: accuracy {res['accuracy']:.3f}, logit diff {res['metric']:.2f} "
-          f"(corrupted: {res['metric_corrupted']:.2f})")
+    print(
+        f"\nIOI on {args.n} held-out name pairs: accuracy {res['accuracy']:.3f}, logit diff {res['metric']:.2f} "
+        f"(corrupted: {res['metric_corrupted']:.2f})"
+    )
     lens = logit_lens(model, batch.clean, pos=batch.pos)
     ld = lens.logit_diff(batch.answer, batch.wrong)
     print("logit lens, mean IOI logit difference after each layer:")

@@ -15,7 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n  mechwork info toy-mixed\n  mechwork info ./my-gpt2-folder --backend bridge --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", nargs="?", default="toy-mixed", help="shipped name, mechwork/HF folder, or hub name (default: toy-mixed)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default="toy-mixed",
+        help="shipped name, mechwork/HF folder, or hub name (default: toy-mixed)",
+    )
     p.add_argument("--backend", default="auto", choices=["auto", "hooked", "bridge"], help="TransformerLens backend")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps (default: cpu)")
     p.add_argument("--kind", default=None, help="only list sites of this kind (resid_post, z, mlp_post, ...)")
@@ -38,8 +43,17 @@ def describe(model) -> dict:
         "n_ctx": int(cfg.n_ctx),
         "d_vocab": int(cfg.d_vocab),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "sites": [{"name": s.name, "alias": s.alias, "shape": list(s.shape) if s.shape else None, "layer": s.layer,
-                   "kind": s.kind, "gate": s.gate} for s in sites(model)],
+        "sites": [
+            {
+                "name": s.name,
+                "alias": s.alias,
+                "shape": list(s.shape) if s.shape else None,
+                "layer": s.layer,
+                "kind": s.kind,
+                "gate": s.gate,
+            }
+            for s in sites(model)
+        ],
     }
 
 

@@ -27,16 +27,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  mechwork patch toy-mixed --task ioi --method ig --sites resid_pre --steps 64 --out ig.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", nargs="?", default="toy-mixed", help="shipped name, mechwork/HF folder (default: toy-mixed)")
+    p.add_argument(
+        "model", nargs="?", default="toy-mixed", help="shipped name, mechwork/HF folder (default: toy-mixed)"
+    )
     p.add_argument("--task", default="ioi", help="ioi, induction, gender, style (default: ioi)")
     p.add_argument("--method", default="activation", choices=METHOD_CHOICES, help="default: activation")
-    p.add_argument("--per", default=None, help="layer, position, head, head_position (default: head for z, else position)")
-    p.add_argument("--sites", default=None,
-                   help="comma-separated kinds/sites: resid_pre, resid_post, attn_out, mlp_out, z, q, k, v, pattern, "
-                   "block (= resid_pre,attn_out,mlp_out), z.1, ... (default: z for head granularities, else resid_pre)")
+    p.add_argument(
+        "--per", default=None, help="layer, position, head, head_position (default: head for z, else position)"
+    )
+    p.add_argument(
+        "--sites",
+        default=None,
+        help="comma-separated kinds/sites: resid_pre, resid_post, attn_out, mlp_out, z, q, k, v, pattern, "
+        "block (= resid_pre,attn_out,mlp_out), z.1, ... (default: z for head granularities, else resid_pre)",
+    )
     p.add_argument("--direction", default="denoise", choices=["denoise", "noise"], help="default: denoise")
-    p.add_argument("--task-options", default=None, metavar="K=V,...",
-                   help="task options, e.g. prefix_len=4,segment_len=10 for induction or template=0 for ioi")
+    p.add_argument(
+        "--task-options",
+        default=None,
+        metavar="K=V,...",
+        help="task options, e.g. prefix_len=4,segment_len=10 for induction or template=0 for ioi",
+    )
     p.add_argument("--n", type=int, default=32, help="number of prompts (default: 32)")
     p.add_argument("--seed", type=int, default=0, help="prompt seed (default: 0)")
     p.add_argument("--rules", default=None, help="RelP rules, comma-separated: layernorm,identity,half,attention")
@@ -47,8 +58,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps (default: cpu)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 for models under 20M parameters)")
     p.add_argument("--top", type=int, default=10, help="print the top N cells (default: 10)")
-    p.add_argument("--faithfulness", type=int, default=None, metavar="K",
-                   help="also report the faithfulness of the top K cells (everything else of the grid corrupted)")
+    p.add_argument(
+        "--faithfulness",
+        type=int,
+        default=None,
+        metavar="K",
+        help="also report the faithfulness of the top K cells (everything else of the grid corrupted)",
+    )
     p.add_argument("--out", default=None, help="write the result as JSON")
     p.add_argument("--html", default=None, help="write the figure as self-contained HTML")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
@@ -114,8 +130,13 @@ def run(args: argparse.Namespace) -> int:
     main = next(iter(results.values()))
     ref = results.get("activation")
     summary: dict[str, Any] = {
-        "model": args.model, "task": args.task, "n": args.n, "seed": args.seed, "clean": main.clean,
-        "corrupted": main.corrupted, "methods": {},
+        "model": args.model,
+        "task": args.task,
+        "n": args.n,
+        "seed": args.seed,
+        "clean": main.clean,
+        "corrupted": main.corrupted,
+        "methods": {},
     }
     for name, r in results.items():
         entry: dict[str, Any] = {"cost": r.cost, "top": [{"node": str(n), "score": n.score} for n in r.top(args.top)]}
@@ -128,8 +149,15 @@ def run(args: argparse.Namespace) -> int:
             entry["faithfulness"] = {"k": args.faithfulness, "value": f.value, "metric": f.metric}
         summary["methods"][name] = entry
     if args.out:
-        payload = main.to_json() if len(results) == 1 else {
-            "format": "mechwork-patch-comparison", "results": {k: v.to_json() for k, v in results.items()}, "summary": summary}
+        payload = (
+            main.to_json()
+            if len(results) == 1
+            else {
+                "format": "mechwork-patch-comparison",
+                "results": {k: v.to_json() for k, v in results.items()},
+                "summary": summary,
+            }
+        )
         atomic_write_json(Path(args.out), payload)
     if args.html:
         others = [r for r in results.values() if r is not ref]
@@ -143,17 +171,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print(summary: dict[str, Any], results: dict[str, Any], args: argparse.Namespace) -> None:
-    print(f"{args.model} / {args.task}: {args.n} prompts, clean metric {summary['clean']:.4f}, corrupted {summary['corrupted']:.4f}")
+    print(
+        f"{args.model} / {args.task}: {args.n} prompts, clean metric {summary['clean']:.4f}, corrupted {summary['corrupted']:.4f}"
+    )
     for name, r in results.items():
         e = summary["methods"][name]
         c = r.cost
         print(f"\n{r!r}")
-        print(f"  cost: {c['forwards']} forward / {c['backwards']} backward passes, {c['rows']} rows, "
-              f"{c['full_forward_equivalents']} full-forward equivalents, {c['seconds']:.2f} s")
+        print(
+            f"  cost: {c['forwards']} forward / {c['backwards']} backward passes, {c['rows']} rows, "
+            f"{c['full_forward_equivalents']} full-forward equivalents, {c['seconds']:.2f} s"
+        )
         if "pearson_vs_activation" in e:
             print(f"  Pearson r vs activation patching: {e['pearson_vs_activation']:.3f}")
         for site, comp in e.get("completeness", {}).items():
-            print(f"  completeness {site}: sum {comp['sum']:.4f} vs exact {comp['exact']:.4f} (rel. error {comp['relative_error']:.2e})")
+            print(
+                f"  completeness {site}: sum {comp['sum']:.4f} vs exact {comp['exact']:.4f} (rel. error {comp['relative_error']:.2e})"
+            )
         if "faithfulness" in e:
             f = e["faithfulness"]
             print(f"  faithfulness of the top {f['k']}: {f['value']:.3f} (metric {f['metric']:.4f})")

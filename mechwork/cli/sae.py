@@ -46,16 +46,25 @@ def _floats(s: str) -> list[float]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("sae", help="sparse autoencoders: train, evaluate, browse latents",
-                       description="Train TopK (k-sparse) or ReLU SAEs on cached or streamed activations, evaluate them "
-                       "spliced into the model, and look at what their latents mean.",
-                       epilog=TRAIN_EXAMPLES + EVAL_EXAMPLES + SHOW_EXAMPLES, formatter_class=fmt)
+    p = sub.add_parser(
+        "sae",
+        help="sparse autoencoders: train, evaluate, browse latents",
+        description="Train TopK (k-sparse) or ReLU SAEs on cached or streamed activations, evaluate them "
+        "spliced into the model, and look at what their latents mean.",
+        epilog=TRAIN_EXAMPLES + EVAL_EXAMPLES + SHOW_EXAMPLES,
+        formatter_class=fmt,
+    )
     ssub = p.add_subparsers(dest="sae_command", metavar="SAE_COMMAND")
 
-    tr = ssub.add_parser("train", help="train one or several SAEs in one pass", epilog=TRAIN_EXAMPLES, formatter_class=fmt,
-                         description="Train SAEs; comma-separated --k/--width/--seeds/--l1 values train the whole grid "
-                         "in one pass over the same batches. Writes <out>/saes/<name>/ (SAELens folder format), "
-                         "<out>/metrics.jsonl, <out>/cfg.json and <out>/checkpoint/.")
+    tr = ssub.add_parser(
+        "train",
+        help="train one or several SAEs in one pass",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=fmt,
+        description="Train SAEs; comma-separated --k/--width/--seeds/--l1 values train the whole grid "
+        "in one pass over the same batches. Writes <out>/saes/<name>/ (SAELens folder format), "
+        "<out>/metrics.jsonl, <out>/cfg.json and <out>/checkpoint/.",
+    )
     src = tr.add_argument_group("data (one of --from-cache, --model, or --config naming one)")
     src.add_argument("--config", help="a TrainConfig JSON file")
     src.add_argument("--from-cache", dest="store", help="activation store folder (mechwork cache)")
@@ -84,8 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=run_train)
 
-    ev = ssub.add_parser("eval", help="FVU, L0, dead latents, CE-loss recovered and KL with the SAE spliced in",
-                         epilog=EVAL_EXAMPLES, formatter_class=fmt)
+    ev = ssub.add_parser(
+        "eval",
+        help="FVU, L0, dead latents, CE-loss recovered and KL with the SAE spliced in",
+        epilog=EVAL_EXAMPLES,
+        formatter_class=fmt,
+    )
     ev.add_argument("saes", nargs="+", metavar="SAE_DIR")
     ev.add_argument("--model", help="model (default: the one the SAE was trained on)")
     ev.add_argument("--site", help="site (default: the SAE's own)")
@@ -95,10 +108,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.set_defaults(func=run_eval)
 
-    sh = ssub.add_parser("show", help="top-activating contexts and best-matching tags of latents", epilog=SHOW_EXAMPLES,
-                         formatter_class=fmt)
+    sh = ssub.add_parser(
+        "show",
+        help="top-activating contexts and best-matching tags of latents",
+        epilog=SHOW_EXAMPLES,
+        formatter_class=fmt,
+    )
     sh.add_argument("sae", metavar="SAE_DIR")
-    sh.add_argument("latents", nargs="*", type=int, metavar="LATENT", help="latent indices (default: the best-matching ones)")
+    sh.add_argument(
+        "latents", nargs="*", type=int, metavar="LATENT", help="latent indices (default: the best-matching ones)"
+    )
     sh.add_argument("--model", help="model (default: the one the SAE was trained on)")
     sh.add_argument("--from-cache", dest="store", help="browse the tokens of this activation store instead")
     sh.add_argument("--tokens", type=int, default=20000, help="tokens to scan (default 20000)")
@@ -112,14 +131,38 @@ def _train_config(args: argparse.Namespace) -> Any:
     from ..sae import SAEConfig, TrainConfig, sweep
 
     base = TrainConfig.from_json(args.config, ignore=("mechwork_version", "kind")) if args.config else TrainConfig()
-    changes = {k: getattr(args, k) for k in ("store", "model", "site", "tokens", "batch_size", "lr", "out", "checkpoint_every",
-                                             "device", "wandb_project") if getattr(args, k) is not None}
+    changes = {
+        k: getattr(args, k)
+        for k in (
+            "store",
+            "model",
+            "site",
+            "tokens",
+            "batch_size",
+            "lr",
+            "out",
+            "checkpoint_every",
+            "device",
+            "wandb_project",
+        )
+        if getattr(args, k) is not None
+    }
     if args.dense:
         changes["sparse"] = False
     sae_base = base.saes[0] if args.config else SAEConfig()
-    fields = {k: v for k, v in (("architecture", args.arch), ("k_start", args.k_start), ("alpha", args.alpha),
-                                 ("normalize", args.normalize)) if v is not None}
-    axes = {k: v for k, v in (("k", args.k), ("d_sae", args.width), ("seed", args.seeds), ("l1_coefficient", args.l1)) if v}
+    fields = {
+        k: v
+        for k, v in (
+            ("architecture", args.arch),
+            ("k_start", args.k_start),
+            ("alpha", args.alpha),
+            ("normalize", args.normalize),
+        )
+        if v is not None
+    }
+    axes = {
+        k: v for k, v in (("k", args.k), ("d_sae", args.width), ("seed", args.seeds), ("l1_coefficient", args.l1)) if v
+    }
     if fields or axes or not args.config:
         changes["saes"] = sweep(sae_base.replace(**fields), **axes)
     cfg = base.replace(**changes)
@@ -134,12 +177,16 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     result = train(cfg, resume=args.resume, stop_at_step=args.stop_at, progress=not args.no_progress)
     if result.stopped_early:
-        print(f"stopped at step {result.steps} of the run; checkpoint in {Path(cfg.out) / 'checkpoint'} (resume with --resume)")
+        print(
+            f"stopped at step {result.steps} of the run; checkpoint in {Path(cfg.out) / 'checkpoint'} (resume with --resume)"
+        )
         return 0
     rows = result.final_metrics()
     print(f"trained {len(result.saes)} SAE(s) on {result.tokens:,} tokens in {result.seconds:.1f} s")
     for name, r in rows.items():
-        print(f"  {name}: FVU {r['fvu']:.4f}  L0 {r['l0']:.1f}  dead {r['dead_fraction']:.1%}  -> {Path(cfg.out) / 'saes' / name}")
+        print(
+            f"  {name}: FVU {r['fvu']:.4f}  L0 {r['l0']:.1f}  dead {r['dead_fraction']:.1%}  -> {Path(cfg.out) / 'saes' / name}"
+        )
     return 0
 
 
@@ -171,8 +218,19 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    keys = ("fvu", "l0", "dead_fraction", "dense_fraction", "ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered",
-            "ce_loss_recovered_mean_ablation", "kl_sae", "n_tokens")
+    keys = (
+        "fvu",
+        "l0",
+        "dead_fraction",
+        "dense_fraction",
+        "ce_clean",
+        "ce_sae",
+        "ce_zero",
+        "ce_loss_recovered",
+        "ce_loss_recovered_mean_ablation",
+        "kl_sae",
+        "n_tokens",
+    )
     for path, res in results.items():
         print(f"{path} @ {res['site']} (k={res['k']})")
         print("  " + "  ".join(f"{k}={_fmt(res[k])}" for k in keys))
@@ -200,5 +258,7 @@ def run_show(args: argparse.Namespace) -> int:
     print(render_text(sc, latents, n=args.top))
     if args.html:
         info = {"sae": args.sae, "site": sae.site, "tokens scanned": sc.n_tokens}
-        print(f"wrote {write_html(args.html, sc, latents, title=f'SAE latents: {Path(args.sae).name}', n=max(args.top, 8), info=info)}")
+        print(
+            f"wrote {write_html(args.html, sc, latents, title=f'SAE latents: {Path(args.sae).name}', n=max(args.top, 8), info=info)}"
+        )
     return 0

@@ -45,8 +45,17 @@ def run_list(args: argparse.Namespace) -> int:
     for name, e in ENTRIES.items():
         card_path = e.path / "card.json"
         card = read_json(card_path) if card_path.is_file() else {}
-        rows.append({"name": name, "default": name == DEFAULT, "description": e.description, "trained": bool(card),
-                     "metrics": card.get("metrics"), "wall_seconds": card.get("wall_seconds"), "steps": card.get("steps")})
+        rows.append(
+            {
+                "name": name,
+                "default": name == DEFAULT,
+                "description": e.description,
+                "trained": bool(card),
+                "metrics": card.get("metrics"),
+                "wall_seconds": card.get("wall_seconds"),
+                "steps": card.get("steps"),
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -80,8 +89,9 @@ def run_eval_path(spec, *, quick: bool, measured: bool = False) -> int:
     from ..models.quality import model_quality
 
     if measured:
-        from ..core.io import read_json
         from pathlib import Path
+
+        from ..core.io import read_json
 
         metrics = read_json(Path(spec) / "card.json").get("metrics", {})
     else:

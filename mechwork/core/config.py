@@ -55,7 +55,7 @@ class Config:
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
-    def diff(self, other: "Config") -> dict[str, tuple[Any, Any]]:
+    def diff(self, other: Config) -> dict[str, tuple[Any, Any]]:
         """Fields whose values differ between two configs: ``{field: (self_value, other_value)}``."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
@@ -84,7 +84,9 @@ def _from_plain(cls: type, d: Any, *, ignore: tuple[str, ...] = (), source: str 
         for k in unknown:
             close = difflib.get_close_matches(k, list(fields), n=1)
             hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ConfigError(f"{cls.__name__}{where}: unknown field(s) {', '.join(hints)}; valid fields: {', '.join(fields)}")
+        raise ConfigError(
+            f"{cls.__name__}{where}: unknown field(s) {', '.join(hints)}; valid fields: {', '.join(fields)}"
+        )
     hints_t = typing.get_type_hints(cls)
     kwargs = {}
     for name, f in fields.items():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -52,7 +53,9 @@ def check_tokens(model: Any, tokens: Tensor, *, what: str = "tokens") -> Tensor:
         )
     vocab = int(model.cfg.d_vocab)
     if tokens.numel() and (int(tokens.max()) >= vocab or int(tokens.min()) < 0):
-        raise DataError(f"{what} contains ids outside the vocabulary [0, {vocab}): min {int(tokens.min())}, max {int(tokens.max())}")
+        raise DataError(
+            f"{what} contains ids outside the vocabulary [0, {vocab}): min {int(tokens.min())}, max {int(tokens.max())}"
+        )
     return tokens.long()
 
 
@@ -123,7 +126,9 @@ def capture(
 
 
 @contextlib.contextmanager
-def hooked(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]] = (), bwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> Iterator[Any]:
+def hooked(
+    model: Any, fwd_hooks: Sequence[tuple[str, HookFn]] = (), bwd_hooks: Sequence[tuple[str, HookFn]] = ()
+) -> Iterator[Any]:
     """Context manager adding forward/backward hooks by site name (aliases allowed), removed on exit."""
     fwd = [(resolve(model, n)[0].name, f) for n, f in fwd_hooks]
     bwd = [(resolve(model, n)[0].name, f) for n, f in bwd_hooks]

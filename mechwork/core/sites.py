@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import SiteError
 
@@ -50,7 +51,14 @@ _GLOBAL_KINDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "ln_final_normalized": ("ln_final.hook_normalized", ("D",), "batch pos d_model"),
 }
 # TransformerLens get_act_name short names that differ from ours
-_TL_ALIASES = {"pre": "mlp_pre", "post": "mlp_post", "scores": "attn_scores", "attn": "pattern", "normalized": "ln_final_normalized", "scale": "ln_final_scale"}
+_TL_ALIASES = {
+    "pre": "mlp_pre",
+    "post": "mlp_post",
+    "scores": "attn_scores",
+    "attn": "pattern",
+    "normalized": "ln_final_normalized",
+    "scale": "ln_final_scale",
+}
 _SETTERS = {
     "use_attn_result": "set_use_attn_result",
     "use_split_qkv_input": "set_use_split_qkv_input",
@@ -124,7 +132,9 @@ class Site:
 
 def is_bridge(model: Any) -> bool:
     """Whether ``model`` is a TransformerLens ``TransformerBridge``."""
-    return type(model).__name__ == "TransformerBridge" or any(c.__name__ == "TransformerBridge" for c in type(model).__mro__)
+    return type(model).__name__ == "TransformerBridge" or any(
+        c.__name__ == "TransformerBridge" for c in type(model).__mro__
+    )
 
 
 def _dims(model: Any) -> dict[str, int]:

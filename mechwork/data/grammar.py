@@ -103,7 +103,9 @@ _PAIR_LISTS = {
 _PAIR_LISTS["all"] = sorted(_PAIR_LISTS["train"] + _PAIR_LISTS["test"])
 
 
-def _fill(template: str, slots: dict[str, str | list[str]], role_of: dict[str, str], kind: str) -> tuple[list[str], list[str]]:
+def _fill(
+    template: str, slots: dict[str, str | list[str]], role_of: dict[str, str], kind: str
+) -> tuple[list[str], list[str]]:
     """Fill ``{X}`` slots of a template; ``slots`` values that are lists are consumed in order (repeated slots)."""
     words, tags = [], []
     counters: dict[str, int] = {}
@@ -123,7 +125,9 @@ def _fill(template: str, slots: dict[str, str | list[str]], role_of: dict[str, s
     return words, tags
 
 
-def ioi_doc(rng: random.Random, *, split: str = "train", template: int | None = None, pair: tuple[str, str] | None = None) -> Doc:
+def ioi_doc(
+    rng: random.Random, *, split: str = "train", template: int | None = None, pair: tuple[str, str] | None = None
+) -> Doc:
     """An IOI sentence: ``template`` filled with an (IO, S) name pair from ``split`` and its IO answer."""
     t = rng.randrange(len(IOI_TEMPLATES)) if template is None else template
     if pair is None:
@@ -136,7 +140,12 @@ def ioi_doc(rng: random.Random, *, split: str = "train", template: int | None = 
     words, tags = _fill(IOI_TEMPLATES[t], {"A": a, "B": b, "S": s, "P": place, "O": obj}, roles, "ioi")
     words += [io, "."]
     tags += ["ioi:answer", "ioi:text"]
-    return Doc("ioi", words, tags, {"template": t, "io": io, "s": s, "order": "ABBA" if abba else "BABA", "place": place, "object": obj})
+    return Doc(
+        "ioi",
+        words,
+        tags,
+        {"template": t, "io": io, "s": s, "order": "ABBA" if abba else "BABA", "place": place, "object": obj},
+    )
 
 
 def gender_doc(rng: random.Random, *, template: int | None = None, name: str | None = None) -> Doc:
@@ -145,7 +154,9 @@ def gender_doc(rng: random.Random, *, template: int | None = None, name: str | N
     name = rng.choice(V.NAMES) if name is None else name
     g = V.GENDER[name]
     pron = V.PRONOUNS[g]
-    words, tags = _fill(GENDER_TEMPLATES[t], {"N": name, "P": rng.choice(V.PLACES)}, {"N": "name", "P": "place"}, "gender")
+    words, tags = _fill(
+        GENDER_TEMPLATES[t], {"N": name, "P": rng.choice(V.PLACES)}, {"N": "name", "P": "place"}, "gender"
+    )
     words += [pron, rng.choice(V.GENDER_ACTIONS), "a", rng.choice(V.OBJECTS), "."]
     tags += ["gender:pronoun", "gender:text", "gender:text", "gender:object", "gender:text"]
     if rng.random() < 0.5:

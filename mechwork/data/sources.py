@@ -22,9 +22,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -46,7 +47,7 @@ def _as_doc(x: Any, where: str) -> Tensor:
 
 
 def _is_prompt_batch(x: Any) -> bool:
-    return hasattr(x, "clean") and hasattr(x, "pos") and isinstance(getattr(x, "clean"), Tensor)
+    return hasattr(x, "clean") and hasattr(x, "pos") and isinstance(x.clean, Tensor)
 
 
 def _is_task(x: Any) -> bool:
@@ -90,7 +91,9 @@ class TokenSource:
             raise DataError("source is None; pass texts, a token tensor, a task, a file path or a generator")
         if isinstance(s, Tensor):
             if s.ndim not in (1, 2) or s.numel() == 0:
-                raise DataError(f"a token tensor source must be a non-empty [n] or [docs, pos] tensor, found {tuple(s.shape)}")
+                raise DataError(
+                    f"a token tensor source must be a non-empty [n] or [docs, pos] tensor, found {tuple(s.shape)}"
+                )
             _as_doc(s.reshape(-1)[:1], "token tensor")
             return "tensor", f"token tensor {tuple(s.shape)}", True
         if isinstance(s, (str, Path)):
@@ -117,8 +120,10 @@ class TokenSource:
             raise DataError("a dict is not a token source; pass texts, token ids, a task, a path or a generator")
         if isinstance(s, Iterable):
             return "iterable", f"iterable {type(s).__name__}", None
-        raise DataError(f"cannot use a {type(s).__name__} as a token source; expected texts, a token tensor, a task, "
-                        "a file path or a generator of token batches")
+        raise DataError(
+            f"cannot use a {type(s).__name__} as a token source; expected texts, a token tensor, a task, "
+            "a file path or a generator of token batches"
+        )
 
     # ------------------------------------------------------------------------------------------------
     def documents(self) -> Iterator[Int[Tensor, " n"]]:
@@ -243,10 +248,14 @@ class TokenSource:
                     if isinstance(obj, dict):
                         key = next((k for k in ("text", "tokens", "input_ids") if k in obj), None)
                         if key is None:
-                            raise DataError(f"{p}, line {n}: expected a 'text', 'tokens' or 'input_ids' field, found {sorted(obj)}")
+                            raise DataError(
+                                f"{p}, line {n}: expected a 'text', 'tokens' or 'input_ids' field, found {sorted(obj)}"
+                            )
                         obj = obj[key]
                     if not isinstance(obj, (str, list)):
-                        raise DataError(f"{p}, line {n}: expected a string or a list of token ids, found {type(obj).__name__}")
+                        raise DataError(
+                            f"{p}, line {n}: expected a string or a list of token ids, found {type(obj).__name__}"
+                        )
                     yield obj
 
         yield from TokenSource(items(), tokenizer=self.tokenizer)._docs_iterable()
@@ -319,7 +328,9 @@ def pack(
 
     def flush() -> Iterator[Windows]:
         if out:
-            yield Windows(torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out]), torch.stack([o[2] for o in out]))
+            yield Windows(
+                torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out]), torch.stack([o[2] for o in out])
+            )
             out.clear()
 
     while True:

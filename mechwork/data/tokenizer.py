@@ -8,8 +8,9 @@ that TransformerLens's ``to_tokens``, ``to_str_tokens`` and ``generate`` work. T
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

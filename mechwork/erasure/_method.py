@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -52,7 +53,7 @@ class Method(Config):
     continuous_ok: ClassVar[bool] = False
     small_sample_note: ClassVar[str] = ""
 
-    def with_options(self, **overrides: Any) -> "Method":
+    def with_options(self, **overrides: Any) -> Method:
         """A copy with fields replaced; unknown names raise ``ConfigError`` listing the valid ones."""
         if not overrides:
             return self
@@ -90,13 +91,21 @@ class Method(Config):
         seconds = time.perf_counter() - t0
         return self.build(sol, d=c.d, classes=c.classes, n=c.n, seconds=seconds, dtype=c.X.dtype)
 
-    def build(self, sol: Solution, *, d: int, classes: tuple[Any, ...], n: int, seconds: float, dtype: torch.dtype) -> Eraser:
+    def build(
+        self, sol: Solution, *, d: int, classes: tuple[Any, ...], n: int, seconds: float, dtype: torch.dtype
+    ) -> Eraser:
         out = torch.float64 if dtype == torch.float64 else torch.float32
         cfg = EraserConfig(
-            method=self.method_label, d_in=d, rank=int(sol.left.shape[1]), affine=sol.bias is not None,
-            options=self.to_dict(), classes=tuple(classes), n_samples=int(n), fit_seconds=float(seconds),
+            method=self.method_label,
+            d_in=d,
+            rank=int(sol.left.shape[1]),
+            affine=sol.bias is not None,
+            options=self.to_dict(),
+            classes=tuple(classes),
+            n_samples=int(n),
+            fit_seconds=float(seconds),
         )
-        cast = (lambda t: None if t is None else t.detach().to("cpu", out))  # noqa: E731
+        cast = lambda t: None if t is None else t.detach().to("cpu", out)  # noqa: E731
         extras = {k: v.detach().to("cpu", out) for k, v in sol.extras.items()}
         return Eraser(cast(sol.left), cast(sol.right), cast(sol.bias), cfg, extras, dict(sol.card, fit_seconds=seconds))
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -20,7 +21,8 @@ from torch import Tensor
 from ..core.config import Config, save_config
 from ..core.errors import CheckpointError, ShapeError
 from ..core.io import PathLike, atomic_dir, atomic_write_json, load_tensors, read_json, save_tensors
-from ..core.sites import Site, enable, site as resolve_site
+from ..core.sites import Site, enable
+from ..core.sites import site as resolve_site
 
 FORMAT = "mechwork-eraser"
 WEIGHTS = "eraser.safetensors"
@@ -132,15 +134,17 @@ class Eraser:
         delta = work if self.bias is None else work - self.bias.to(device=work.device, dtype=work.dtype)
         return (work - (delta @ R.T) @ L.T).to(x.dtype)
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "Eraser":
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Eraser:
         """A copy with its tensors on ``device`` / in ``dtype``."""
 
         def mv(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device=device, dtype=dtype)
 
-        return dataclasses.replace(self, proj_left=mv(self.proj_left), proj_right=mv(self.proj_right), bias=mv(self.bias))
+        return dataclasses.replace(
+            self, proj_left=mv(self.proj_left), proj_right=mv(self.proj_right), bias=mv(self.bias)
+        )
 
-    def hook(self, model: Any, site: str | Site, *, positions: Any = None) -> "ErasureHook":
+    def hook(self, model: Any, site: str | Site, *, positions: Any = None) -> ErasureHook:
         """Apply the eraser at ``site`` inside the model's forward passes.
 
         Use as a context manager (``with eraser.hook(model, "resid_pre.2"): model(tokens)``) or pass
@@ -171,13 +175,15 @@ class Eraser:
         return Path(path)
 
     @classmethod
-    def load(cls, path: PathLike, *, device: str | torch.device = "cpu") -> "Eraser":
+    def load(cls, path: PathLike, *, device: str | torch.device = "cpu") -> Eraser:
         """Load an artefact folder written by :meth:`save`; bad files raise ``CheckpointError`` naming them."""
         path = Path(path)
         raw = read_json(path / "cfg.json", what="eraser config")
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-            raise CheckpointError(f"{path / 'cfg.json'} is not a mechwork eraser config (format {found!r}, expected {FORMAT!r})")
+            raise CheckpointError(
+                f"{path / 'cfg.json'} is not a mechwork eraser config (format {found!r}, expected {FORMAT!r})"
+            )
         cfg = EraserConfig.from_dict(raw, ignore=("mechwork_version",), source=str(path / "cfg.json"))
         t = load_tensors(path / WEIGHTS, device=device)
         file = path / WEIGHTS
@@ -188,9 +194,13 @@ class Eraser:
         expect = {"proj_left": (cfg.d_in, cfg.rank), "proj_right": (cfg.rank, cfg.d_in)}
         for key, shape in expect.items():
             if tuple(t[key].shape) != shape:
-                raise CheckpointError(f"{file}: {key} has shape {tuple(t[key].shape)}, but cfg.json says {shape} (d_in, rank)")
+                raise CheckpointError(
+                    f"{file}: {key} has shape {tuple(t[key].shape)}, but cfg.json says {shape} (d_in, rank)"
+                )
         if (b is not None) != cfg.affine or (b is not None and tuple(b.shape) != (cfg.d_in,)):
-            raise CheckpointError(f"{file}: bias {None if b is None else tuple(b.shape)} does not match affine={cfg.affine}, d_in={cfg.d_in}")
+            raise CheckpointError(
+                f"{file}: bias {None if b is None else tuple(b.shape)} does not match affine={cfg.affine}, d_in={cfg.d_in}"
+            )
         extras = {k.removeprefix("extra."): v for k, v in t.items() if k.startswith("extra.")}
         card_path = path / "card.json"
         card = read_json(card_path, what="eraser card") if card_path.is_file() else {}
@@ -216,7 +226,9 @@ def _hook_fn(eraser: Eraser, s: Site, positions: Any) -> Any:
         if isinstance(pos, Tensor) and pos.dtype == torch.bool:
             m = pos.to(act.device)
             if m.shape != lead:
-                raise ShapeError(f"position mask has shape {tuple(m.shape)}, activations at {s.name} have {tuple(lead)}")
+                raise ShapeError(
+                    f"position mask has shape {tuple(m.shape)}, activations at {s.name} have {tuple(lead)}"
+                )
             out[m] = eraser(flat[m])
         else:
             idx = pos.to(act.device) if isinstance(pos, Tensor) else pos
@@ -235,7 +247,9 @@ class ErasureHook:
         for name, eraser in pairs:
             s = resolve_site(model, name)
             if s.d is None:
-                raise ShapeError(f"site {s.name} has per-token shape {s.shape}; erasers apply to fixed-width activations")
+                raise ShapeError(
+                    f"site {s.name} has per-token shape {s.shape}; erasers apply to fixed-width activations"
+                )
             if s.d != eraser.d:
                 raise ShapeError(
                     f"eraser has width d={eraser.d} but site {s.name} has per-token shape {s.shape} (width {s.d}); "

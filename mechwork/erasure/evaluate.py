@@ -4,7 +4,8 @@ the concept task's accuracy with the eraser hooked in, next to unrelated tasks (
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,9 +19,16 @@ from .linalg import whitening
 from .probes import sklearn_probe_score
 
 
-def probe_report(eraser: Eraser | Callable[[Tensor], Tensor], X: Float[Tensor, "... d"], z: Tensor, *,
-                 probes: Sequence[str] = ("linear", "mlp"), test_fraction: float = 0.5, seed: int = 0,
-                 before: bool = True) -> dict[str, Any]:
+def probe_report(
+    eraser: Eraser | Callable[[Tensor], Tensor],
+    X: Float[Tensor, "... d"],
+    z: Tensor,
+    *,
+    probes: Sequence[str] = ("linear", "mlp"),
+    test_fraction: float = 0.5,
+    seed: int = 0,
+    before: bool = True,
+) -> dict[str, Any]:
     """Probe accuracy after (and before) erasure, distortion, rank and fit time, on data held out from fitting.
 
     The held-out rows are split: fresh probes train on one part of the erased data and are scored on the other.
@@ -59,12 +67,21 @@ def probe_report(eraser: Eraser | Callable[[Tensor], Tensor], X: Float[Tensor, "
         after = sklearn_probe_score(kind, E[tr], labels[tr], E[te], labels[te], seed=seed)
         out[f"{kind}_accuracy"], out[f"{kind}_loss"] = after.accuracy, after.loss
         if before:
-            out[f"{kind}_accuracy_before"] = sklearn_probe_score(kind, Xn[tr], labels[tr], Xn[te], labels[te], seed=seed).accuracy
+            out[f"{kind}_accuracy_before"] = sklearn_probe_score(
+                kind, Xn[tr], labels[tr], Xn[te], labels[te], seed=seed
+            ).accuracy
     return out
 
 
-def behaviour(model: Any, hook: Any = None, *, concept_task: str = "gender", tasks: Sequence[str] = ("ioi", "induction"),
-              n: int = 256, seed: int = 1) -> dict[str, dict[str, float]]:
+def behaviour(
+    model: Any,
+    hook: Any = None,
+    *,
+    concept_task: str = "gender",
+    tasks: Sequence[str] = ("ioi", "induction"),
+    n: int = 256,
+    seed: int = 1,
+) -> dict[str, dict[str, float]]:
     """Task metrics with ``hook`` active (an :class:`ErasureHook`, e.g. ``eraser.hook(model, site)``; ``None``: clean).
 
     Returns ``{task: {"accuracy": ..., "metric": ...}}`` for the concept task and every unrelated task, on the
@@ -82,9 +99,21 @@ def behaviour(model: Any, hook: Any = None, *, concept_task: str = "gender", tas
     return out
 
 
-def evaluate(eraser: Any, model: Any = None, data: Any = "gender", *, X: Tensor | None = None, z: Tensor | None = None,
-             site: str | None = None, n: int = 1000, seed: int = 1, positions: Any = None, behaviour_n: int = 256,
-             tasks: Sequence[str] = ("ioi", "induction"), probes: Sequence[str] = ("linear", "mlp")) -> dict[str, Any]:
+def evaluate(
+    eraser: Any,
+    model: Any = None,
+    data: Any = "gender",
+    *,
+    X: Tensor | None = None,
+    z: Tensor | None = None,
+    site: str | None = None,
+    n: int = 1000,
+    seed: int = 1,
+    positions: Any = None,
+    behaviour_n: int = 256,
+    tasks: Sequence[str] = ("ioi", "induction"),
+    probes: Sequence[str] = ("linear", "mlp"),
+) -> dict[str, Any]:
     """Everything that says what an eraser removed and what it cost.
 
     Either give held-out ``X`` and ``z`` (probes and distortion only), or a ``model`` (and a labelled task,
@@ -106,10 +135,18 @@ def evaluate(eraser: Any, model: Any = None, data: Any = "gender", *, X: Tensor 
     pos = positions or (last.config.positions or "all").split("/")[0]
     lab = labelled(data, n=n, seed=seed, split="test", positions=pos)
     Xh, zh = collect(model, lab, last_site, upstream=pairs[:-1])
-    report: dict[str, Any] = {"site": last_site, "method": last.method, "probes": probe_report(last, Xh, zh, probes=probes, seed=seed)}
+    report: dict[str, Any] = {
+        "site": last_site,
+        "method": last.method,
+        "probes": probe_report(last, Xh, zh, probes=probes, seed=seed),
+    }
     if isinstance(data, str) or getattr(data, "name", None):
         task_name = data if isinstance(data, str) else data.name
         hook = eraser.hook(model) if isinstance(eraser, Scrubber) else eraser.hook(model, last_site)
-        report["behaviour_before"] = behaviour(model, None, concept_task=task_name, tasks=tasks, n=behaviour_n, seed=seed)
-        report["behaviour_after"] = behaviour(model, hook, concept_task=task_name, tasks=tasks, n=behaviour_n, seed=seed)
+        report["behaviour_before"] = behaviour(
+            model, None, concept_task=task_name, tasks=tasks, n=behaviour_n, seed=seed
+        )
+        report["behaviour_after"] = behaviour(
+            model, hook, concept_task=task_name, tasks=tasks, n=behaviour_n, seed=seed
+        )
     return report

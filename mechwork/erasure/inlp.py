@@ -63,7 +63,9 @@ class INLP(Method):
     seed: int = 0
 
     name: ClassVar[str] = "inlp"
-    small_sample_note: ClassVar[str] = "INLP's classifiers then separate noise and each round removes a noise direction."
+    small_sample_note: ClassVar[str] = (
+        "INLP's classifiers then separate noise and each round removes a noise direction."
+    )
 
     def __post_init__(self) -> None:
         if self.classifier not in ("logistic", "svm"):
@@ -126,8 +128,13 @@ class INLP(Method):
         Bt = torch.from_numpy(B)
         W_all = torch.from_numpy(np.concatenate(weights)) if weights else torch.zeros(0, d, dtype=torch.float64)
         bias = mu if self.affine else None
-        return Solution(Bt, Bt.T.clone(), bias, extras={"classifier_weights": W_all},
-                        card={"history": history, "majority": maj, "rounds": len(weights)})
+        return Solution(
+            Bt,
+            Bt.T.clone(),
+            bias,
+            extras={"classifier_weights": W_all},
+            card={"history": history, "majority": maj, "rounds": len(weights)},
+        )
 
     @staticmethod
     def classifier_weights(eraser: Any) -> Tensor:

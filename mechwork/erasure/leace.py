@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float
@@ -77,12 +78,20 @@ class LEACE(Method):
         f.update_matrix(c.X, c.Z)
         return f.solve(warn=False)
 
-    def fitter(self, d: int, *, n_classes: int | None = None, z_dim: int | None = None, device: Any = None) -> "LeaceFitter":
+    def fitter(
+        self, d: int, *, n_classes: int | None = None, z_dim: int | None = None, device: Any = None
+    ) -> LeaceFitter:
         """A streaming fitter with these options (``n_classes`` for label batches, ``z_dim`` for matrices)."""
         return LeaceFitter(d, n_classes=n_classes, z_dim=z_dim, options=self, device=device)
 
-    def fit_batches(self, batches: Iterable[tuple[Tensor, Tensor]], *, d: int, n_classes: int | None = None,
-                    z_dim: int | None = None) -> Eraser:
+    def fit_batches(
+        self,
+        batches: Iterable[tuple[Tensor, Tensor]],
+        *,
+        d: int,
+        n_classes: int | None = None,
+        z_dim: int | None = None,
+    ) -> Eraser:
         """Fit from an iterable of ``(X, z)`` batches without holding them all (e.g. an activation store)."""
         f = self.fitter(d, n_classes=n_classes, z_dim=z_dim)
         for X, z in batches:
@@ -105,8 +114,15 @@ class LeaceFitter:
         The eraser's options (default ``LEACE()``).
     """
 
-    def __init__(self, d: int, *, n_classes: int | None = None, z_dim: int | None = None, options: LEACE | None = None,
-                 device: Any = None) -> None:
+    def __init__(
+        self,
+        d: int,
+        *,
+        n_classes: int | None = None,
+        z_dim: int | None = None,
+        options: LEACE | None = None,
+        device: Any = None,
+    ) -> None:
         if (n_classes is None) == (z_dim is None):
             raise ConfigError("give exactly one of n_classes (label batches) or z_dim (concept matrices)")
         if n_classes is not None and n_classes < 2:
@@ -125,7 +141,7 @@ class LeaceFitter:
         self.out_dtype = torch.float32  # float64 once any batch was float64
         self._eraser: Eraser | None = None
 
-    def update(self, X: Float[Tensor, "... d"], z: Tensor) -> "LeaceFitter":
+    def update(self, X: Float[Tensor, "... d"], z: Tensor) -> LeaceFitter:
         """Add a batch: ``X`` ``[..., d]`` and ``z`` (labels ``[...]`` or a matrix ``[..., z_dim]``)."""
         X = check_x(X, self.d)
         z = torch.as_tensor(z, device=X.device)
@@ -143,7 +159,7 @@ class LeaceFitter:
         return self.update_matrix(X.reshape(-1, self.d), Z)
 
     @torch.no_grad()
-    def update_matrix(self, X: Float[Tensor, "n d"], Z: Float[Tensor, "n k"]) -> "LeaceFitter":
+    def update_matrix(self, X: Float[Tensor, "n d"], Z: Float[Tensor, "n k"]) -> LeaceFitter:
         """Add a validated batch (``X`` ``[n, d]``, ``Z`` ``[n, k]``): Chan's pairwise merge of means and scatters."""
         t0 = time.perf_counter()
         if X.dtype == torch.float64:
@@ -194,12 +210,17 @@ class LeaceFitter:
         """The closed-form factors for the current statistics."""
         opt = self.options
         if warn and self.n <= self.d:
-            warnings.warn(f"LEACE fitted on n={self.n} samples in d={self.d} dimensions (n <= d). " + _SHRINK_NOTE,
-                          ErasureWarning, stacklevel=3)
+            warnings.warn(
+                f"LEACE fitted on n={self.n} samples in d={self.d} dimensions (n <= d). " + _SHRINK_NOTE,
+                ErasureWarning,
+                stacklevel=3,
+            )
         sxz = self.sigma_xz
         if float(sxz.abs().max()) == 0.0:
-            raise DataError("Cov(X, Z) is exactly zero: either one class only was seen, or X carries no linear trace "
-                            "of z; there is nothing to erase")
+            raise DataError(
+                "Cov(X, Z) is exactly zero: either one class only was seen, or X carries no linear trace "
+                "of z; there is nothing to erase"
+            )
         if opt.method == "leace":
             W, W_inv = whitening(self.sigma_xx)
         else:
@@ -220,5 +241,7 @@ class LeaceFitter:
             sol = self.solve()
             seconds = self.seconds + time.perf_counter() - t0
             classes = tuple(range(self.n_classes)) if self.n_classes else ()
-            self._eraser = self.options.build(sol, d=self.d, classes=classes, n=self.n, seconds=seconds, dtype=self.out_dtype)
+            self._eraser = self.options.build(
+                sol, d=self.d, classes=classes, n=self.n, seconds=seconds, dtype=self.out_dtype
+            )
         return self._eraser

@@ -17,9 +17,10 @@ number of positions).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -69,7 +70,9 @@ def labelled(data: Any, *, n: int = 2000, seed: int = 0, split: str = "train", p
         last = torch.full((tokens.shape[0],), tokens.shape[1] - 1)
         task_name = None
     else:
-        raise DataError(f"data must be a task name, a Task, a PromptBatch or (tokens, labels); got {type(data).__name__}")
+        raise DataError(
+            f"data must be a task name, a Task, a PromptBatch or (tokens, labels); got {type(data).__name__}"
+        )
     b, p = tokens.shape
     if per_prompt.shape == (b,):
         labels = per_prompt[:, None].expand(b, p)
@@ -80,7 +83,9 @@ def labelled(data: Any, *, n: int = 2000, seed: int = 0, split: str = "train", p
     ar = torch.arange(p)[None, :]
     if isinstance(positions, Tensor):
         if positions.shape != (b, p) or positions.dtype != torch.bool:
-            raise ShapeError(f"a positions mask must be bool [batch, pos]={(b, p)}, got {positions.dtype} {tuple(positions.shape)}")
+            raise ShapeError(
+                f"a positions mask must be bool [batch, pos]={(b, p)}, got {positions.dtype} {tuple(positions.shape)}"
+            )
         mask = positions
     elif positions == "last":
         mask = ar == last[:, None]
@@ -169,7 +174,9 @@ def _fit_rows(m: Method, X: Tensor, z: Tensor, data: Labelled, stratify: str | N
     if stratify != "position":
         raise ConfigError(f"stratify must be None or 'position', got {stratify!r}")
     if not isinstance(m, LEACE):
-        raise ConfigError("stratify='position' is a LEACE option (a constraint per position); INLP and R-LACE train one classifier")
+        raise ConfigError(
+            "stratify='position' is a LEACE option (a constraint per position); INLP and R-LACE train one classifier"
+        )
     groups = data.mask.nonzero()[:, 1]  # the row order of collect(): row-major over the mask
     return m.fit(X, stratified_concept(z, groups))
 
@@ -181,9 +188,20 @@ def _stamp(eraser: Eraser, model: Any, s: Site, data: Labelled, stratify: str | 
     return dataclasses.replace(eraser, config=cfg)
 
 
-def fit(model: Any, data: Any, site: str | Site, method: str | Method = "leace", *, n: int = 2000, seed: int = 0,
-        positions: Any = "all", stratify: str | None = None, batch_size: int = 128,
-        upstream: Sequence[tuple[str, Eraser]] = (), **options: Any) -> Eraser:
+def fit(
+    model: Any,
+    data: Any,
+    site: str | Site,
+    method: str | Method = "leace",
+    *,
+    n: int = 2000,
+    seed: int = 0,
+    positions: Any = "all",
+    stratify: str | None = None,
+    batch_size: int = 128,
+    upstream: Sequence[tuple[str, Eraser]] = (),
+    **options: Any,
+) -> Eraser:
     """Fit an eraser of a labelled concept at one site of a model.
 
     Parameters
@@ -226,7 +244,13 @@ def causal_order(model: Any, site_names: Sequence[str | Site]) -> list[Site]:
         enable(model, s)
     probe = torch.zeros((1, 2), dtype=torch.long, device=model_device(model))
     with torch.inference_mode():
-        run_with_hooks(model, probe, [(s.name, rec(s.name)) for s in site_list], stop_at_layer=stop_at_layer(model, site_list), return_type=None)
+        run_with_hooks(
+            model,
+            probe,
+            [(s.name, rec(s.name)) for s in site_list],
+            stop_at_layer=stop_at_layer(model, site_list),
+            return_type=None,
+        )
     by_name = {s.name: s for s in site_list}
     missing = [s.name for s in site_list if s.name not in seen]
     if missing:
@@ -275,8 +299,13 @@ class Scrubber:
 
     def save(self, path: PathLike) -> Path:
         first = self.erasers[0][1].config if self.erasers else None
-        cfg = ScrubberConfig(tuple(self.sites), first.method if first else "", tuple(self.aliases),
-                             first.model if first else None, first.task if first else None)
+        cfg = ScrubberConfig(
+            tuple(self.sites),
+            first.method if first else "",
+            tuple(self.aliases),
+            first.model if first else None,
+            first.task if first else None,
+        )
         with atomic_dir(path) as tmp:
             save_config(tmp / "cfg.json", cfg)
             for i, (_, e) in enumerate(self.erasers):
@@ -284,18 +313,30 @@ class Scrubber:
         return Path(path)
 
     @classmethod
-    def load(cls, path: PathLike, *, device: Any = "cpu") -> "Scrubber":
+    def load(cls, path: PathLike, *, device: Any = "cpu") -> Scrubber:
         path = Path(path)
         raw = read_json(path / "cfg.json", what="scrubber config")
         if not isinstance(raw, dict) or raw.get("format") != "mechwork-scrubber":
             raise CheckpointError(f"{path / 'cfg.json'} is not a mechwork scrubber config")
         cfg = ScrubberConfig.from_dict(raw, ignore=("mechwork_version",), source=str(path / "cfg.json"))
-        return cls(tuple((s, Eraser.load(path / f"{i:02d}", device=device)) for i, s in enumerate(cfg.sites)), cfg.aliases)
+        return cls(
+            tuple((s, Eraser.load(path / f"{i:02d}", device=device)) for i, s in enumerate(cfg.sites)), cfg.aliases
+        )
 
 
-def scrub(model: Any, data: Any, sites: Sequence[str | Site], method: str | Method = "leace", *, n: int = 2000,
-          seed: int = 0, positions: Any = "all", stratify: str | None = None, batch_size: int = 128,
-          **options: Any) -> Scrubber:
+def scrub(
+    model: Any,
+    data: Any,
+    sites: Sequence[str | Site],
+    method: str | Method = "leace",
+    *,
+    n: int = 2000,
+    seed: int = 0,
+    positions: Any = "all",
+    stratify: str | None = None,
+    batch_size: int = 128,
+    **options: Any,
+) -> Scrubber:
     """Concept scrubbing: fit an eraser at every site in causal order, each on activations already erased upstream.
 
     Returns a :class:`Scrubber`; ``with scrubber.hook(model): ...`` applies them all.

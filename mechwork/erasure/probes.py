@@ -48,8 +48,15 @@ def torch_logistic(
     out = 1 if binary else n_classes
     W = torch.zeros(X.shape[1], out, dtype=X.dtype, device=X.device, requires_grad=True)
     b = torch.zeros(out, dtype=X.dtype, device=X.device, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-6, tolerance_change=1e-9)
+    opt = torch.optim.LBFGS(
+        [W, b],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -75,8 +82,9 @@ def torch_probe_score(
     return ProbeScore(float((pred == y_test).float().mean()), loss)
 
 
-def sklearn_probe_score(kind: str, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
-                        *, seed: int = 0) -> ProbeScore:
+def sklearn_probe_score(
+    kind: str, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, *, seed: int = 0
+) -> ProbeScore:
     """A fresh scikit-learn probe: ``linear`` (logistic regression) or ``mlp`` (one hidden layer of 64 ReLUs).
 
     Inputs are standardised with the training split's statistics first (the erased directions then stay

@@ -37,10 +37,26 @@ from .linalg import fantope_projection, orthonormal_basis
 from .probes import torch_probe_score
 
 _SCHEDULES: dict[str, dict[str, Any]] = {
-    "fast": {"max_steps": 2000, "lr": 2.0, "weight_decay": 1e-2, "batch_size": 0, "eval_every": 10, "tol": 0.01,
-             "patience": 10, "normalise": True},
-    "reference": {"max_steps": 75000, "lr": 5e-3, "weight_decay": 1e-4, "batch_size": 128, "eval_every": 1000,
-                  "tol": 0.0015, "patience": 0, "normalise": False},
+    "fast": {
+        "max_steps": 2000,
+        "lr": 2.0,
+        "weight_decay": 1e-2,
+        "batch_size": 0,
+        "eval_every": 10,
+        "tol": 0.01,
+        "patience": 10,
+        "normalise": True,
+    },
+    "reference": {
+        "max_steps": 75000,
+        "lr": 5e-3,
+        "weight_decay": 1e-4,
+        "batch_size": 128,
+        "eval_every": 1000,
+        "tol": 0.0015,
+        "patience": 0,
+        "normalise": False,
+    },
 }
 _FULL_BATCH_CAP = 16384
 
@@ -94,7 +110,9 @@ class RLACE(Method):
     seed: int = 0
 
     name: ClassVar[str] = "rlace"
-    small_sample_note: ClassVar[str] = "R-LACE's predictor then separates noise; the held-out probe selection is unreliable."
+    small_sample_note: ClassVar[str] = (
+        "R-LACE's predictor then separates noise; the held-out probe selection is unreliable."
+    )
 
     def __post_init__(self) -> None:
         if self.schedule not in _SCHEDULES:
@@ -152,8 +170,15 @@ class RLACE(Method):
                 score = torch_probe_score(Xtr @ P, ytr, Xdv @ P, ydv, c.n_classes)
                 if self.keep_history:
                     directions.append(U.detach().cpu().clone())
-                history.append({"step": step, "seconds": time.perf_counter() - t0, "step_seconds": step_seconds,
-                                "accuracy": score.accuracy, "loss": score.loss})
+                history.append(
+                    {
+                        "step": step,
+                        "seconds": time.perf_counter() - t0,
+                        "step_seconds": step_seconds,
+                        "accuracy": score.accuracy,
+                        "loss": score.loss,
+                    }
+                )
                 if best.update(score.loss, U, game.eigenvalues(), step, score.accuracy):
                     stale = 0
                 elif best.loss > entropy / 2:
@@ -173,9 +198,18 @@ class RLACE(Method):
         U = best.U.to("cpu", torch.float64)
         U = orthonormal_basis(U)  # exact orthonormality in float64
         bias = mu.double() if self.affine else None
-        card = {"history": history, "majority": maj, "best_step": best.step, "best_accuracy": best.accuracy,
-                "best_loss": best.loss, "reached_tol": reached, "steps": history[-1]["step"],
-                "step_seconds": step_seconds, "device": str(dev), "schedule": self.schedule}
+        card = {
+            "history": history,
+            "majority": maj,
+            "best_step": best.step,
+            "best_accuracy": best.accuracy,
+            "best_loss": best.loss,
+            "reached_tol": reached,
+            "steps": history[-1]["step"],
+            "step_seconds": step_seconds,
+            "device": str(dev),
+            "schedule": self.schedule,
+        }
         extras = {"relaxed_eigenvalues": best.eigenvalues.cpu()}
         if directions:
             extras["history_directions"] = torch.stack(directions)
@@ -200,8 +234,9 @@ class _Best:
 class _Game:
     """The two players: ``A`` on the Fantope (ascent) and a linear predictor ``(θ, b)`` (descent)."""
 
-    def __init__(self, opt: RLACE, X: Tensor, y: Tensor, n_classes: int, k: int, g: torch.Generator,
-                 A0: Tensor | None = None) -> None:
+    def __init__(
+        self, opt: RLACE, X: Tensor, y: Tensor, n_classes: int, k: int, g: torch.Generator, A0: Tensor | None = None
+    ) -> None:
         self.X, self.y, self.k = X, y, k
         self.binary = n_classes == 2
         d = X.shape[1]

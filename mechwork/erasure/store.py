@@ -16,7 +16,9 @@ from .eraser import Eraser
 from .leace import LEACE
 
 
-def row_labels(store: Any, *, labels: Tensor | None = None, doc_labels: Tensor | None = None) -> Int[Tensor, " n_tokens"]:
+def row_labels(
+    store: Any, *, labels: Tensor | None = None, doc_labels: Tensor | None = None
+) -> Int[Tensor, " n_tokens"]:
     """One label per store row: ``labels`` as given (``[n_tokens]``), or ``doc_labels[store.docs]`` (one label per
     source document, e.g. per task prompt). Rows labelled ``-1`` (and inserted BOS rows) are skipped by the fit."""
     if (labels is None) == (doc_labels is None):
@@ -33,8 +35,17 @@ def row_labels(store: Any, *, labels: Tensor | None = None, doc_labels: Tensor |
     return torch.where(docs >= 0, dl[docs.clamp_min(0)], torch.full_like(docs, -1))
 
 
-def fit_store(store: Any, site: str, method: str | Method = "leace", *, labels: Tensor | None = None,
-              doc_labels: Tensor | None = None, rows: Any = None, batch_size: int = 8192, **options: Any) -> Eraser:
+def fit_store(
+    store: Any,
+    site: str,
+    method: str | Method = "leace",
+    *,
+    labels: Tensor | None = None,
+    doc_labels: Tensor | None = None,
+    rows: Any = None,
+    batch_size: int = 8192,
+    **options: Any,
+) -> Eraser:
     """Fit an eraser at ``site`` from a store's rows and their labels.
 
     Parameters

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from .evaluate import behaviour, probe_report
 from .model import collect, fit, labelled
@@ -20,11 +20,24 @@ def residual_sites(model: Any) -> list[str]:
     return [f"resid_pre.{i}" for i in range(L)] + [f"resid_post.{L - 1}"]
 
 
-def layer_sweep(model: Any, data: str = "gender", sites: Sequence[str] | None = None, methods: Sequence[str] = ("leace",),
-                *, n_fit: int = 2000, n_eval: int = 600, behaviour_n: int = 256, fit_positions: str = "all",
-                stratify: str | None = None,
-                probe_positions: str = "last", tasks: Sequence[str] = ("ioi", "induction"), probes: Sequence[str] = ("linear", "mlp"),
-                seed: int = 0, method_options: dict[str, dict[str, Any]] | None = None, progress: bool = False) -> list[dict[str, Any]]:
+def layer_sweep(
+    model: Any,
+    data: str = "gender",
+    sites: Sequence[str] | None = None,
+    methods: Sequence[str] = ("leace",),
+    *,
+    n_fit: int = 2000,
+    n_eval: int = 600,
+    behaviour_n: int = 256,
+    fit_positions: str = "all",
+    stratify: str | None = None,
+    probe_positions: str = "last",
+    tasks: Sequence[str] = ("ioi", "induction"),
+    probes: Sequence[str] = ("linear", "mlp"),
+    seed: int = 0,
+    method_options: dict[str, dict[str, Any]] | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
     """One row per (site, method): probe accuracies before/after at ``probe_positions`` of held-out prompts,
     distortion, rank, fit time, and the task metrics with the eraser hooked in (plus one ``site=None`` row with
     the clean model's behaviour).
@@ -43,15 +56,26 @@ def layer_sweep(model: Any, data: str = "gender", sites: Sequence[str] | None = 
         it = tqdm(it, desc="erasure sweep")
     for s, m in it:
         t0 = time.perf_counter()
-        eraser = fit(model, data, s, m, n=n_fit, seed=seed, positions=fit_positions, stratify=stratify, **opts.get(m, {}))
+        eraser = fit(
+            model, data, s, m, n=n_fit, seed=seed, positions=fit_positions, stratify=stratify, **opts.get(m, {})
+        )
         fit_wall = time.perf_counter() - t0
         Xh, zh = collect(model, held, s)
         rep = probe_report(eraser, Xh, zh, probes=probes, seed=seed)
         beh = behaviour(model, eraser.hook(model, s), concept_task=data, tasks=tasks, n=behaviour_n, seed=seed + 1)
-        rows.append({"site": s, "method": m, "label": f"{m} [{eraser.config.positions}]", "positions": eraser.config.positions,
-                     "rank": eraser.rank, "fit_seconds": eraser.config.fit_seconds,
-                     "fit_wall_seconds": fit_wall, **{k: v for k, v in rep.items() if k not in ("rank", "fit_seconds")},
-                     **_flat(beh)})
+        rows.append(
+            {
+                "site": s,
+                "method": m,
+                "label": f"{m} [{eraser.config.positions}]",
+                "positions": eraser.config.positions,
+                "rank": eraser.rank,
+                "fit_seconds": eraser.config.fit_seconds,
+                "fit_wall_seconds": fit_wall,
+                **{k: v for k, v in rep.items() if k not in ("rank", "fit_seconds")},
+                **_flat(beh),
+            }
+        )
     return rows
 
 
@@ -59,8 +83,15 @@ def _flat(beh: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{task}_{k}": v for task, r in beh.items() for k, v in r.items()}
 
 
-def probe_grid(model: Any, data: str = "gender", sites: Sequence[str] | None = None, *, n: int = 600, seed: int = 1,
-               split: str = "test") -> dict[str, Any]:
+def probe_grid(
+    model: Any,
+    data: str = "gender",
+    sites: Sequence[str] | None = None,
+    *,
+    n: int = 600,
+    seed: int = 1,
+    split: str = "test",
+) -> dict[str, Any]:
     """Where is the concept? Held-out linear-probe accuracy at every (site, token position), before any erasure.
 
     Returns

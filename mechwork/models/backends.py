@@ -16,7 +16,6 @@ from torch import Tensor
 
 from ..core.errors import ConfigError
 
-
 BACKENDS = ("auto", "hooked", "bridge")
 
 
@@ -35,7 +34,9 @@ def choose_backend(backend: str) -> str:
     if backend == "auto":
         return "hooked" if hooked_available() else "bridge"
     if backend == "hooked" and not hooked_available():
-        raise ConfigError("backend='hooked' needs transformer-lens < 4 (HookedTransformer was removed); use backend='bridge'")
+        raise ConfigError(
+            "backend='hooked' needs transformer-lens < 4 (HookedTransformer was removed); use backend='bridge'"
+        )
     return backend
 
 
@@ -65,7 +66,9 @@ def hooked_to_bridge_state(sd: dict[str, Tensor], n_layers: int, attn_only: bool
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def build_hooked(tl_cfg: dict[str, Any], state: dict[str, Tensor] | None, tokenizer: Any, *, processing: bool = True) -> Any:
+def build_hooked(
+    tl_cfg: dict[str, Any], state: dict[str, Tensor] | None, tokenizer: Any, *, processing: bool = True
+) -> Any:
     """A HookedTransformer from a config dict and an unprocessed state dict (None: random init)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -82,7 +85,9 @@ def build_hooked(tl_cfg: dict[str, Any], state: dict[str, Tensor] | None, tokeni
     return model
 
 
-def build_bridge(tl_cfg: dict[str, Any], state: dict[str, Tensor] | None, tokenizer: Any, *, processing: bool = True) -> Any:
+def build_bridge(
+    tl_cfg: dict[str, Any], state: dict[str, Tensor] | None, tokenizer: Any, *, processing: bool = True
+) -> Any:
     """A native TransformerBridge with the same weights; compatibility mode when ``processing``."""
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -91,7 +96,9 @@ def build_bridge(tl_cfg: dict[str, Any], state: dict[str, Tensor] | None, tokeni
         warnings.simplefilter("ignore")
         model = TransformerBridge.boot_native(cfg, tokenizer=tokenizer)
         if state is not None:
-            model.load_state_dict(hooked_to_bridge_state(state, tl_cfg["n_layers"], tl_cfg.get("attn_only", False)), strict=True)
+            model.load_state_dict(
+                hooked_to_bridge_state(state, tl_cfg["n_layers"], tl_cfg.get("attn_only", False)), strict=True
+            )
         if processing:
             model.enable_compatibility_mode(disable_warnings=True)
     return model
@@ -124,7 +131,13 @@ def _add_context_guard(model: Any) -> None:
     n_ctx = int(model.cfg.n_ctx)
 
     def guard(module: Any, args: tuple) -> None:
-        if args and isinstance(args[0], Tensor) and args[0].ndim >= 2 and args[0].shape[-1] > n_ctx and not args[0].is_floating_point():
+        if (
+            args
+            and isinstance(args[0], Tensor)
+            and args[0].ndim >= 2
+            and args[0].shape[-1] > n_ctx
+            and not args[0].is_floating_point()
+        ):
             raise DataError(
                 f"input has {args[0].shape[-1]} positions but the model's context is {n_ctx} tokens; "
                 "shorten the prompt or split it into windows"

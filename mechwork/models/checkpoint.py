@@ -34,7 +34,9 @@ def is_mechwork_folder(path: PathLike) -> bool:
         return True  # looks like ours but broken: let load_checkpoint report it
 
 
-def save_checkpoint(path: PathLike, cfg: ModelConfig, state: dict[str, Tensor], *, card: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: PathLike, cfg: ModelConfig, state: dict[str, Tensor], *, card: dict[str, Any] | None = None
+) -> Path:
     """Write a model folder atomically (config, weights, tokenizer, card)."""
     from .. import __version__
     from ..data.tokenizer import save_tokenizer
@@ -99,8 +101,14 @@ def load_checkpoint(path: PathLike) -> tuple[ModelConfig, dict[str, Tensor], Any
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     D, H, E, V, C = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_vocab, cfg.n_ctx
-    shapes: dict[str, tuple[int, ...]] = {"embed.W_E": (V, D), "pos_embed.W_pos": (C, D), "unembed.W_U": (D, V), "unembed.b_U": (V,),
-                                          "ln_final.w": (D,), "ln_final.b": (D,)}
+    shapes: dict[str, tuple[int, ...]] = {
+        "embed.W_E": (V, D),
+        "pos_embed.W_pos": (C, D),
+        "unembed.W_U": (D, V),
+        "unembed.b_U": (V,),
+        "ln_final.w": (D,),
+        "ln_final.b": (D,),
+    }
     for layer in range(cfg.n_layers):
         p = f"blocks.{layer}."
         for x in "QKV":
@@ -112,8 +120,16 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes[p + "ln1.b"] = (D,)
         if not cfg.attn_only:
             M = int(cfg.d_mlp or 0)
-            shapes.update({p + "ln2.w": (D,), p + "ln2.b": (D,), p + "mlp.W_in": (D, M), p + "mlp.b_in": (M,),
-                           p + "mlp.W_out": (M, D), p + "mlp.b_out": (D,)})
+            shapes.update(
+                {
+                    p + "ln2.w": (D,),
+                    p + "ln2.b": (D,),
+                    p + "mlp.W_in": (D, M),
+                    p + "mlp.b_in": (M,),
+                    p + "mlp.W_out": (M, D),
+                    p + "mlp.b_out": (D,),
+                }
+            )
     return shapes
 
 

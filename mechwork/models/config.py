@@ -37,9 +37,18 @@ class ModelConfig(Config):
     def tl_dict(self) -> dict[str, Any]:
         """The equivalent TransformerLens config dict (HookedTransformerConfig / boot_native)."""
         d: dict[str, Any] = dict(
-            n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads, d_head=self.d_head, n_ctx=self.n_ctx,
-            d_vocab=self.d_vocab, act_fn=self.act_fn, normalization_type=self.normalization_type,
-            attn_only=self.attn_only, seed=self.seed, model_name=self.name, default_prepend_bos=True,
+            n_layers=self.n_layers,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            d_head=self.d_head,
+            n_ctx=self.n_ctx,
+            d_vocab=self.d_vocab,
+            act_fn=self.act_fn,
+            normalization_type=self.normalization_type,
+            attn_only=self.attn_only,
+            seed=self.seed,
+            model_name=self.name,
+            default_prepend_bos=True,
             positional_embedding_type="standard",
         )
         if not self.attn_only:

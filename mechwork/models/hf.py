@@ -69,7 +69,9 @@ def load_hf_hooked(path: Path, *, processing: bool = True) -> Any:
     raw = read_hf_config(path)
     arch = (raw.get("architectures") or [""])[0]
     if arch not in HOOKED_ARCHS:
-        raise ConfigError(f"{path}: architecture {arch!r} has no HookedTransformer converter here; use backend='bridge'")
+        raise ConfigError(
+            f"{path}: architecture {arch!r} has no HookedTransformer converter here; use backend='bridge'"
+        )
     cfg_dict = _tl_config_from_folder(path, raw)
     cfg_dict.pop("tokenizer_prepends_bos", None)
     with warnings.catch_warnings():
@@ -80,7 +82,10 @@ def load_hf_hooked(path: Path, *, processing: bool = True) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(str(path)) if _has_tokenizer(path) else None
         model = HookedTransformer(cfg, tokenizer=tokenizer)
         model.load_and_process_state_dict(
-            state, fold_ln=processing, center_writing_weights=processing, center_unembed=processing,
+            state,
+            fold_ln=processing,
+            center_writing_weights=processing,
+            center_unembed=processing,
             fold_value_biases=processing,
         )
     del hf
@@ -105,7 +110,9 @@ def _is_causal(model: Any) -> bool:
 
 
 def _has_tokenizer(path: Path) -> bool:
-    return any((path / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model", "tokenizer_config.json"))
+    return any(
+        (path / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model", "tokenizer_config.json")
+    )
 
 
 def encoder_path() -> Path:
@@ -130,7 +137,9 @@ def load_hub(name: str, *, backend: str, processing: bool = True) -> Any:
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                loader = HookedTransformer.from_pretrained if processing else HookedTransformer.from_pretrained_no_processing
+                loader = (
+                    HookedTransformer.from_pretrained if processing else HookedTransformer.from_pretrained_no_processing
+                )
                 return loader(name, device="cpu")
         return load_hf_bridge(name, processing=processing)
     except (OSError, ValueError, KeyError, ConnectionError, RuntimeError) as e:

@@ -65,7 +65,9 @@ def load_model(
     if spec_str in ENTRIES:
         path = ENTRIES[spec_str].path
         if not (path / "model.safetensors").is_file():
-            raise ModelNotFoundError(f"shipped model {spec_str!r} has no weights at {path}; run `mechwork zoo train {spec_str}`")
+            raise ModelNotFoundError(
+                f"shipped model {spec_str!r} has no weights at {path}; run `mechwork zoo train {spec_str}`"
+            )
     if path.is_dir() and is_mechwork_folder(path):
         model = _load_mechwork(path, backend, processing)
     elif path.is_dir() and hf.is_hf_folder(path):
@@ -84,7 +86,9 @@ def load_model(
     else:
         close = difflib.get_close_matches(spec_str, list(ENTRIES), n=2, cutoff=0.6)
         if close:
-            raise ModelNotFoundError(f"unknown model {spec_str!r}. Did you mean {', '.join(repr(c) for c in close)}? Shipped models: {', '.join(ENTRIES)}")
+            raise ModelNotFoundError(
+                f"unknown model {spec_str!r}. Did you mean {', '.join(repr(c) for c in close)}? Shipped models: {', '.join(ENTRIES)}"
+            )
         model = hf.load_hub(spec_str, backend=choose_backend(backend), processing=processing)
     model = finalize(model, device=dev, dtype=dt)
     model.mechwork_spec = spec_str
@@ -110,5 +114,7 @@ def _load_hf_folder(path: Path, backend: str, processing: bool) -> Any:
     if backend == "hooked":
         from ..core.errors import ConfigError
 
-        raise ConfigError(f"{path}: architecture {arch!r} cannot be converted to HookedTransformer; use backend='bridge'")
+        raise ConfigError(
+            f"{path}: architecture {arch!r} cannot be converted to HookedTransformer; use backend='bridge'"
+        )
     return hf.load_hf_bridge(str(path), processing=processing)

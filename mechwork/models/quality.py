@@ -80,7 +80,9 @@ def style_probe_accuracy(model: Any, *, site: str | None = None, n: int = 512, s
     return float(clf.score(X[half:], y[half:]))
 
 
-def generation_styles(model: Any, n: int = 64, *, seed: int = 0, max_new_tokens: int = 40, fwd_hooks: Any = ()) -> dict[str, float]:
+def generation_styles(
+    model: Any, n: int = 64, *, seed: int = 0, max_new_tokens: int = 40, fwd_hooks: Any = ()
+) -> dict[str, float]:
     """Sample ``n`` continuations of the neutral opener and read their style off the two lexicons.
 
     Returns the share of generations with any style word (``styled``), the share whose style words are
@@ -116,10 +118,18 @@ def model_quality(model: Any, *, quick: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"induction": {**induction_losses(model, n=n // 2), "head_scores": head_scores(model)}}
     if int(model.cfg.n_layers) and not getattr(model.cfg, "attn_only", False):
         ioi = get("ioi").evaluate(model, n=n, seed=101, split="test")
-        out["ioi"] = {"accuracy": ioi["accuracy"], "logit_diff": ioi["metric"], "logit_diff_corrupted": ioi["metric_corrupted"]}
+        out["ioi"] = {
+            "accuracy": ioi["accuracy"],
+            "logit_diff": ioi["metric"],
+            "logit_diff_corrupted": ioi["metric_corrupted"],
+        }
         g = get("gender").evaluate(model, n=n, seed=102)
         out["gender"] = {"accuracy": g["accuracy"], "logit_diff": g["metric"]}
         s = get("style").evaluate(model, n=n, seed=103)
-        out["style"] = {"accuracy": s["accuracy"], "logit_diff": s["metric"], "probe_accuracy": style_probe_accuracy(model, n=n)}
+        out["style"] = {
+            "accuracy": s["accuracy"],
+            "logit_diff": s["metric"],
+            "probe_accuracy": style_probe_accuracy(model, n=n),
+        }
         out["style"].update({f"generation_{k}": v for k, v in generation_styles(model, n=32 if quick else 64).items()})
     return out

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,12 +43,15 @@ def train_model(
     torch.manual_seed(train_cfg.seed)
     model = build_hooked(model_cfg.tl_dict(), None, get_tokenizer())
     model.train()
-    corpus = Corpus(seed=train_cfg.seed, mix=train_cfg.mix or None, split="train", options=train_cfg.doc_options or None)
+    corpus = Corpus(
+        seed=train_cfg.seed, mix=train_cfg.mix or None, split="train", options=train_cfg.doc_options or None
+    )
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": train_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=train_cfg.lr, betas=(0.9, 0.98),
+        lr=train_cfg.lr,
+        betas=(0.9, 0.98),
     )
     history: list[dict[str, float]] = []
     t0 = time.time()
@@ -93,6 +97,7 @@ def unprocessed_state(model: Any) -> dict[str, torch.Tensor]:
 def train_zoo(name: str, *, out: str | Path | None = None, steps: int | None = None, progress: bool = True) -> Path:
     """Train zoo model ``name`` from scratch and write its folder (default: into the package's zoo)."""
     from .. import __version__
+
     if name not in ENTRIES:
         raise ConfigError(f"unknown zoo model {name!r}; known: {', '.join(ENTRIES)}")
     entry: ZooEntry = ENTRIES[name]

@@ -33,7 +33,25 @@ METHODS = {
 }
 
 __all__ = [
-    "activation_patch", "attribution_patch", "relevance_patch", "integrated_gradients", "PatchResult", "Node",
-    "faithfulness", "faithfulness_curve", "faithfulness_many", "Faithfulness", "lrp", "lrp_hooks", "parse_rules",
-    "RULES", "DEFAULT_RULES", "PER", "GROUPS", "QUADRATURES", "quadrature", "plot_comparison", "METHODS",
+    "activation_patch",
+    "attribution_patch",
+    "relevance_patch",
+    "integrated_gradients",
+    "PatchResult",
+    "Node",
+    "faithfulness",
+    "faithfulness_curve",
+    "faithfulness_many",
+    "Faithfulness",
+    "lrp",
+    "lrp_hooks",
+    "parse_rules",
+    "RULES",
+    "DEFAULT_RULES",
+    "PER",
+    "GROUPS",
+    "QUADRATURES",
+    "quadrature",
+    "plot_comparison",
+    "METHODS",
 ]

@@ -10,7 +10,8 @@ dynamic programme that trades wasted work against the fixed cost of a forward pa
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -110,9 +111,13 @@ def make_result(ctx: Context, grid: Grid, per_prompt: Tensor, method: str, **inf
         corrupted=ctx.corrupted_metric,
         per_prompt=per_prompt,
         cost=ctx.cost.as_dict(),
-        info={"n_prompts": ctx.n, "task": getattr(ctx.batch, "task", None),
-              "model": getattr(ctx.model, "mechwork_spec", type(ctx.model).__name__),
-              "backend": type(ctx.model).__name__, **info},
+        info={
+            "n_prompts": ctx.n,
+            "task": getattr(ctx.batch, "task", None),
+            "model": getattr(ctx.model, "mechwork_spec", type(ctx.model).__name__),
+            "backend": type(ctx.model).__name__,
+            **info,
+        },
     )
 
 
@@ -134,8 +139,15 @@ def _overhead_rows(ctx: Context) -> float:
     return fixed / max(P * per_token, 1)
 
 
-def plan_chunks(layers: list[int], p0s: list[int], max_rows: int, n_layers: int, n_pos: int, overhead: float,
-                p1s: list[int] | None = None) -> list[tuple[int, int]]:
+def plan_chunks(
+    layers: list[int],
+    p0s: list[int],
+    max_rows: int,
+    n_layers: int,
+    n_pos: int,
+    overhead: float,
+    p1s: list[int] | None = None,
+) -> list[tuple[int, int]]:
     """Cut rows sorted by (layer, p0, p1) into contiguous chunks of at most ``max_rows``.
 
     A chunk resumes at its first row's layer ``l`` and its smallest ``p0``; it costs
@@ -239,8 +251,15 @@ def run_cells(
     row_cell, row_prompt = row_cell[order], row_prompt[order]
     keys = list(zip(row_layer[order].tolist(), row_p0[order].tolist(), row_p1[order].tolist()))
     max_rows = batch_size or default_rows(ctx)
-    chunks = plan_chunks([max(k[0], 0) for k in keys], [k[1] for k in keys], max_rows, ctx.n_layers, P,
-                         _overhead_rows(ctx), [k[2] for k in keys])
+    chunks = plan_chunks(
+        [max(k[0], 0) for k in keys],
+        [k[1] for k in keys],
+        max_rows,
+        ctx.n_layers,
+        P,
+        _overhead_rows(ctx),
+        [k[2] for k in keys],
+    )
     for lo, hi in tqdm(chunks, desc="activation patching", disable=not progress, leave=False):
         layer = None if keys[lo][0] < 0 else keys[lo][0]
         p0 = min(k[1] for k in keys[lo:hi])

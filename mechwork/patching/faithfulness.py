@@ -11,14 +11,16 @@ node sets are evaluated in one batched pass.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..core.errors import ConfigError, DataError
-from ..core.sites import Site, site as resolve_site
+from ..core.sites import Site
+from ..core.sites import site as resolve_site
 from .activation import Cell, run_cells
 from .grid import Node, build_grid, expand_sites, has_head_axis
 from .result import PatchResult
@@ -60,16 +62,22 @@ class Faithfulness:
     seconds: float = 0.0
 
     def __repr__(self) -> str:
-        return (f"Faithfulness({self.value:.3f} with {len(self.nodes)} of {self.n_universe} nodes, {self.ablation} ablation; "
-                f"m(C)={self.metric:.4g}, clean={self.clean:.4g}, corrupted={self.corrupted:.4g}, empty={self.empty:.4g})")
+        return (
+            f"Faithfulness({self.value:.3f} with {len(self.nodes)} of {self.n_universe} nodes, {self.ablation} ablation; "
+            f"m(C)={self.metric:.4g}, clean={self.clean:.4g}, corrupted={self.corrupted:.4g}, empty={self.empty:.4g})"
+        )
 
 
 def _granularity(nodes: Sequence[Node]) -> str:
     kinds = {(n.head is not None, n.pos is not None) for n in nodes}
     if len(kinds) != 1:
-        raise DataError("all nodes must have the same granularity (all heads, all positions, all head-positions or whole sites)")
+        raise DataError(
+            "all nodes must have the same granularity (all heads, all positions, all head-positions or whole sites)"
+        )
     head, pos = kinds.pop()
-    return {(False, False): "layer", (False, True): "position", (True, False): "head", (True, True): "head_position"}[(head, pos)]
+    return {(False, False): "layer", (False, True): "position", (True, False): "head", (True, True): "head_position"}[
+        (head, pos)
+    ]
 
 
 def _universe(model: Any, nodes: Sequence[Node], universe: Any, n_pos: int) -> list[Node]:
@@ -142,11 +150,20 @@ def faithfulness_many(
     clean, corrupted, empty = ctx.clean_metric, ctx.corrupted_metric, float(values[-1])
     out = []
     for ns, v in zip(sets, values[:-1].tolist()):
-        out.append(Faithfulness(
-            value=_ratio(v - corrupted, clean - corrupted), metric=v, clean=clean, corrupted=corrupted, empty=empty,
-            relative_to_empty=_ratio(v - empty, clean - empty), nodes=ns, n_universe=len(uni), ablation=ablation,
-            seconds=time.perf_counter() - t0,
-        ))
+        out.append(
+            Faithfulness(
+                value=_ratio(v - corrupted, clean - corrupted),
+                metric=v,
+                clean=clean,
+                corrupted=corrupted,
+                empty=empty,
+                relative_to_empty=_ratio(v - empty, clean - empty),
+                nodes=ns,
+                n_universe=len(uni),
+                ablation=ablation,
+                seconds=time.perf_counter() - t0,
+            )
+        )
     return out
 
 
@@ -188,8 +205,9 @@ def faithfulness(
     batch_size, resume
         As for :func:`~mechwork.patching.activation_patch`.
     """
-    return faithfulness_many(model, batch, metric, [list(nodes)], universe=universe, ablation=ablation,
-                             batch_size=batch_size, resume=resume)[0]
+    return faithfulness_many(
+        model, batch, metric, [list(nodes)], universe=universe, ablation=ablation, batch_size=batch_size, resume=resume
+    )[0]
 
 
 def faithfulness_curve(
@@ -209,5 +227,13 @@ def faithfulness_curve(
     if not sizes:
         raise DataError("no valid sizes (each must be between 0 and the number of cells)")
     ranked = result.top(max(sizes), absolute=absolute)
-    return faithfulness_many(model, batch, metric, [ranked[:k] for k in sizes], universe=result, ablation=ablation,
-                             batch_size=batch_size, resume=resume)
+    return faithfulness_many(
+        model,
+        batch,
+        metric,
+        [ranked[:k] for k in sizes],
+        universe=result,
+        ablation=ablation,
+        batch_size=batch_size,
+        resume=resume,
+    )

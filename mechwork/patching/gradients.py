@@ -17,7 +17,8 @@ see reshaped views where ``retain_grad`` is inert.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,16 +86,28 @@ def relevance_patch(
     return _first_order(model, batch, metric, sites, per, direction, batch_size, progress, "relevance", parsed)
 
 
-def _first_order(model: Any, batch: Any, metric: Any, sites: Any, per: str, direction: str, batch_size: int | None,
-                 progress: bool, method: str, rules: tuple[str, ...]) -> PatchResult:
+def _first_order(
+    model: Any,
+    batch: Any,
+    metric: Any,
+    sites: Any,
+    per: str,
+    direction: str,
+    batch_size: int | None,
+    progress: bool,
+    method: str,
+    rules: tuple[str, ...],
+) -> PatchResult:
     t0 = time.perf_counter()
     per = normalize_per(per)
     site_list = expand_sites(model, sites, per)
     if "attention" in rules:
         bad = [s.alias for s in site_list if s.kind in _QK_KINDS]
         if bad:
-            raise ConfigError(f"the AH-rule treats attention patterns as constants, so {bad} carry no relevance; "
-                              "drop 'attention' from rules to score query/key/pattern sites")
+            raise ConfigError(
+                f"the AH-rule treats attention patterns as constants, so {bad} carry no relevance; "
+                "drop 'attention' from rules to score query/key/pattern sites"
+            )
     ctx = prepare(model, batch, metric, site_list, direction, skip_caches=False, base_acts=False)
     grid = build_grid(model, site_list, per, ctx.n_pos, position_labels(model, ctx.batch))
     before, after = lrp_hooks(model, rules) if rules else ([], [])
@@ -212,14 +225,26 @@ def integrated_gradients(
             per_prompt[(slice(None),) + grid.index(x)] = scores[x.name]
         total = float(sum(scores[x.name].reshape(ctx.n, -1).sum(-1) for x in scored).mean())  # type: ignore[union-attr]
         completeness[along.alias if path == "site" else "input"] = {
-            "exact": exact, "sum": total, "relative_error": abs(total - exact) / max(abs(exact), 1e-12)}
+            "exact": exact,
+            "sum": total,
+            "relative_error": abs(total - exact) / max(abs(exact), 1e-12),
+        }
     ctx.cost.seconds = time.perf_counter() - t0
-    return make_result(ctx, grid, per_prompt, "integrated_gradients", steps=steps, quadrature=method, path=path,
-                       completeness=completeness)
+    return make_result(
+        ctx,
+        grid,
+        per_prompt,
+        "integrated_gradients",
+        steps=steps,
+        quadrature=method,
+        path=path,
+        completeness=completeness,
+    )
 
 
-def _ig_path(ctx: Context, along: Site, scored: list[Site], grid: Any, alphas: Tensor, weights: Tensor,
-             max_rows: int) -> tuple[dict[str, Tensor], Tensor]:
+def _ig_path(
+    ctx: Context, along: Site, scored: list[Site], grid: Any, alphas: Tensor, weights: Tensor, max_rows: int
+) -> tuple[dict[str, Tensor], Tensor]:
     """IG scores ``{site: [n, *cell axes]}`` of ``scored`` along the straight path of site ``along``, and the
     metric at the path's end (``along`` := source)."""
     n, P, dev = ctx.n, ctx.n_pos, ctx.base_tokens.device
@@ -227,8 +252,12 @@ def _ig_path(ctx: Context, along: Site, scored: list[Site], grid: Any, alphas: T
     changed = ctx.changed(along.name).any(-1).cpu()  # [n, P]
     active = changed.any(-1)
     first = torch.where(active, changed.float().argmax(-1), torch.full((n,), P, dtype=torch.long))
-    out = {s.name: torch.zeros((n,) + tuple(grid.reduce(torch.zeros(1, P, grid.site_heads(s), 1), s).shape[1:]),
-                               dtype=torch.float64) for s in scored}
+    out = {
+        s.name: torch.zeros(
+            (n,) + tuple(grid.reduce(torch.zeros(1, P, grid.site_heads(s), 1), s).shape[1:]), dtype=torch.float64
+        )
+        for s in scored
+    }
     endpoint = ctx.base_metric.detach().cpu().clone()  # type: ignore[union-attr]
     # rows: (prompt, point); point == len(alphas) is the end alpha = 1 (weight 0), for the completeness check
     a_all = torch.cat([alphas, torch.ones(1, dtype=torch.float64)])

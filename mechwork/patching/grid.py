@@ -18,18 +18,27 @@ granularities pick which of the two axes are split:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..core.errors import ConfigError, DataError, SiteError
-from ..core.sites import Site, enable, site as resolve_site
+from ..core.sites import Site, enable
+from ..core.sites import site as resolve_site
 
 PER = ("layer", "position", "head", "head_position")
-_PER_ALIASES = {"pos": "position", "positions": "position", "layers": "layer", "heads": "head",
-                "head_pos": "head_position", "pos_head": "head_position", "head_by_pos": "head_position"}
+_PER_ALIASES = {
+    "pos": "position",
+    "positions": "position",
+    "layers": "layer",
+    "heads": "head",
+    "head_pos": "head_position",
+    "pos_head": "head_position",
+    "head_by_pos": "head_position",
+}
 _PER_AXES = {"layer": (), "position": ("pos",), "head": ("head",), "head_position": ("pos", "head")}
 # kind groups accepted in ``sites=``
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -39,8 +48,14 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "head": ("z",),
     "attn_head_out": ("z",),
 }
-_LAYOUTS = ("batch pos d_model", "batch pos d_mlp", "batch pos 1", "batch pos head d_head", "batch pos head d_model",
-            "batch head q_pos k_pos")
+_LAYOUTS = (
+    "batch pos d_model",
+    "batch pos d_mlp",
+    "batch pos 1",
+    "batch pos head d_head",
+    "batch pos head d_model",
+    "batch head q_pos k_pos",
+)
 
 
 def normalize_per(per: str) -> str:
@@ -105,7 +120,7 @@ class Node:
     alias: str = field(default="", compare=False)
 
     @classmethod
-    def of(cls, s: Site, head: int | None = None, pos: int | None = None, score: float = float("nan")) -> "Node":
+    def of(cls, s: Site, head: int | None = None, pos: int | None = None, score: float = float("nan")) -> Node:
         return cls(s.name, head, pos, score, s.alias)
 
     @property
@@ -130,7 +145,7 @@ class Node:
         return f"Node({str(self)!r}{sc})"
 
     @classmethod
-    def parse(cls, model: Any, spec: "str | Node | tuple") -> "Node":
+    def parse(cls, model: Any, spec: str | Node | tuple) -> Node:
         """A node from ``Node``, ``"L1H3"``, ``"z.1 head 3"``, ``"resid_pre.2 pos 5"``, ``("z.1", 3)`` or
         ``("z.1", 3, 5)`` (site, head, pos); the site is validated against ``model``."""
         if isinstance(spec, Node):
@@ -217,7 +232,12 @@ class Grid:
         ci, li = self._site_index[s.name]
         lead: tuple[Any, ...] = (ci, li) if "component" in self.axes else (li,)
         H = self.site_heads(s)
-        tail = {"layer": (), "position": (slice(None),), "head": (slice(0, H),), "head_position": (slice(None), slice(0, H))}
+        tail = {
+            "layer": (),
+            "position": (slice(None),),
+            "head": (slice(0, H),),
+            "head_position": (slice(None), slice(0, H)),
+        }
         return lead + tail[self.per]
 
     def reduce(self, canon: Tensor, s: Site) -> Tensor:
@@ -247,7 +267,9 @@ def expand_sites(model: Any, sites: str | Site | Sequence[str | Site] | None, pe
     layer that has it; ``"resid_pre.2"`` or a full hook name selects one site.
     """
     if getattr(model, "hook_dict", None) is None or getattr(model, "cfg", None) is None:
-        raise SiteError(f"{type(model).__name__} has no hook points (hook_dict) and no cfg; load it with mechwork.load_model")
+        raise SiteError(
+            f"{type(model).__name__} has no hook points (hook_dict) and no cfg; load it with mechwork.load_model"
+        )
     if sites is None:
         sites = "z" if per in ("head", "head_position") else "resid_pre"
     items = [sites] if isinstance(sites, (str, Site)) else list(sites)

@@ -9,7 +9,8 @@ an alias of ``ln2.hook_in``, so a value written there reaches the MLP but not th
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,7 +19,7 @@ from ..core.errors import SiteError
 from ..core.hooks import run_with_hooks
 from ..core.sites import Site, is_bridge
 
-_LIVE: "weakref.WeakKeyDictionary[Any, dict[str, str]]" = weakref.WeakKeyDictionary()
+_LIVE: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
 # (site kind, downstream hook that must change by exactly the patch, hook whose change is subtracted)
 _RESIDUAL_CHECKS = {
     "resid_pre": ("hook_resid_mid", "hook_attn_out"),
@@ -110,6 +111,8 @@ def _residual_check(model: Any, s: Site, tokens: Tensor) -> str:
         change = change - (store[names[1]] - before[names[1]])
     err = float((change - delta["d"]).abs().max())
     if err > 1e-3 * float(delta["d"].abs().max()) + 1e-5:
-        return (f"a change written there does not reach {names[0]} unchanged (it is not the residual stream itself, "
-                "e.g. an alias of the next LayerNorm's input)")
+        return (
+            f"a change written there does not reach {names[0]} unchanged (it is not the residual stream itself, "
+            "e.g. an alias of the next LayerNorm's input)"
+        )
     return ""

@@ -22,7 +22,8 @@ pattern is a function of q and k only), and on the TransformerBridge ``hook_patt
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -31,10 +32,22 @@ from ..core.errors import ConfigError, SiteError
 RULES = ("layernorm", "identity", "half", "attention")
 DEFAULT_RULES = ("layernorm", "identity", "half")  # the RelP reference code's default (AH-rule available)
 _ALIASES = {
-    "ln": "layernorm", "ln-rule": "layernorm", "ln_rule": "layernorm", "layernorm": "layernorm", "norm": "layernorm",
-    "identity": "identity", "identity-rule": "identity", "identity_rule": "identity",
-    "half": "half", "half-rule": "half", "half_rule": "half",
-    "attention": "attention", "ah": "attention", "ah-rule": "attention", "ah_rule": "attention", "cp-lrp": "attention",
+    "ln": "layernorm",
+    "ln-rule": "layernorm",
+    "ln_rule": "layernorm",
+    "layernorm": "layernorm",
+    "norm": "layernorm",
+    "identity": "identity",
+    "identity-rule": "identity",
+    "identity_rule": "identity",
+    "half": "half",
+    "half-rule": "half",
+    "half_rule": "half",
+    "attention": "attention",
+    "ah": "attention",
+    "ah-rule": "attention",
+    "ah_rule": "attention",
+    "cp-lrp": "attention",
 }
 EPS = 1e-6  # the Identity-rule's stabiliser: x + (1[x == 0] + sign(x)) * EPS
 Hook = tuple[str, Callable]
@@ -49,7 +62,9 @@ def parse_rules(rules: str | Sequence[str] | None) -> tuple[str, ...]:
     for r in items:
         key = _ALIASES.get(str(r).strip().lower())
         if key is None:
-            raise ConfigError(f"unknown LRP rule {r!r}; rules are {', '.join(RULES)} (or LN-rule, Identity-rule, Half-rule, AH-rule)")
+            raise ConfigError(
+                f"unknown LRP rule {r!r}; rules are {', '.join(RULES)} (or LN-rule, Identity-rule, Half-rule, AH-rule)"
+            )
         if key not in out:
             out.append(key)
     return tuple(out)
@@ -90,7 +105,9 @@ def lrp_hooks(model: Any, rules: str | Sequence[str] | None = None) -> tuple[lis
     if "layernorm" in rules:
         scales = sorted(n for n in names if n.endswith("hook_scale"))
         if not scales and getattr(cfg, "normalization_type", None) is not None:
-            raise SiteError(f"LN-rule: this model normalises ({cfg.normalization_type}) but has no *.hook_scale hook points")
+            raise SiteError(
+                f"LN-rule: this model normalises ({cfg.normalization_type}) but has no *.hook_scale hook points"
+            )
         before += [(n, _detach) for n in scales]
     if "attention" in rules:
         qk = [f"blocks.{i}.attn.hook_{x}" for i in range(n_layers) for x in "qk"]
@@ -125,6 +142,7 @@ def _mlp_rule(model: Any, layer: int, rules: tuple[str, ...], names: set[str]) -
         return hook
 
     if not gated:
+
         def post_identity(post: Tensor, hook: Any = None) -> Tensor:
             x = stash.pop("pre")
             return _keep_value(post, x * (post / _stabilise(x)).detach())
@@ -134,7 +152,9 @@ def _mlp_rule(model: Any, layer: int, rules: tuple[str, ...], names: set[str]) -
         return [(p + "hook_post", lambda t, hook=None: _keep_value(t, t * 0.5))], []
     act = getattr(_block_mlp(model, layer), "act_fn", None)
     if act is None:
-        raise ConfigError(f"Identity-rule on the gated MLP of layer {layer}: cannot find its activation function (mlp.act_fn)")
+        raise ConfigError(
+            f"Identity-rule on the gated MLP of layer {layer}: cannot find its activation function (mlp.act_fn)"
+        )
     factor = 0.5 if "half" in rules else 1.0
 
     def post_gated(post: Tensor, hook: Any = None) -> Tensor:

@@ -91,17 +91,17 @@ class PatchResult:
         """Source minus base metric: the change that patching *everything* would make."""
         return (self.clean - self.corrupted) if self.direction == "denoise" else (self.corrupted - self.clean)
 
-    def normalized(self) -> Float[Tensor, "..."]:
+    def normalized(self) -> Float[Tensor, ...]:
         """Scores divided by :attr:`gap`: 1 = the cell alone accounts for the whole clean/corrupted difference."""
         if self.gap == 0:
             return torch.full_like(self.scores, float("nan"))
         return self.scores / self.gap
 
-    def patched(self) -> Float[Tensor, "..."]:
+    def patched(self) -> Float[Tensor, ...]:
         """The (estimated) mean metric after patching each cell: baseline + score."""
         return self.scores + self.baseline
 
-    def sem(self) -> Float[Tensor, "..."]:
+    def sem(self) -> Float[Tensor, ...]:
         """Standard error of the mean over prompts (NaN without per-prompt scores or with one prompt)."""
         if self.per_prompt is None or self.per_prompt.shape[0] < 2:
             return torch.full_like(self.scores, float("nan"))
@@ -113,7 +113,11 @@ class PatchResult:
 
     def node_at(self, coords: dict[str, int]) -> Node:
         """The :class:`Node` of the cell at integer ``coords`` (axis -> index)."""
-        kind = self.labels["component"][coords["component"]] if "component" in coords else self.aliases[0].rsplit(".", 1)[0]
+        kind = (
+            self.labels["component"][coords["component"]]
+            if "component" in coords
+            else self.aliases[0].rsplit(".", 1)[0]
+        )
         layer = self.labels["layer"][coords["layer"]]
         key = f"{kind}.{layer}"
         if key not in self.aliases:
@@ -148,11 +152,13 @@ class PatchResult:
             c = self._coords(i)
             node = self.node_at(c)
             row: dict[str, Any] = {a: self.labels[a][c[a]] for a in self.axes}
-            row.update(site=node.site, node=str(node), score=float(flat[i]), normalized=float(norm[i]), sem=float(sem[i]))
+            row.update(
+                site=node.site, node=str(node), score=float(flat[i]), normalized=float(norm[i]), sem=float(sem[i])
+            )
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def correlation(self, other: "PatchResult", *, normalized: bool = False) -> float:
+    def correlation(self, other: PatchResult, *, normalized: bool = False) -> float:
         """Pearson correlation of the scores with ``other``'s over the cells both have (same grid)."""
         if self.shape != other.shape or self.axes != other.axes:
             raise ShapeError(f"results have different grids: {self.axes} {self.shape} vs {other.axes} {other.shape}")
@@ -171,18 +177,28 @@ class PatchResult:
 
     def __repr__(self) -> str:
         dims = " x ".join(f"{a}={len(self.labels[a])}" for a in self.axes)
-        return (f"PatchResult({METHOD_NAMES.get(self.method, self.method)}, per={self.per}, {self.direction}, {dims}, "
-                f"clean={self.clean:.4g}, corrupted={self.corrupted:.4g})")
+        return (
+            f"PatchResult({METHOD_NAMES.get(self.method, self.method)}, per={self.per}, {self.direction}, {dims}, "
+            f"clean={self.clean:.4g}, corrupted={self.corrupted:.4g})"
+        )
 
     # --- files ------------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {
-            "format": FORMAT, "method": self.method, "per": self.per, "direction": self.direction,
-            "axes": list(self.axes), "labels": self.labels, "sites": self.sites, "aliases": self.aliases,
-            "clean": self.clean, "corrupted": self.corrupted,
+            "format": FORMAT,
+            "method": self.method,
+            "per": self.per,
+            "direction": self.direction,
+            "axes": list(self.axes),
+            "labels": self.labels,
+            "sites": self.sites,
+            "aliases": self.aliases,
+            "clean": self.clean,
+            "corrupted": self.corrupted,
             "scores": _nan_to_none(self.scores.tolist()),
             "per_prompt": None if self.per_prompt is None else _nan_to_none(self.per_prompt.tolist()),
-            "cost": self.cost, "info": _jsonable(self.info),
+            "cost": self.cost,
+            "info": _jsonable(self.info),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -192,21 +208,33 @@ class PatchResult:
         return path
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], *, source: str = "<dict>") -> "PatchResult":
+    def from_json(cls, d: dict[str, Any], *, source: str = "<dict>") -> PatchResult:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise CheckpointError(f"{source}: not a mechwork patch result (format {d.get('format') if isinstance(d, dict) else None!r})")
+            raise CheckpointError(
+                f"{source}: not a mechwork patch result (format {d.get('format') if isinstance(d, dict) else None!r})"
+            )
         try:
             pp = d.get("per_prompt")
             return cls(
-                scores=_tensor(d["scores"]), axes=tuple(d["axes"]), labels=d["labels"], method=d["method"], per=d["per"],
-                direction=d["direction"], sites=list(d["sites"]), aliases=list(d["aliases"]), clean=float(d["clean"]), corrupted=float(d["corrupted"]),
-                per_prompt=None if pp is None else _tensor(pp), cost=d.get("cost", {}), info=d.get("info", {}),
+                scores=_tensor(d["scores"]),
+                axes=tuple(d["axes"]),
+                labels=d["labels"],
+                method=d["method"],
+                per=d["per"],
+                direction=d["direction"],
+                sites=list(d["sites"]),
+                aliases=list(d["aliases"]),
+                clean=float(d["clean"]),
+                corrupted=float(d["corrupted"]),
+                per_prompt=None if pp is None else _tensor(pp),
+                cost=d.get("cost", {}),
+                info=d.get("info", {}),
             )
         except (KeyError, TypeError, ValueError, ShapeError) as e:
             raise CheckpointError(f"{source}: malformed patch result ({type(e).__name__}: {e})") from e
 
     @classmethod
-    def load(cls, path: str | Path) -> "PatchResult":
+    def load(cls, path: str | Path) -> PatchResult:
         return cls.from_json(read_json(path), source=str(path))
 
 

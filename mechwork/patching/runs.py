@@ -16,26 +16,43 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..core.errors import ConfigError, DataError, NonFiniteError, ShapeError, SiteError
 from ..core.hooks import check_tokens, model_device, run_with_hooks
-from ..core.sites import Site, is_bridge, site as resolve_site
-from .live import check_live
+from ..core.sites import Site, is_bridge
+from ..core.sites import site as resolve_site
 from .grid import to_canonical
+from .live import check_live
 
 Metric = Callable[[Tensor, Any], Tensor]
 DIRECTIONS = ("denoise", "noise")
 # Sites downstream of the attention mixing: a change at position p alters only position p of its own layer (the
 # next layer's attention spreads it). Patches there need their layer computed only over the changed positions.
-LOCAL_KINDS = frozenset({
-    "q", "q_input", "attn_scores", "pattern", "z", "result", "attn_out", "resid_mid", "ln2_scale", "ln2_normalized",
-    "mlp_in", "mlp_pre", "mlp_post", "mlp_out", "resid_post",
-})
+LOCAL_KINDS = frozenset(
+    {
+        "q",
+        "q_input",
+        "attn_scores",
+        "pattern",
+        "z",
+        "result",
+        "attn_out",
+        "resid_mid",
+        "ln2_scale",
+        "ln2_normalized",
+        "mlp_in",
+        "mlp_pre",
+        "mlp_post",
+        "mlp_out",
+        "resid_post",
+    }
+)
 
 
 @dataclass
@@ -49,8 +66,13 @@ class Cost:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
-        return {"forwards": self.forwards, "backwards": self.backwards, "rows": self.rows,
-                "full_forward_equivalents": round(self.full_equiv, 3), "seconds": round(self.seconds, 4)}
+        return {
+            "forwards": self.forwards,
+            "backwards": self.backwards,
+            "rows": self.rows,
+            "full_forward_equivalents": round(self.full_equiv, 3),
+            "seconds": round(self.seconds, 4),
+        }
 
 
 @dataclass
@@ -146,7 +168,9 @@ def resolve_metric(metric: Any, batch: Any) -> Metric:
         return metric
     if hasattr(metric, "metric") and callable(metric.metric):
         return metric.metric
-    raise ConfigError(f"metric must be a callable (logits, batch) -> one value per prompt, or a task; got {type(metric).__name__}")
+    raise ConfigError(
+        f"metric must be a callable (logits, batch) -> one value per prompt, or a task; got {type(metric).__name__}"
+    )
 
 
 def _check_arity(metric: Callable) -> None:
@@ -191,7 +215,9 @@ def check_batch(model: Any, batch: Any) -> Any:
 
 def check_direction(direction: str) -> str:
     if direction not in DIRECTIONS:
-        raise ConfigError(f"direction must be 'denoise' (patch clean into corrupted) or 'noise' (corrupted into clean), got {direction!r}")
+        raise ConfigError(
+            f"direction must be 'denoise' (patch clean into corrupted) or 'noise' (corrupted into clean), got {direction!r}"
+        )
     return direction
 
 
@@ -203,7 +229,9 @@ def eval_metric(metric: Metric, logits: Tensor, batch: Any, what: str) -> Tensor
         raise ShapeError(f"metric must return a tensor with one value per prompt, got {type(out).__name__} ({what})")
     if out.shape != (n,):
         hint = " (a scalar: return the per-prompt values, not their .mean())" if out.ndim == 0 else ""
-        raise ShapeError(f"metric must return one value per prompt, shape ({n},); got shape {tuple(out.shape)}{hint} ({what})")
+        raise ShapeError(
+            f"metric must return one value per prompt, shape ({n},); got shape {tuple(out.shape)}{hint} ({what})"
+        )
     out = out.float()
     bad = ~torch.isfinite(out)
     if bool(bad.any()):
@@ -314,8 +342,11 @@ def prepare(
         ctx.resid = {i: acts[f"blocks.{i}.hook_resid_pre"][:n] for i in range(ctx.n_layers)} if layer_skip else {}
         if pos_skip:  # the input of the final LayerNorm, as if it were the residual before layer n_layers
             ctx.resid[ctx.n_layers] = acts[f"blocks.{ctx.n_layers - 1}.hook_resid_post"][:n]
-        ctx.kv = {i: (acts[f"blocks.{i}.attn.hook_k"][:n], acts[f"blocks.{i}.attn.hook_v"][:n])
-                  for i in range(ctx.n_layers)} if pos_skip else {}
+        ctx.kv = (
+            {i: (acts[f"blocks.{i}.attn.hook_k"][:n], acts[f"blocks.{i}.attn.hook_v"][:n]) for i in range(ctx.n_layers)}
+            if pos_skip
+            else {}
+        )
         ctx.base_metric = eval_metric(metric_fn, logits[:n], batch, f"{what[0]} run")
     ctx.src_acts = {k: acts[k][-n:] for k in names}
     ctx.src_metric = eval_metric(metric_fn, logits[-n:], batch, f"{what[1]} run")
@@ -350,13 +381,17 @@ def forward_rows(
             resid = ctx.resid[layer][prompts, p0:]
             logits = model(resid, start_at_layer=layer, past_kv_cache=_kv_cache(ctx, prompts, layer, p0))
         else:
-            out = model(ctx.resid[layer][prompts, p0:p1 + 1], start_at_layer=layer, stop_at_layer=layer + 1,
-                        past_kv_cache=_kv_cache(ctx, prompts, layer, p0))
+            out = model(
+                ctx.resid[layer][prompts, p0 : p1 + 1],
+                start_at_layer=layer,
+                stop_at_layer=layer + 1,
+                past_kv_cache=_kv_cache(ctx, prompts, layer, p0),
+            )
             if layer + 1 == ctx.n_layers:  # nothing mixes positions any more: unembed the changed span only
                 span = model(out, start_at_layer=layer + 1)
-                logits = torch.cat([span, ctx.base_logits[prompts, p1 + 1:].to(span.dtype)], dim=1)  # type: ignore[index]
+                logits = torch.cat([span, ctx.base_logits[prompts, p1 + 1 :].to(span.dtype)], dim=1)  # type: ignore[index]
             else:
-                resid = torch.cat([out, ctx.resid[layer + 1][prompts, p1 + 1:]], dim=1)
+                resid = torch.cat([out, ctx.resid[layer + 1][prompts, p1 + 1 :]], dim=1)
                 logits = model(resid, start_at_layer=layer + 1, past_kv_cache=_kv_cache(ctx, prompts, layer + 1, p0))
     if p0 > 0:
         logits = torch.cat([ctx.base_logits[prompts, :p0].to(logits.dtype), logits], dim=1)  # type: ignore[index]
@@ -371,8 +406,9 @@ def _direct_hooks(model: Any, hooks: Sequence[tuple[str, Callable]]) -> Iterator
     handles = []
     try:
         for name, fn in hooks:
-            handles.append(model.hook_dict[name].register_forward_hook(
-                lambda module, _inp, out, fn=fn: fn(out, hook=module)))
+            handles.append(
+                model.hook_dict[name].register_forward_hook(lambda module, _inp, out, fn=fn: fn(out, hook=module))
+            )
         yield
     finally:
         for h in handles:

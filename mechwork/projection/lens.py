@@ -6,8 +6,9 @@ logit-lens semantics; METHODS 4.3). Works on both backends (``ln_final`` and ``u
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -38,7 +39,9 @@ class LogitLens:
     def log_probs(self) -> Float[Tensor, "layer batch pos vocab"]:
         return self.logits.log_softmax(-1)
 
-    def logit_diff(self, answer: Int[Tensor, " batch"], wrong: Int[Tensor, " batch"], *, pos: int = -1) -> Float[Tensor, "layer batch"]:
+    def logit_diff(
+        self, answer: Int[Tensor, " batch"], wrong: Int[Tensor, " batch"], *, pos: int = -1
+    ) -> Float[Tensor, "layer batch"]:
         """``logit[answer] - logit[wrong]`` at lens position ``pos`` for every layer and prompt."""
         lg = self.logits[:, :, pos]
         a = answer.to(lg.device)[None, :, None].expand(lg.shape[0], -1, 1)

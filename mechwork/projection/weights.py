@@ -48,7 +48,9 @@ class Projection:
         """Share of rows whose largest entry is on the diagonal (a copying head scores near 1)."""
         if self.matrix.shape[0] != self.matrix.shape[1]:
             raise ShapeError("diagonal_score needs a square token x token matrix")
-        return float((self.matrix.argmax(-1) == torch.arange(self.matrix.shape[0], device=self.matrix.device)).float().mean())
+        return float(
+            (self.matrix.argmax(-1) == torch.arange(self.matrix.shape[0], device=self.matrix.device)).float().mean()
+        )
 
 
 def _vocab(model: Any) -> list[str]:

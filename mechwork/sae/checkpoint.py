@@ -24,8 +24,17 @@ TRAINER_FILE = "trainer.json"
 RESUMABLE_FIELDS = {"out", "checkpoint_every", "log_every", "wandb_project", "device"}
 
 
-def save_checkpoint(path: str | Path, *, step: int, tokens: int, cfg: TrainConfig, saes: list, optimizer: torch.optim.Optimizer,
-                    since_fired: list[torch.Tensor], extra: dict[str, torch.Tensor] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    *,
+    step: int,
+    tokens: int,
+    cfg: TrainConfig,
+    saes: list,
+    optimizer: torch.optim.Optimizer,
+    since_fired: list[torch.Tensor],
+    extra: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write the full training state after ``step`` steps (``extra``: further named tensors of the run)."""
     tensors: dict[str, torch.Tensor] = dict(extra or {})
     for sae, fired in zip(saes, since_fired):
@@ -38,10 +47,16 @@ def save_checkpoint(path: str | Path, *, step: int, tokens: int, cfg: TrainConfi
         tensors[f"{name}/tokens_since_fired"] = fired
     with atomic_dir(path) as tmp:
         save_tensors(tmp / STATE_FILE, tensors)
-        atomic_write_json(tmp / TRAINER_FILE, {
-            "step": step, "tokens": tokens, "saes": [s.cfg.label for s in saes],
-            "mechwork_version": _version(), "config": cfg.to_dict(),
-        })
+        atomic_write_json(
+            tmp / TRAINER_FILE,
+            {
+                "step": step,
+                "tokens": tokens,
+                "saes": [s.cfg.label for s in saes],
+                "mechwork_version": _version(),
+                "config": cfg.to_dict(),
+            },
+        )
     return Path(path)
 
 
@@ -65,12 +80,21 @@ def check_same_config(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> N
     diff = {k: v for k, v in old.diff(cfg).items() if k not in RESUMABLE_FIELDS}
     if diff:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-        raise ConfigError(f"refusing to resume from {where}: the config differs in {lines}. "
-                          "Resume with the original config, or start a new run in another folder.")
+        raise ConfigError(
+            f"refusing to resume from {where}: the config differs in {lines}. "
+            "Resume with the original config, or start a new run in another folder."
+        )
 
 
-def load_checkpoint(path: str | Path, *, cfg: TrainConfig, saes: list, optimizer: torch.optim.Optimizer,
-                    since_fired: list[torch.Tensor], extra: dict[str, torch.Tensor] | None = None) -> tuple[int, int]:
+def load_checkpoint(
+    path: str | Path,
+    *,
+    cfg: TrainConfig,
+    saes: list,
+    optimizer: torch.optim.Optimizer,
+    since_fired: list[torch.Tensor],
+    extra: dict[str, torch.Tensor] | None = None,
+) -> tuple[int, int]:
     """Restore the state written by :func:`save_checkpoint` in place (``extra`` tensors too); returns ``(step, tokens)``."""
     path = Path(path)
     meta = read_trainer_json(path)
@@ -88,7 +112,9 @@ def load_checkpoint(path: str | Path, *, cfg: TrainConfig, saes: list, optimizer
             for pname, t in list(sae.named_parameters()) + list(sae.named_buffers()):
                 src = _need(state, f"{name}/{pname}", path)
                 if src.shape != t.shape:
-                    raise CheckpointError(f"{path / STATE_FILE}: {name}/{pname} has shape {tuple(src.shape)}, expected {tuple(t.shape)}")
+                    raise CheckpointError(
+                        f"{path / STATE_FILE}: {name}/{pname} has shape {tuple(src.shape)}, expected {tuple(t.shape)}"
+                    )
                 t.copy_(src)
             fired.copy_(_need(state, f"{name}/tokens_since_fired", path))
         for pname, p in sae.named_parameters():

@@ -96,14 +96,18 @@ class SAEConfig(Config):
             raise ConfigError(f"d_in must be >= 1, got {self.d_in}")
         if self.input_shape is not None:
             if self.d_in is not None and math.prod(self.input_shape) != self.d_in:
-                raise ConfigError(f"input_shape {self.input_shape} has {math.prod(self.input_shape)} elements but d_in is {self.d_in}")
+                raise ConfigError(
+                    f"input_shape {self.input_shape} has {math.prod(self.input_shape)} elements but d_in is {self.d_in}"
+                )
         if self.architecture != "relu":  # every other architecture selects k latents
             if not 1 <= self.k <= self.d_sae:
                 raise ConfigError(f"k must be between 1 and d_sae={self.d_sae}, got k={self.k}")
             if self.k_start is not None and not self.k <= self.k_start <= self.d_sae:
                 raise ConfigError(f"k_start must be between k={self.k} and d_sae={self.d_sae}, got {self.k_start}")
             if self.alpha < 1.0 or round(self.alpha * self.k) > self.d_sae:
-                raise ConfigError(f"alpha must be >= 1 with round(alpha*k) <= d_sae, got alpha={self.alpha}, k={self.k}")
+                raise ConfigError(
+                    f"alpha must be >= 1 with round(alpha*k) <= d_sae, got alpha={self.alpha}, k={self.k}"
+                )
         if not 0.0 <= self.k_anneal <= 1.0 or not 0.0 <= self.l1_warmup <= 1.0:
             raise ConfigError("k_anneal and l1_warmup are fractions of training between 0 and 1")
         if self.k_aux is not None and self.k_aux < 0:

@@ -7,8 +7,9 @@ or quotes.
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..core.io import atomic_write_text
 from .latents import LatentScan
@@ -54,25 +55,41 @@ th{background:#f3f3f3} td.l{text-align:left}
 def _tok(t: str, a: float, peak: float, top: bool) -> str:
     alpha = 0.0 if peak <= 0 else max(0.0, min(1.0, a / peak))
     cls = ' class="top"' if top else ""
-    return (f'<span{cls} style="background:rgba(255,120,0,{alpha:.2f})" title="{a:.3f}">'
-            f"{html.escape(t, quote=True)}</span>")
+    return (
+        f'<span{cls} style="background:rgba(255,120,0,{alpha:.2f})" title="{a:.3f}">{html.escape(t, quote=True)}</span>'
+    )
 
 
-def render_html(scan: LatentScan, latents: Sequence[int], *, title: str = "SAE latents", n: int = 8, left: int = 12,
-                right: int = 3, info: dict[str, Any] | None = None) -> str:
+def render_html(
+    scan: LatentScan,
+    latents: Sequence[int],
+    *,
+    title: str = "SAE latents",
+    n: int = 8,
+    left: int = 12,
+    right: int = 3,
+    info: dict[str, Any] | None = None,
+) -> str:
     """A self-contained HTML page: a summary table and the top contexts of each latent, tokens shaded by activation."""
     tags = {r["latent"]: r for r in scan.tag_table()}
     freq = scan.freq()
     esc = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{esc(title)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+    ]
     if info:
         parts.append("<p>" + " &middot; ".join(f"{esc(str(k))}: {esc(str(v))}" for k, v in info.items()) + "</p>")
-    parts.append("<table><tr><th>latent</th><th>frequency</th><th>best tag</th><th>precision</th><th>recall</th><th>F1</th></tr>")
+    parts.append(
+        "<table><tr><th>latent</th><th>frequency</th><th>best tag</th><th>precision</th><th>recall</th><th>F1</th></tr>"
+    )
     for j in latents:
         t = tags.get(j, {})
-        parts.append(f"<tr><td><a href='#l{j}'>{j}</a></td><td>{float(freq[j]):.3%}</td><td class='l'>{esc(t.get('tag', '-'))}</td>"
-                     + "".join(f"<td>{t[k]:.2f}</td>" if k in t else "<td>-</td>" for k in ("precision", "recall", "f1")) + "</tr>")
+        parts.append(
+            f"<tr><td><a href='#l{j}'>{j}</a></td><td>{float(freq[j]):.3%}</td><td class='l'>{esc(t.get('tag', '-'))}</td>"
+            + "".join(f"<td>{t[k]:.2f}</td>" if k in t else "<td>-</td>" for k in ("precision", "recall", "f1"))
+            + "</tr>"
+        )
     parts.append("</table>")
     for j in latents:
         parts.append(f"<h2 id='l{j}'>{esc(_summary(scan, j, tags, freq))}</h2>")

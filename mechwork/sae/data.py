@@ -14,7 +14,8 @@ resumed training identical to an uninterrupted run:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,9 +26,13 @@ from ..core.errors import ConfigError, DataError, ShapeError, SiteError
 class TensorSource:
     """Shuffled batches from ``data [n, *shape]`` (a tensor or memory-mapped store view)."""
 
-    def __init__(self, data: Tensor, *, seed: int = 0, shuffle: bool = True, describe: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, data: Tensor, *, seed: int = 0, shuffle: bool = True, describe: dict[str, Any] | None = None
+    ) -> None:
         if not isinstance(data, Tensor) or data.ndim < 2:
-            raise ShapeError(f"activations must be a tensor [n_tokens, d] (or [n_tokens, *shape]), got {_shape_of(data)}")
+            raise ShapeError(
+                f"activations must be a tensor [n_tokens, d] (or [n_tokens, *shape]), got {_shape_of(data)}"
+            )
         if data.shape[0] == 0:
             raise DataError("activations are empty (0 rows)")
         if not data.dtype.is_floating_point:
@@ -51,7 +56,7 @@ class TensorSource:
         while True:
             parts, need = [], batch_size
             while need:
-                take = perm[offset: offset + need]
+                take = perm[offset : offset + need]
                 parts.append(take)
                 need -= take.numel()
                 offset += take.numel()
@@ -86,11 +91,15 @@ class IteratorSource:
         try:
             t = next(self._it)
         except StopIteration:
-            raise DataError("the activation iterator ran out of batches; give more data or fewer training tokens") from None
+            raise DataError(
+                "the activation iterator ran out of batches; give more data or fewer training tokens"
+            ) from None
         if not isinstance(t, Tensor) or t.ndim < 2 or not t.dtype.is_floating_point:
             raise ShapeError(f"the activation iterator must yield float tensors [batch, d]; got {_shape_of(t)}")
         if hasattr(self, "shape") and tuple(t.shape[1:]) != self.shape:
-            raise ShapeError(f"the activation iterator changed shape: first batches had per-token shape {self.shape}, now {tuple(t.shape[1:])}")
+            raise ShapeError(
+                f"the activation iterator changed shape: first batches had per-token shape {self.shape}, now {tuple(t.shape[1:])}"
+            )
         return t
 
     def _raw(self) -> Iterator[Tensor]:
@@ -133,13 +142,23 @@ class IteratorSource:
 class StreamSource:
     """Activations of ``model`` at ``site`` on the generated corpus (documents of ``Corpus(seed)``)."""
 
-    def __init__(self, model: Any, site_name: str, *, seed: int = 0, buffer: int = 32768, forward_docs: int = 64,
-                 split: str = "train") -> None:
+    def __init__(
+        self,
+        model: Any,
+        site_name: str,
+        *,
+        seed: int = 0,
+        buffer: int = 32768,
+        forward_docs: int = 64,
+        split: str = "train",
+    ) -> None:
         from ..core.sites import site as resolve_site
 
         self.model, self.site = model, resolve_site(model, site_name)
         if self.site.d is None:
-            raise SiteError(f"site {self.site.name} has no fixed per-token shape (attention patterns cannot be SAE inputs)")
+            raise SiteError(
+                f"site {self.site.name} has no fixed per-token shape (attention patterns cannot be SAE inputs)"
+            )
         self.seed, self.buffer, self.forward_docs, self.split = seed, buffer, forward_docs, split
         self.shape = tuple(self.site.shape)  # type: ignore[arg-type]
         self.n_tokens: int | None = None
@@ -177,9 +196,9 @@ class StreamSource:
             n_b = data.shape[0] // batch_size
             for b in range(n_b):
                 if produced >= start:
-                    yield data[b * batch_size: (b + 1) * batch_size]
+                    yield data[b * batch_size : (b + 1) * batch_size]
                 produced += 1
-            carry = data[n_b * batch_size:]
+            carry = data[n_b * batch_size :]
 
     def sample(self, n: int) -> Tensor:
         out, have = [], 0
@@ -192,7 +211,11 @@ class StreamSource:
 
 
 def _shape_of(x: Any) -> str:
-    return f"{type(x).__name__} of shape {tuple(x.shape)} and dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+    return (
+        f"{type(x).__name__} of shape {tuple(x.shape)} and dtype {x.dtype}"
+        if isinstance(x, Tensor)
+        else type(x).__name__
+    )
 
 
 def _is_store(x: Any) -> bool:
@@ -213,8 +236,13 @@ def store_source(store: Any, site: str | None, *, seed: int) -> TensorSource:
         if alias is None:
             raise SiteError(f"the activation store has no site {site!r}; it holds {sites}")
         site = alias
-    info = {"source": "store", "store": str(getattr(store, "path", "")), "site": site,
-            "model": getattr(store, "model_spec", None), "context_size": getattr(store, "context", None)}
+    info = {
+        "source": "store",
+        "store": str(getattr(store, "path", "")),
+        "site": site,
+        "model": getattr(store, "model_spec", None),
+        "context_size": getattr(store, "context", None),
+    }
     return TensorSource(store[site], seed=seed, describe=info)
 
 
@@ -233,7 +261,9 @@ def make_source(cfg: Any, activations: Any, model: Any, open_store: Callable[[st
     """Pick the source from ``train``'s arguments (see :class:`mechwork.sae.TrainConfig`)."""
     given = [x is not None for x in (activations, cfg.store, cfg.model if model is None else model)]
     if sum(given) == 0:
-        raise ConfigError("no training data: pass activations to train(), or set store= or model= and site= in the config")
+        raise ConfigError(
+            "no training data: pass activations to train(), or set store= or model= and site= in the config"
+        )
     if activations is not None:
         if cfg.store is not None or cfg.model is not None:
             raise ConfigError("activations were passed directly and the config also names a store/model; give one")
@@ -242,7 +272,9 @@ def make_source(cfg: Any, activations: Any, model: Any, open_store: Callable[[st
         if _is_store(activations):
             return store_source(activations, cfg.site, seed=cfg.data_seed)
         if isinstance(activations, (str, bytes)) or not hasattr(activations, "__iter__"):
-            raise ConfigError(f"activations must be a tensor, an ActivationStore or an iterable of tensors, got {type(activations).__name__}")
+            raise ConfigError(
+                f"activations must be a tensor, an ActivationStore or an iterable of tensors, got {type(activations).__name__}"
+            )
         return IteratorSource(activations)
     if cfg.store is not None:
         if open_store is None:

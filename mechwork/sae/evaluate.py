@@ -18,14 +18,16 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..core.errors import DataError, ShapeError, SiteError
 from ..core.hooks import check_tokens, hooked, model_device, n_ctx
-from ..core.sites import Site, site as resolve_site
+from ..core.sites import Site
+from ..core.sites import site as resolve_site
 from .model import SAE
 
 
@@ -35,12 +37,16 @@ def _site_for(model: Any, sae: SAE, site: str | None, strict: bool) -> Site:
         raise SiteError("the SAE does not record its site; pass site= (e.g. 'resid_post.2')")
     s = resolve_site(model, name)
     if s.d is None:
-        raise SiteError(f"site {s.name} has no fixed per-token shape; SAEs splice into residual, MLP or attention-output sites")
+        raise SiteError(
+            f"site {s.name} has no fixed per-token shape; SAEs splice into residual, MLP or attention-output sites"
+        )
     if s.d != sae.d_in:
         raise ShapeError(f"the SAE has d_in={sae.d_in} but site {s.name} has per-token shape {s.shape} (width {s.d})")
     own = _own_site(model, sae.site)
     if strict and own is not None and own != s.name:
-        raise SiteError(f"the SAE was trained on {sae.site} but is being spliced at {s.name}; pass strict=False to do it anyway")
+        raise SiteError(
+            f"the SAE was trained on {sae.site} but is being spliced at {s.name}; pass strict=False to do it anyway"
+        )
     trained_on, spec = sae.meta.get("model"), getattr(model, "mechwork_spec", None)
     if strict and trained_on and spec and str(trained_on) != str(spec):
         warnings.warn(f"the SAE was trained on activations of {trained_on!r}, the model is {spec!r}", stacklevel=3)
@@ -68,8 +74,9 @@ def _replace(sae: SAE, act: Tensor, *, k: int | None, error: bool) -> Tensor:
 
 
 @contextlib.contextmanager
-def splice(model: Any, sae: SAE, site: str | None = None, *, k: int | None = None, error: bool = False,
-           strict: bool = True) -> Iterator[Any]:
+def splice(
+    model: Any, sae: SAE, site: str | None = None, *, k: int | None = None, error: bool = False, strict: bool = True
+) -> Iterator[Any]:
     """Replace the activation at ``site`` by the SAE's reconstruction while the block runs.
 
     Parameters
@@ -100,8 +107,9 @@ def splice(model: Any, sae: SAE, site: str | None = None, *, k: int | None = Non
         yield model
 
 
-def token_batches(model: Any, source: Any, *, n_tokens: int, batch_size: int, seed: int = 0
-                  ) -> Iterator[tuple[Tensor, Tensor, list[Any] | None]]:
+def token_batches(
+    model: Any, source: Any, *, n_tokens: int, batch_size: int, seed: int = 0
+) -> Iterator[tuple[Tensor, Tensor, list[Any] | None]]:
     """``(tokens [b, pos], loss mask [b, pos], docs or None)`` batches from a source, ``n_tokens`` masked tokens in all.
 
     Sources: ``None`` (held-out generated text, ``Corpus(seed, split="test")``), a ``Corpus``, a token
@@ -127,7 +135,7 @@ def token_batches(model: Any, source: Any, *, n_tokens: int, batch_size: int, se
         mask = torch.ones_like(toks, dtype=torch.bool)
         mask[:, -1] = False
         for i in range(0, n_win, batch_size):
-            yield toks[i:i + batch_size], mask[i:i + batch_size], None
+            yield toks[i : i + batch_size], mask[i : i + batch_size], None
         return
     if isinstance(source, (list, tuple)) and source and all(isinstance(t, str) for t in source):
         rows = [model.to_tokens(t, prepend_bos=True)[0] for t in source]
@@ -139,15 +147,20 @@ def token_batches(model: Any, source: Any, *, n_tokens: int, batch_size: int, se
             mask[i, : len(r) - 1] = True
         source = (tokens, mask)
     if isinstance(source, Tensor):
-        source = (source, torch.ones_like(source, dtype=torch.bool).index_fill_(-1, torch.tensor([source.shape[-1] - 1]), False))
+        source = (
+            source,
+            torch.ones_like(source, dtype=torch.bool).index_fill_(-1, torch.tensor([source.shape[-1] - 1]), False),
+        )
     if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], Tensor):
         tokens = check_tokens(model, source[0])
         mask = torch.as_tensor(source[1], dtype=torch.bool).reshape(tokens.shape)
         for i in range(0, tokens.shape[0], batch_size):
-            yield tokens[i:i + batch_size], mask[i:i + batch_size], None
+            yield tokens[i : i + batch_size], mask[i : i + batch_size], None
         return
-    raise DataError(f"cannot evaluate on a {type(source).__name__}: pass a Corpus, token ids [batch, pos], (tokens, mask), "
-                    "a list of texts or an ActivationStore")
+    raise DataError(
+        f"cannot evaluate on a {type(source).__name__}: pass a Corpus, token ids [batch, pos], (tokens, mask), "
+        "a list of texts or an ActivationStore"
+    )
 
 
 class _Acc:
@@ -184,11 +197,17 @@ class _Acc:
         counts = [int(((logf > lo) & (logf <= hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:])]
         counts[0] = int((freq == 0).sum())
         return {
-            "n_tokens": self.n, "fvu": fvu, "explained_variance": 1.0 - fvu, "mse": self.err / self.n,
-            "cosine": self.cos / self.n, "l2_ratio": self.ratio / self.n,
+            "n_tokens": self.n,
+            "fvu": fvu,
+            "explained_variance": 1.0 - fvu,
+            "mse": self.err / self.n,
+            "cosine": self.cos / self.n,
+            "l2_ratio": self.ratio / self.n,
             "relative_reconstruction_bias": self.xhat2 / self.dot if self.dot else math.nan,
-            "l0": self.l0 / self.n, "dead_fraction": float((freq == 0).double().mean()),
-            "dense_fraction": float((freq > dense_threshold).double().mean()), "dense_threshold": dense_threshold,
+            "l0": self.l0 / self.n,
+            "dead_fraction": float((freq == 0).double().mean()),
+            "dense_fraction": float((freq > dense_threshold).double().mean()),
+            "dense_threshold": dense_threshold,
             "latent_freq_hist": {"log10_freq_upper_edges": ["dead"] + edges[2:], "counts": counts},
             "latent_freq": freq.float(),
         }
@@ -203,9 +222,19 @@ def _ce_kl(logits: Tensor, ref_logp: Tensor | None, tokens: Tensor, mask: Tensor
 
 
 @torch.no_grad()
-def evaluate(sae: SAE, model: Any = None, source: Any = None, site: str | None = None, *, n_tokens: int = 16384,
-             batch_size: int = 64, seed: int = 0, k: int | None = None, dense_threshold: float = 0.1,
-             strict: bool = True) -> dict[str, Any]:
+def evaluate(
+    sae: SAE,
+    model: Any = None,
+    source: Any = None,
+    site: str | None = None,
+    *,
+    n_tokens: int = 16384,
+    batch_size: int = 64,
+    seed: int = 0,
+    k: int | None = None,
+    dense_threshold: float = 0.1,
+    strict: bool = True,
+) -> dict[str, Any]:
     """Evaluate ``sae`` (see the module docstring for the metrics).
 
     Parameters
@@ -282,8 +311,9 @@ def _run(model: Any, tokens: Tensor, s: Site, fn: Any) -> Tensor:
         return model(tokens)
 
 
-def _evaluate_acts(sae: SAE, source: Any, site: str | None, *, n_tokens: int, k: int | None,
-                   dense_threshold: float) -> dict[str, Any]:
+def _evaluate_acts(
+    sae: SAE, source: Any, site: str | None, *, n_tokens: int, k: int | None, dense_threshold: float
+) -> dict[str, Any]:
     if hasattr(source, "sites") and hasattr(source, "__getitem__") and not isinstance(source, Tensor):
         name = site or sae.site
         if name is None:
@@ -294,11 +324,12 @@ def _evaluate_acts(sae: SAE, source: Any, site: str | None, *, n_tokens: int, k:
     else:
         raise DataError("without a model, evaluate() needs activations: a tensor [n, d] or an ActivationStore")
     if data.reshape(data.shape[0], -1).shape[1] != sae.d_in:
-        raise ShapeError(f"the activations have width {data.reshape(data.shape[0], -1).shape[1]}, the SAE has d_in={sae.d_in}")
+        raise ShapeError(
+            f"the activations have width {data.reshape(data.shape[0], -1).shape[1]}, the SAE has d_in={sae.d_in}"
+        )
     acc = _Acc(sae.d_in, sae.d_sae)
     for i in range(0, min(n_tokens, data.shape[0]), 8192):
-        x = data[i: min(i + 8192, n_tokens)].reshape(-1, sae.d_in).to(sae.W_dec.device, sae.W_dec.dtype)
+        x = data[i : min(i + 8192, n_tokens)].reshape(-1, sae.d_in).to(sae.W_dec.device, sae.W_dec.dtype)
         f = sae.encode(x, k=k)
         acc.add(x, sae.decode(f).reshape(x.shape), f)
     return acc.metrics(dense_threshold)
-

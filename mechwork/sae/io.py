@@ -63,15 +63,30 @@ def save(sae: SAE, path: str | Path, *, card: dict[str, Any] | None = None, port
         arch = "topk" if sae.activation == "topk" else "standard"
     else:
         arch = f"mechwork_{cfg.architecture}"
-    tensors = _folded(sae) if portable else {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec,
-                                             "norm_scale": sae.norm_scale}
+    tensors = (
+        _folded(sae)
+        if portable
+        else {
+            "W_enc": sae.W_enc,
+            "b_enc": sae.b_enc,
+            "W_dec": sae.W_dec,
+            "b_dec": sae.b_dec,
+            "norm_scale": sae.norm_scale,
+        }
+    )
     if sae.jumprelu:
         tensors["threshold"] = sae.threshold
     d: dict[str, Any] = {
-        "architecture": arch, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": str(sae.W_dec.dtype).removeprefix("torch."),
-        "device": "cpu", "apply_b_dec_to_input": sae.apply_b_dec_to_input,
+        "architecture": arch,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": str(sae.W_dec.dtype).removeprefix("torch."),
+        "device": "cpu",
+        "apply_b_dec_to_input": sae.apply_b_dec_to_input,
         "normalize_activations": "layer_norm" if cfg.normalize == "layer_norm" else "none",
-        "reshape_activations": "hook_z" if len(sae.input_shape) == 2 and str(sae.site or "").endswith("hook_z") else "none",
+        "reshape_activations": "hook_z"
+        if len(sae.input_shape) == 2 and str(sae.site or "").endswith("hook_z")
+        else "none",
     }
     if sae.activation == "topk":
         d.update(k=cfg.k_infer if portable else cfg.k, rescale_acts_by_decoder_norm=False)
@@ -79,10 +94,16 @@ def save(sae: SAE, path: str | Path, *, card: dict[str, Any] | None = None, port
             d["alpha"] = cfg.alpha
     meta = sae.meta
     d["metadata"] = {
-        "sae_lens_version": _saelens_version(), "sae_lens_training_version": None,
-        "hook_name": meta.get("site"), "model_name": meta.get("model"), "context_size": meta.get("context_size"),
-        "prepend_bos": meta.get("prepend_bos", True), "hook_head_index": None, "dataset_path": meta.get("store"),
-        "training_architecture": f"mechwork_{cfg.architecture}", "training_architecture_details": cfg.to_dict(),
+        "sae_lens_version": _saelens_version(),
+        "sae_lens_training_version": None,
+        "hook_name": meta.get("site"),
+        "model_name": meta.get("model"),
+        "context_size": meta.get("context_size"),
+        "prepend_bos": meta.get("prepend_bos", True),
+        "hook_head_index": None,
+        "dataset_path": meta.get("store"),
+        "training_architecture": f"mechwork_{cfg.architecture}",
+        "training_architecture_details": cfg.to_dict(),
     }
     d["mechwork_version"] = _version()
     d["mechwork"] = {"config": cfg.to_dict(), "meta": meta, "portable": portable, "jumprelu": sae.jumprelu}
@@ -118,7 +139,9 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: s
         raise CheckpointError(f"{path / CFG} is not a JSON object; not an SAE config")
     arch = raw.get("architecture", "standard")
     if arch not in _SUPPORTED and not (arch.startswith("mechwork_") and arch.removeprefix("mechwork_") in SAE_CLASSES):
-        raise CheckpointError(f"{path / CFG}: architecture {arch!r} is not supported; mechwork loads {', '.join(_SUPPORTED)}")
+        raise CheckpointError(
+            f"{path / CFG}: architecture {arch!r} is not supported; mechwork loads {', '.join(_SUPPORTED)}"
+        )
     for key in ("d_in", "d_sae"):
         if not isinstance(raw.get(key), int) or raw[key] < 1:
             raise CheckpointError(f"{path / CFG}: field {key!r} must be a positive integer, found {raw.get(key)!r}")
@@ -138,8 +161,12 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: s
         if mw is not None:
             meta = {**meta, **(mw.get("meta") or {})}
     if (cfg.d_in, cfg.d_sae) != (raw["d_in"], raw["d_sae"]):
-        raise CheckpointError(f"{path / CFG}: d_in/d_sae {raw['d_in']}/{raw['d_sae']} disagree with the mechwork config {cfg.d_in}/{cfg.d_sae}")
-    sae = SAE_CLASSES.get(cfg.architecture, SAE)(cfg, dtype=dt, meta=meta, jumprelu=jumprelu, apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)))
+        raise CheckpointError(
+            f"{path / CFG}: d_in/d_sae {raw['d_in']}/{raw['d_sae']} disagree with the mechwork config {cfg.d_in}/{cfg.d_sae}"
+        )
+    sae = SAE_CLASSES.get(cfg.architecture, SAE)(
+        cfg, dtype=dt, meta=meta, jumprelu=jumprelu, apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True))
+    )
     _fill(sae, weights, raw, path)
     return sae.to(dev)
 
@@ -148,12 +175,24 @@ def _from_saelens(raw: dict[str, Any], path: Path) -> tuple[SAEConfig, dict[str,
     arch = raw["architecture"]
     norm = raw.get("normalize_activations", "none")
     if norm not in ("none", "layer_norm"):
-        raise CheckpointError(f"{path / CFG}: normalize_activations={norm!r} is not supported (mechwork handles 'none' and 'layer_norm'; "
-                              "SAELens folds 'expected_average_only_in' into the weights when it saves)")
+        raise CheckpointError(
+            f"{path / CFG}: normalize_activations={norm!r} is not supported (mechwork handles 'none' and 'layer_norm'; "
+            "SAELens folds 'expected_average_only_in' into the weights when it saves)"
+        )
     md = raw.get("metadata") or {}
-    meta = {"model": md.get("model_name"), "site": md.get("hook_name"), "context_size": md.get("context_size"),
-            "source": "saelens", "prepend_bos": md.get("prepend_bos", True)}
-    base = dict(d_in=raw["d_in"], d_sae=raw["d_sae"], normalize="layer_norm" if norm == "layer_norm" else "none", b_dec_init="zeros")
+    meta = {
+        "model": md.get("model_name"),
+        "site": md.get("hook_name"),
+        "context_size": md.get("context_size"),
+        "source": "saelens",
+        "prepend_bos": md.get("prepend_bos", True),
+    }
+    base = dict(
+        d_in=raw["d_in"],
+        d_sae=raw["d_sae"],
+        normalize="layer_norm" if norm == "layer_norm" else "none",
+        b_dec_init="zeros",
+    )
     if arch in ("topk", "mechwork_topk"):
         k = raw.get("k")
         if not isinstance(k, int):
@@ -173,7 +212,9 @@ def _fill(sae: SAE, w: dict[str, torch.Tensor], raw: dict[str, Any], path: Path)
         if name not in w:
             raise CheckpointError(f"{path / WEIGHTS} has no tensor {name!r}; the file is truncated or foreign")
         if tuple(w[name].shape) != shape:
-            raise CheckpointError(f"{path / WEIGHTS}: {name} has shape {tuple(w[name].shape)}, expected {shape} (d_in={d}, d_sae={m})")
+            raise CheckpointError(
+                f"{path / WEIGHTS}: {name} has shape {tuple(w[name].shape)}, expected {shape} (d_in={d}, d_sae={m})"
+            )
         if not torch.isfinite(w[name]).all():
             raise CheckpointError(f"{path / WEIGHTS}: {name} contains NaN or inf")
     W_enc, b_enc, W_dec = w["W_enc"].float(), w["b_enc"].float(), w["W_dec"].float()

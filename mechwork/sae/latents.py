@@ -8,8 +8,9 @@ which tag it matches best (precision = P(tag | latent fires), recall = P(latent 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -60,7 +61,9 @@ class LatentScan:
 
     def _check(self, latent: int) -> int:
         if not 0 <= int(latent) < self.d_sae:
-            raise ConfigError(f"latent {latent} is out of range: the SAE has {self.d_sae} latents (0..{self.d_sae - 1})")
+            raise ConfigError(
+                f"latent {latent} is out of range: the SAE has {self.d_sae} latents (0..{self.d_sae - 1})"
+            )
         return int(latent)
 
     def activations(self, latent: int) -> Tensor:
@@ -86,8 +89,15 @@ class LatentScan:
             lo, hi = max(0, p - left), min(int((win >= 0).sum()), p + right + 1)
             ids = win[lo:hi].tolist()
             shown = [float(acts[table[(w, q)]]) if (w, q) in table else 0.0 for q in range(lo, hi)]
-            out.append({"value": v, "tokens": self.decode(ids), "acts": shown, "target": p - lo,
-                        "tag": self.tags[row] if self.tags else None})
+            out.append(
+                {
+                    "value": v,
+                    "tokens": self.decode(ids),
+                    "acts": shown,
+                    "target": p - lo,
+                    "tag": self.tags[row] if self.tags else None,
+                }
+            )
         return out
 
     def tag_table(self) -> list[dict[str, Any]]:
@@ -110,8 +120,16 @@ class LatentScan:
         out = []
         for j in torch.nonzero(fired > 0).flatten().tolist():
             t = int(best[j])
-            out.append({"latent": j, "tag": names[t], "precision": float(prec[j, t]), "recall": float(rec[j, t]),
-                        "f1": float(f1[j, t]), "freq": float(fired[j] / self.n_tokens)})
+            out.append(
+                {
+                    "latent": j,
+                    "tag": names[t],
+                    "precision": float(prec[j, t]),
+                    "recall": float(rec[j, t]),
+                    "f1": float(f1[j, t]),
+                    "freq": float(fired[j] / self.n_tokens),
+                }
+            )
         return out
 
     def tag_coverage(self) -> list[dict[str, Any]]:
@@ -150,8 +168,17 @@ def _codes(sae: SAE, x: Tensor, k: int | None) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def scan(sae: SAE, source: Any = None, *, model: Any = None, site: str | None = None, n_tokens: int = 20000,
-         batch_size: int = 64, seed: int = 0, k: int | None = None) -> LatentScan:
+def scan(
+    sae: SAE,
+    source: Any = None,
+    *,
+    model: Any = None,
+    site: str | None = None,
+    n_tokens: int = 20000,
+    batch_size: int = 64,
+    seed: int = 0,
+    k: int | None = None,
+) -> LatentScan:
     """Encode ``n_tokens`` tokens and keep their codes, windows and (generated language) tags.
 
     Parameters
@@ -171,12 +198,19 @@ def scan(sae: SAE, source: Any = None, *, model: Any = None, site: str | None = 
         n_win = max(1, min(n_tokens, total) // ctx)
         n = min(n_win * ctx, total)
         data = source[name]
-        parts = [_codes(sae, data[i:min(i + 8192, n)].reshape(-1, sae.d_in), k) for i in range(0, n, 8192)]
+        parts = [_codes(sae, data[i : min(i + 8192, n)].reshape(-1, sae.d_in), k) for i in range(0, n, 8192)]
         rows = torch.arange(n)
         windows = torch.full((n_win * ctx,), -1, dtype=torch.long)
         windows[:n] = source.tokens[:n]
-        return LatentScan(windows.reshape(n_win, ctx), torch.stack([rows // ctx, rows % ctx], 1), torch.cat([p[0] for p in parts]),
-                          torch.cat([p[1] for p in parts]), None, _decoder_for(None, source), sae.d_sae)
+        return LatentScan(
+            windows.reshape(n_win, ctx),
+            torch.stack([rows // ctx, rows % ctx], 1),
+            torch.cat([p[0] for p in parts]),
+            torch.cat([p[1] for p in parts]),
+            None,
+            _decoder_for(None, source),
+            sae.d_sae,
+        )
     s = _site_for(model, sae, site, strict=False)
     wins, locs, vals, idxs, tags = [], [], [], [], []
     have_tags = True
@@ -199,8 +233,15 @@ def scan(sae: SAE, source: Any = None, *, model: Any = None, site: str | None = 
                 tags.append("bos" if p == 0 else docs[b].tags[p - 1])
     width = max(w.shape[1] for w in wins)
     windows = torch.cat([torch.nn.functional.pad(w, (0, width - w.shape[1]), value=-1) for w in wins])
-    return LatentScan(windows, torch.cat(locs), torch.cat(vals), torch.cat(idxs), tags if have_tags else None,
-                      _decoder_for(model), sae.d_sae)
+    return LatentScan(
+        windows,
+        torch.cat(locs),
+        torch.cat(vals),
+        torch.cat(idxs),
+        tags if have_tags else None,
+        _decoder_for(model),
+        sae.d_sae,
+    )
 
 
 def _eos_positions(mask: Tensor) -> Tensor:

@@ -71,15 +71,25 @@ class SAE(nn.Module):
 
     base_activation: str = ""
 
-    def __init__(self, cfg: SAEConfig, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
-                 meta: dict[str, Any] | None = None, jumprelu: bool = False, apply_b_dec_to_input: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: SAEConfig,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        meta: dict[str, Any] | None = None,
+        jumprelu: bool = False,
+        apply_b_dec_to_input: bool = True,
+    ) -> None:
         super().__init__()
         if cfg.d_in is None:
             raise ConfigError("SAEConfig.d_in is not set; give the input width (the trainer fills it from the data)")
         self.cfg = cfg
         self.meta: dict[str, Any] = dict(meta or {})
         self.jumprelu = jumprelu
-        self.activation = "jumprelu" if jumprelu else (self.base_activation or ("relu" if cfg.architecture == "relu" else "topk"))
+        self.activation = (
+            "jumprelu" if jumprelu else (self.base_activation or ("relu" if cfg.architecture == "relu" else "topk"))
+        )
         self.apply_b_dec_to_input = apply_b_dec_to_input
         m, d = cfg.d_sae, cfg.d_in
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -123,7 +133,7 @@ class SAE(nn.Module):
     def _flatten(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         shape = self.input_shape
         n = len(shape)
-        if x.ndim >= n and tuple(x.shape[x.ndim - n:]) == shape:
+        if x.ndim >= n and tuple(x.shape[x.ndim - n :]) == shape:
             lead = tuple(x.shape[: x.ndim - n])
         elif x.ndim >= 1 and x.shape[-1] == self.d_in:
             lead = tuple(x.shape[:-1])
@@ -175,7 +185,9 @@ class SAE(nn.Module):
         f = self._activate(self.pre_acts(self.normalize_in(x2)), k)
         return f.reshape(*lead, self.d_sae)
 
-    def encode_topk(self, x: Float[Tensor, "... d_in"], *, k: int | None = None) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
+    def encode_topk(
+        self, x: Float[Tensor, "... d_in"], *, k: int | None = None
+    ) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
         """TopK codes as ``(values, latent indices)``, one row per token (flattened leading axes)."""
         if self.activation != "topk":
             raise ConfigError(f"encode_topk needs a TopK SAE, this one is {self.activation}")
@@ -209,8 +221,16 @@ class SAE(nn.Module):
         return out.reshape(*lead, *self.input_shape)
 
     # ---------------------------------------------------------------- training
-    def training_loss(self, x: Float[Tensor, "n d_in"], *, step: int, total_steps: int, dead: Tensor | None,
-                      sparse: bool = True, keep: bool = False) -> StepOutput:
+    def training_loss(
+        self,
+        x: Float[Tensor, "n d_in"],
+        *,
+        step: int,
+        total_steps: int,
+        dead: Tensor | None,
+        sparse: bool = True,
+        keep: bool = False,
+    ) -> StepOutput:
         """Loss of one batch: variance-normalised MSE (= batch FVU) plus AuxK (TopK) or L1 (ReLU).
 
         ``dead`` is the boolean mask of latents that have not fired for ``cfg.dead_tokens`` tokens.
@@ -234,17 +254,20 @@ class SAE(nn.Module):
         coef = self.cfg.l1_coefficient * min(1.0, (step + 1) / warm)
         l1 = f.sum(-1).mean() / rms
         active = f > 0
-        return StepOutput(fvu + coef * l1, fvu.detach(), active.sum(-1).float().mean(), zero, active.any(0),
-                          x_hat if keep else None)
+        return StepOutput(
+            fvu + coef * l1, fvu.detach(), active.sum(-1).float().mean(), zero, active.any(0), x_hat if keep else None
+        )
 
-    def _topk_loss(self, x_n: Tensor, total_var: Tensor, step: int, total_steps: int, dead: Tensor | None,
-                   sparse: bool, keep: bool) -> StepOutput:
+    def _topk_loss(
+        self, x_n: Tensor, total_var: Tensor, step: int, total_steps: int, dead: Tensor | None, sparse: bool, keep: bool
+    ) -> StepOutput:
         k = self.cfg.k_at(step, total_steps)
         n_dead = 0 if dead is None else int(dead.sum())
         k_aux = min(self.cfg.k_aux_eff, n_dead) if self.cfg.aux_coefficient > 0 else 0
         x_in = x_n - self.b_dec
-        vals, idx, aux_vals, aux_idx = sp.topk_encode(x_in, self.W_enc_T, self.b_enc, k, dead if k_aux else None, k_aux,
-                                                      sparse=sparse)
+        vals, idx, aux_vals, aux_idx = sp.topk_encode(
+            x_in, self.W_enc_T, self.b_enc, k, dead if k_aux else None, k_aux, sparse=sparse
+        )
         x_hat = sp.decode(vals, idx, self.W_dec, self.b_dec, sparse=sparse)
         err = x_n - x_hat
         fvu = err.pow(2).sum() / total_var
@@ -258,8 +281,15 @@ class SAE(nn.Module):
         active = vals > 0
         fired = torch.zeros(self.d_sae, dtype=torch.bool, device=idx.device)
         fired[idx[active]] = True
-        return StepOutput(loss, fvu.detach(), active.sum(-1).float().mean(), aux.detach(), fired,
-                          x_hat if keep else None, (vals, idx) if keep else None)
+        return StepOutput(
+            loss,
+            fvu.detach(),
+            active.sum(-1).float().mean(),
+            aux.detach(),
+            fired,
+            x_hat if keep else None,
+            (vals, idx) if keep else None,
+        )
 
     # ------------------------------------------------------------- constraints
     @torch.no_grad()
@@ -299,7 +329,7 @@ class SAE(nn.Module):
         return save(self, path, card=card, portable=portable)
 
     @classmethod
-    def load(cls, path: Any, *, device: str | torch.device | None = None) -> "SAE":
+    def load(cls, path: Any, *, device: str | torch.device | None = None) -> SAE:
         from .io import load
 
         return load(path, device=device)

@@ -78,7 +78,10 @@ def _classes() -> dict[str, tuple[type, type]]:
             super().initialize_weights()
             self._add_norm_scale()
 
-    return {"mechwork_topk": (MechworkTopKSAE, MechworkTopKSAEConfig), "mechwork_relu": (MechworkReLUSAE, MechworkReLUSAEConfig)}
+    return {
+        "mechwork_topk": (MechworkTopKSAE, MechworkTopKSAEConfig),
+        "mechwork_relu": (MechworkReLUSAE, MechworkReLUSAEConfig),
+    }
 
 
 def register() -> None:

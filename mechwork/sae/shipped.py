@@ -18,9 +18,9 @@ from .config import SAEConfig, TrainConfig
 MODEL = "toy-mixed"
 SITES = ("blocks.1.hook_resid_post", "blocks.2.hook_resid_post")
 ROOT = Path(__file__).resolve().parents[2] / "sae_checkpoints"
-EVAL_SEED = 1234        # held-out generated text (Corpus(EVAL_SEED, split="test"))
-CARD_TOKENS = 50_000    # tokens behind the card's numbers
-CHECK_TOKENS = 6_000    # tokens the test re-measures (a prefix of the card's)
+EVAL_SEED = 1234  # held-out generated text (Corpus(EVAL_SEED, split="test"))
+CARD_TOKENS = 50_000  # tokens behind the card's numbers
+CHECK_TOKENS = 6_000  # tokens the test re-measures (a prefix of the card's)
 
 
 def path(model: str, site: str) -> Path:
@@ -39,9 +39,19 @@ def model_sha256(model: str = MODEL) -> str:
 
 def recipe(site: str) -> TrainConfig:
     """The training run of the shipped SAE at ``site``."""
-    return TrainConfig(saes=(SAEConfig(d_sae=2048, k=32, name="sae"),), model=MODEL, site=site, tokens=2_000_000,
-                       batch_size=2048, lr=2e-3, warmup_steps=100, decay_fraction=0.3, data_seed=0, stream_buffer=65536,
-                       log_every=50)
+    return TrainConfig(
+        saes=(SAEConfig(d_sae=2048, k=32, name="sae"),),
+        model=MODEL,
+        site=site,
+        tokens=2_000_000,
+        batch_size=2048,
+        lr=2e-3,
+        warmup_steps=100,
+        decay_fraction=0.3,
+        data_seed=0,
+        stream_buffer=65536,
+        log_every=50,
+    )
 
 
 def train_shipped(site: str, *, root: Path = ROOT, progress: bool = True) -> dict[str, Any]:
@@ -65,13 +75,23 @@ def train_shipped(site: str, *, root: Path = ROOT, progress: bool = True) -> dic
     sc = scan(sae, model=model, n_tokens=20_000, seed=EVAL_SEED + 1)
     coverage = sc.tag_coverage()
     card = {
-        "model": MODEL, "model_sha256": model_sha256(), "site": site, "tokens": result.tokens, "train_seconds": round(seconds, 1), "threads": 1,
-        "config": cfg.to_dict(), "training": result.final_metrics()["sae"],
+        "model": MODEL,
+        "model_sha256": model_sha256(),
+        "site": site,
+        "tokens": result.tokens,
+        "train_seconds": round(seconds, 1),
+        "threads": 1,
+        "config": cfg.to_dict(),
+        "training": result.final_metrics()["sae"],
         "eval": {"seed": EVAL_SEED, "split": "test", **{k: v for k, v in ev.items() if k != "latent_freq_hist"}},
         "latent_freq_hist": ev["latent_freq_hist"],
         "max_latent_freq": float(freq.max()),
-        "tags": {"n_latents_f1_over_0.5": sum(r["f1"] > 0.5 for r in sc.tag_table()),
-                 "best_latent_per_tag": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in coverage]},
+        "tags": {
+            "n_latents_f1_over_0.5": sum(r["f1"] > 0.5 for r in sc.tag_table()),
+            "best_latent_per_tag": [
+                {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in coverage
+            ],
+        },
     }
     sae.meta["tokens"] = result.tokens
     sae.save(path(MODEL, site) if root == ROOT else root / MODEL / site, card=card)
@@ -83,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     for site in sites:
         card = train_shipped(site)
         e = card["eval"]
-        print(f"{site}: FVU {e['fvu']:.4f}  L0 {e['l0']:.1f}  dead {e['dead_fraction']:.2%}  "
-              f"CE recovered {e['ce_loss_recovered']:.4f} (mean-ablation {e['ce_loss_recovered_mean_ablation']:.4f})  "
-              f"KL {e['kl_sae']:.4f}")
+        print(
+            f"{site}: FVU {e['fvu']:.4f}  L0 {e['l0']:.1f}  dead {e['dead_fraction']:.2%}  "
+            f"CE recovered {e['ce_loss_recovered']:.4f} (mean-ablation {e['ce_loss_recovered_mean_ablation']:.4f})  "
+            f"KL {e['kl_sae']:.4f}"
+        )
     return 0
 
 

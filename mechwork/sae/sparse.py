@@ -101,7 +101,9 @@ def _pre_acts(x_in: Tensor, W_enc_T: Tensor, b_enc: Tensor) -> Tensor:
     return buf.add_(b_enc.to(x_in.dtype))
 
 
-def _select(pre: Tensor, k: int, dead: Tensor | None, k_aux: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+def _select(
+    pre: Tensor, k: int, dead: Tensor | None, k_aux: int
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     vals, idx = pre.topk(k, dim=-1, sorted=False)
     if dead is None or k_aux <= 0:
         return vals.relu(), idx, None, None
@@ -177,7 +179,11 @@ def topk_encode(
 
 
 def decode(
-    vals: Float[Tensor, "n k"], idx: Int[Tensor, "n k"], W_dec: Float[Tensor, "m d"], b_dec: Float[Tensor, " d"], *,
+    vals: Float[Tensor, "n k"],
+    idx: Int[Tensor, "n k"],
+    W_dec: Float[Tensor, "m d"],
+    b_dec: Float[Tensor, " d"],
+    *,
     sparse: bool = True,
 ) -> Float[Tensor, "n d"]:
     """``sum_m vals[:, m] W_dec[idx[:, m]] + b_dec``: :class:`SparseDecode`, or (``sparse=False``) a dense

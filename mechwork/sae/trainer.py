@@ -12,9 +12,10 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -96,10 +97,14 @@ def _fill_d_in(cfg: TrainConfig, shape: tuple[int, ...], where: str) -> TrainCon
     saes = []
     for s in cfg.saes:
         if s.d_in is not None and s.d_in != d_in:
-            raise ShapeError(f"SAE {s.label!r} is configured for d_in={s.d_in} but the data ({where}) has width {d_in} "
-                             f"(per-token shape {shape})")
+            raise ShapeError(
+                f"SAE {s.label!r} is configured for d_in={s.d_in} but the data ({where}) has width {d_in} "
+                f"(per-token shape {shape})"
+            )
         if s.input_shape is not None and tuple(s.input_shape) != shape:
-            raise ShapeError(f"SAE {s.label!r} expects per-token shape {tuple(s.input_shape)}, the data ({where}) has {shape}")
+            raise ShapeError(
+                f"SAE {s.label!r} expects per-token shape {tuple(s.input_shape)}, the data ({where}) has {shape}"
+            )
         saes.append(s.replace(d_in=d_in, input_shape=shape if len(shape) > 1 else None))
     return cfg.replace(saes=tuple(saes))
 
@@ -107,8 +112,15 @@ def _fill_d_in(cfg: TrainConfig, shape: tuple[int, ...], where: str) -> TrainCon
 class _Run:
     """The mutable state of one training run (kept out of the public API)."""
 
-    def __init__(self, cfg: TrainConfig, saes: list[SAE], source: Any, steps: int, device: torch.device,
-                 joint_loss: JointLoss | None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        saes: list[SAE],
+        source: Any,
+        steps: int,
+        device: torch.device,
+        joint_loss: JointLoss | None,
+    ) -> None:
         self.cfg, self.saes, self.source, self.steps, self.device = cfg, saes, source, steps, device
         self.joint_loss = joint_loss
         groups = [{"params": list(s.parameters()), "lr": cfg.lr_for(s.cfg), "base_lr": cfg.lr_for(s.cfg)} for s in saes]
@@ -120,8 +132,11 @@ class _Run:
         # running sums since the last log record, per SAE: loss, fvu, l0, aux, steps (saved in checkpoints)
         self.acc = torch.zeros(len(saes), 5, dtype=torch.float64, device=device)
         self.last_checkpoint: Path | None = None
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                         if cfg.autocast and device.type == "cuda" else contextlib.nullcontext())
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if cfg.autocast and device.type == "cuda"
+            else contextlib.nullcontext()
+        )
 
     @property
     def out(self) -> Path | None:
@@ -133,20 +148,35 @@ class _Run:
     def one_step(self, x: Tensor) -> list[StepOutput]:
         if not torch.isfinite(x).all():
             bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(1).nonzero().flatten()[:5].tolist()
-            raise NonFiniteError(self._nan_msg(f"the activations of batch {self.step} contain NaN/inf (rows {bad} of the batch)"))
+            raise NonFiniteError(
+                self._nan_msg(f"the activations of batch {self.step} contain NaN/inf (rows {bad} of the batch)")
+            )
         factor = self.cfg.lr_factor(self.step, self.steps)
         for g in self.opt.param_groups:
             g["lr"] = g["base_lr"] * factor
         with self.autocast:
-            outs = [s.training_loss(x, step=self.step, total_steps=self.steps, dead=d, sparse=self.cfg.sparse,
-                                    keep=self.joint_loss is not None) for s, d in zip(self.saes, self.dead_masks())]
+            outs = [
+                s.training_loss(
+                    x,
+                    step=self.step,
+                    total_steps=self.steps,
+                    dead=d,
+                    sparse=self.cfg.sparse,
+                    keep=self.joint_loss is not None,
+                )
+                for s, d in zip(self.saes, self.dead_masks())
+            ]
             total = sum(o.loss for o in outs)
             if self.joint_loss is not None:
                 total = total + self.joint_loss(self.saes, outs, x)
         if not torch.isfinite(total):
             which = [s.cfg.label for s, o in zip(self.saes, outs) if not torch.isfinite(o.loss)] or ["the joint loss"]
-            raise NonFiniteError(self._nan_msg(f"the loss became NaN/inf at step {self.step} (SAE {', '.join(which)}); "
-                                               "lower the learning rate or check the activations' scale"))
+            raise NonFiniteError(
+                self._nan_msg(
+                    f"the loss became NaN/inf at step {self.step} (SAE {', '.join(which)}); "
+                    "lower the learning rate or check the activations' scale"
+                )
+            )
         total.backward()
         for s in self.saes:
             s.remove_parallel_grad()
@@ -165,7 +195,11 @@ class _Run:
         return outs
 
     def _nan_msg(self, what: str) -> str:
-        where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+        where = (
+            f"the last good checkpoint is {self.last_checkpoint}"
+            if self.last_checkpoint
+            else "no checkpoint was written yet"
+        )
         return f"training stopped: {what}. The SAEs were not updated with this batch; {where}."
 
     def record(self) -> list[dict[str, Any]]:
@@ -177,19 +211,36 @@ class _Run:
             loss, fvu, l0, aux, n = (float(v) for v in sums[i])
             n = max(n, 1.0)
             dead = float((self.since_fired[i] >= s.cfg.dead_tokens).float().mean())
-            recs.append({"step": self.step, "tokens": self.tokens, "sae": s.cfg.label, "loss": loss / n, "fvu": fvu / n,
-                         "l0": l0 / n, "aux": aux / n, "dead_fraction": dead,
-                         "k": s.cfg.k_at(self.step - 1, self.steps) if s.activation == "topk" else None,
-                         "lr": self.opt.param_groups[i]["base_lr"] * lr_factor})
+            recs.append(
+                {
+                    "step": self.step,
+                    "tokens": self.tokens,
+                    "sae": s.cfg.label,
+                    "loss": loss / n,
+                    "fvu": fvu / n,
+                    "l0": l0 / n,
+                    "aux": aux / n,
+                    "dead_fraction": dead,
+                    "k": s.cfg.k_at(self.step - 1, self.steps) if s.activation == "topk" else None,
+                    "lr": self.opt.param_groups[i]["base_lr"] * lr_factor,
+                }
+            )
         self.acc.zero_()
         self.history += recs
         return recs
 
     def checkpoint(self) -> None:
         assert self.out is not None
-        self.last_checkpoint = save_checkpoint(self.out / "checkpoint", step=self.step, tokens=self.tokens, cfg=self.cfg,
-                                               saes=self.saes, optimizer=self.opt, since_fired=self.since_fired,
-                                               extra={"run/metric_sums": self.acc})
+        self.last_checkpoint = save_checkpoint(
+            self.out / "checkpoint",
+            step=self.step,
+            tokens=self.tokens,
+            cfg=self.cfg,
+            saes=self.saes,
+            optimizer=self.opt,
+            since_fired=self.since_fired,
+            extra={"run/metric_sums": self.acc},
+        )
 
 
 @torch.no_grad()
@@ -206,9 +257,16 @@ def _clip(params: list[Tensor], max_norm: float) -> None:
         torch._foreach_mul_(grads, coef.clamp(max=1.0))
 
 
-def train(config: TrainConfig | dict | str | Path, activations: Tensor | Iterable[Tensor] | Any | None = None, *,
-          model: Any = None, resume: bool = False, stop_at_step: int | None = None, progress: bool = True,
-          joint_loss: JointLoss | None = None) -> TrainResult:
+def train(
+    config: TrainConfig | dict | str | Path,
+    activations: Tensor | Iterable[Tensor] | Any | None = None,
+    *,
+    model: Any = None,
+    resume: bool = False,
+    stop_at_step: int | None = None,
+    progress: bool = True,
+    joint_loss: JointLoss | None = None,
+) -> TrainResult:
     """Train the SAEs of ``config`` on the same activations.
 
     Parameters
@@ -244,8 +302,13 @@ def train(config: TrainConfig | dict | str | Path, activations: Tensor | Iterabl
     """
     cfg = _as_config(config)
     source = make_source(cfg, activations, model)
-    where = ("the store" if cfg.store or hasattr(activations, "sites") else "the model's site" if (cfg.model or model is not None)
-             else "the activations")
+    where = (
+        "the store"
+        if cfg.store or hasattr(activations, "sites")
+        else "the model's site"
+        if (cfg.model or model is not None)
+        else "the activations"
+    )
     cfg = _fill_d_in(cfg, source.shape, where)
     steps = total_steps(cfg, source)
     device = parse_device(cfg.device)
@@ -258,8 +321,14 @@ def train(config: TrainConfig | dict | str | Path, activations: Tensor | Iterabl
     if resume:
         if out is None or not (out / "checkpoint").is_dir():
             raise CheckpointError(f"resume=True but there is no checkpoint in {out}/checkpoint")
-        run.step, run.tokens = load_checkpoint(out / "checkpoint", cfg=cfg, saes=saes, optimizer=run.opt, since_fired=run.since_fired,
-                                               extra={"run/metric_sums": run.acc})
+        run.step, run.tokens = load_checkpoint(
+            out / "checkpoint",
+            cfg=cfg,
+            saes=saes,
+            optimizer=run.opt,
+            since_fired=run.since_fired,
+            extra={"run/metric_sums": run.acc},
+        )
         run.last_checkpoint = out / "checkpoint"
         run.history = _read_history(out, run.step)
     elif any(s.b_dec_init != "zeros" or s.normalize == "scale" for s in cfg.saes):
@@ -295,9 +364,12 @@ def _loop(run: _Run, stop_at_step: int | None, progress: bool) -> TrainResult:
         if stopped:
             run.checkpoint()
         else:
-            for s, rec in zip(run.saes, run.history[-len(run.saes):] if run.history else [{}] * len(run.saes)):
+            for s, rec in zip(run.saes, run.history[-len(run.saes) :] if run.history else [{}] * len(run.saes)):
                 s.meta["tokens"] = run.tokens
-                card = {"training": {k: rec.get(k) for k in ("fvu", "l0", "dead_fraction", "loss")}, "tokens": run.tokens}
+                card = {
+                    "training": {k: rec.get(k) for k in ("fvu", "l0", "dead_fraction", "loss")},
+                    "tokens": run.tokens,
+                }
                 s.save(out / "saes" / s.cfg.label, card=card)
     return TrainResult(run.saes, cfg, run.step, run.tokens, time.perf_counter() - t0, run.history, out, stopped)
 
@@ -326,15 +398,24 @@ class _Logger:
 
     def log(self, recs: list[dict[str, Any]]) -> None:
         if self.bar is not None and recs:
-            r = recs[0] if len(recs) == 1 else {k: sum(x[k] for x in recs) / len(recs) for k in ("loss", "l0", "dead_fraction", "fvu")}
-            self.bar.set_postfix(loss=f"{r['loss']:.4f}", L0=f"{r['l0']:.1f}", dead=f"{r['dead_fraction']:.1%}", FVU=f"{r['fvu']:.4f}")
+            r = (
+                recs[0]
+                if len(recs) == 1
+                else {k: sum(x[k] for x in recs) / len(recs) for k in ("loss", "l0", "dead_fraction", "fvu")}
+            )
+            self.bar.set_postfix(
+                loss=f"{r['loss']:.4f}", L0=f"{r['l0']:.1f}", dead=f"{r['dead_fraction']:.1%}", FVU=f"{r['fvu']:.4f}"
+            )
         if self.file is not None:
             for r in recs:
                 self.file.write(json.dumps(r) + "\n")
             self.file.flush()
         if self.wandb is not None:
             for r in recs:
-                self.wandb.log({f"{r['sae']}/{k}": v for k, v in r.items() if k not in ("sae", "step") and v is not None}, step=r["step"])
+                self.wandb.log(
+                    {f"{r['sae']}/{k}": v for k, v in r.items() if k not in ("sae", "step") and v is not None},
+                    step=r["step"],
+                )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -43,4 +43,17 @@ def register(name: str, cls: type[Task]) -> None:
     _REGISTRY[name] = cls
 
 
-__all__ = ["get", "names", "register", "Task", "PromptBatch", "IOI", "Induction", "GenderAgreement", "Style", "gather_last", "logit_diff", "TaskNotFoundError"]
+__all__ = [
+    "get",
+    "names",
+    "register",
+    "Task",
+    "PromptBatch",
+    "IOI",
+    "Induction",
+    "GenderAgreement",
+    "Style",
+    "gather_last",
+    "logit_diff",
+    "TaskNotFoundError",
+]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import random
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -47,7 +48,9 @@ class PromptBatch:
 
     def __post_init__(self) -> None:
         if self.clean.shape != self.corrupted.shape:
-            raise ShapeError(f"clean {tuple(self.clean.shape)} and corrupted {tuple(self.corrupted.shape)} differ in shape")
+            raise ShapeError(
+                f"clean {tuple(self.clean.shape)} and corrupted {tuple(self.corrupted.shape)} differ in shape"
+            )
         n = self.clean.shape[0]
         if n == 0:
             raise DataError("empty prompt batch")
@@ -59,10 +62,10 @@ class PromptBatch:
     def __len__(self) -> int:
         return int(self.clean.shape[0])
 
-    def to(self, device: str | torch.device) -> "PromptBatch":
+    def to(self, device: str | torch.device) -> PromptBatch:
         return dataclasses.replace(self, **{k: v.to(device) for k, v in self._tensors().items()})
 
-    def select(self, idx: Sequence[int] | slice | Tensor) -> "PromptBatch":
+    def select(self, idx: Sequence[int] | slice | Tensor) -> PromptBatch:
         """A sub-batch (rows ``idx``)."""
         if isinstance(idx, slice):
             rows = list(range(len(self)))[idx]
@@ -70,7 +73,9 @@ class PromptBatch:
             rows = torch.as_tensor(idx).tolist()
         t = torch.tensor(rows, dtype=torch.long)
         return dataclasses.replace(
-            self, **{k: v[t.to(v.device)] for k, v in self._tensors().items()}, info=[self.info[i] for i in rows] if self.info else []
+            self,
+            **{k: v[t.to(v.device)] for k, v in self._tensors().items()},
+            info=[self.info[i] for i in rows] if self.info else [],
         )
 
     def _tensors(self) -> dict[str, Tensor]:
@@ -166,7 +171,9 @@ class Task:
         return {}
 
     @torch.inference_mode()
-    def evaluate(self, model: Any, n: int = 256, *, seed: int = 0, split: str = "test", batch_size: int = 128) -> dict[str, float]:
+    def evaluate(
+        self, model: Any, n: int = 256, *, seed: int = 0, split: str = "test", batch_size: int = 128
+    ) -> dict[str, float]:
         """Run the model on ``n`` fresh prompts: mean metric, accuracy, and the corrupted-run metric."""
         batch = self.prompts(n, seed=seed, split=split)
         dev = next(model.parameters()).device

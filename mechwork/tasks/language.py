@@ -70,10 +70,16 @@ class GenderAgreement(Task):
             g = d.factors["gender"]
             other = rng.choice(V.MALE_NAMES if g == 0 else V.FEMALE_NAMES)
             corrupted = [other] + clean[1:]
-            out.append({
-                "clean": clean, "corrupted": corrupted, "answer": V.PRONOUNS[g], "wrong": V.PRONOUNS[1 - g],
-                "label": g, "info": d.factors,
-            })
+            out.append(
+                {
+                    "clean": clean,
+                    "corrupted": corrupted,
+                    "answer": V.PRONOUNS[g],
+                    "wrong": V.PRONOUNS[1 - g],
+                    "label": g,
+                    "info": d.factors,
+                }
+            )
         return out
 
     def accuracy(self, logits: Float[Tensor, "batch pos vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:
@@ -83,8 +89,12 @@ class GenderAgreement(Task):
         return (a > w).float().squeeze(1)
 
 
-_ANTONYM = {**dict(zip(V.POSITIVE_ADJ, V.NEGATIVE_ADJ)), **dict(zip(V.NEGATIVE_ADJ, V.POSITIVE_ADJ)),
-            **dict(zip(V.POSITIVE_VERB, V.NEGATIVE_VERB)), **dict(zip(V.NEGATIVE_VERB, V.POSITIVE_VERB))}
+_ANTONYM = {
+    **dict(zip(V.POSITIVE_ADJ, V.NEGATIVE_ADJ)),
+    **dict(zip(V.NEGATIVE_ADJ, V.POSITIVE_ADJ)),
+    **dict(zip(V.POSITIVE_VERB, V.NEGATIVE_VERB)),
+    **dict(zip(V.NEGATIVE_VERB, V.POSITIVE_VERB)),
+}
 
 
 @dataclass
@@ -111,8 +121,16 @@ class Style(Task):
                 words += w
             corrupted = [_ANTONYM.get(w, w) for w in words]
             adj = rng.choice(V.POSITIVE_ADJ if style == 1 else V.NEGATIVE_ADJ)
-            out.append({"clean": words, "corrupted": corrupted, "answer": adj, "wrong": _ANTONYM[adj], "label": style,
-                        "info": {"style": style}})
+            out.append(
+                {
+                    "clean": words,
+                    "corrupted": corrupted,
+                    "answer": adj,
+                    "wrong": _ANTONYM[adj],
+                    "label": style,
+                    "info": {"style": style},
+                }
+            )
         return out
 
     def metric(self, logits: Float[Tensor, "batch pos vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:
@@ -155,8 +173,16 @@ class Induction(Task):
             clean = prefix + seg + seg[:-1]
             corrupted = prefix + fresh + seg[:-1]
             wrong = rng.choice([w for w in pool if w != seg[-1]])
-            out.append({"clean": clean, "corrupted": corrupted, "answer": seg[-1], "wrong": wrong,
-                        "info": {"prefix_len": p, "segment_len": L}, "_seg": seg})
+            out.append(
+                {
+                    "clean": clean,
+                    "corrupted": corrupted,
+                    "answer": seg[-1],
+                    "wrong": wrong,
+                    "info": {"prefix_len": p, "segment_len": L},
+                    "_seg": seg,
+                }
+            )
         return out
 
     def _extra(self, items: list[dict[str, Any]], clean: Tensor) -> dict[str, Tensor]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,8 +39,16 @@ def heatmap(
     import plotly.graph_objects as go
 
     z = values.detach().float().cpu().numpy()
-    fig = go.Figure(go.Heatmap(z=z, x=escape_tokens(x), y=escape_tokens(y), zmid=zmid, colorscale=colorscale,
-                               reversescale=colorscale == "RdBu"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=escape_tokens(x),
+            y=escape_tokens(y),
+            zmid=zmid,
+            colorscale=colorscale,
+            reversescale=colorscale == "RdBu",
+        )
+    )
     fig.update_layout(title=html.escape(title), xaxis_title=xlabel, yaxis_title=ylabel, yaxis_autorange="reversed")
     return fig
 
@@ -53,12 +62,24 @@ def layer_line(values: Tensor, labels: Sequence[str], *, title: str = "", ylabel
         v = v[:, None]
     mean, std = v.mean(1), v.std(1) if v.shape[1] > 1 else torch.zeros(v.shape[0])
     x = escape_tokens(labels)
-    fig = go.Figure([
-        go.Scatter(x=x, y=(mean + std).tolist(), mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip"),
-        go.Scatter(x=x, y=(mean - std).tolist(), mode="lines", line=dict(width=0), fill="tonexty",
-                   fillcolor="rgba(31,119,180,0.2)", showlegend=False, hoverinfo="skip"),
-        go.Scatter(x=x, y=mean.tolist(), mode="lines+markers", name="mean"),
-    ])
+    fig = go.Figure(
+        [
+            go.Scatter(
+                x=x, y=(mean + std).tolist(), mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip"
+            ),
+            go.Scatter(
+                x=x,
+                y=(mean - std).tolist(),
+                mode="lines",
+                line=dict(width=0),
+                fill="tonexty",
+                fillcolor="rgba(31,119,180,0.2)",
+                showlegend=False,
+                hoverinfo="skip",
+            ),
+            go.Scatter(x=x, y=mean.tolist(), mode="lines+markers", name="mean"),
+        ]
+    )
     fig.update_layout(title=html.escape(title), xaxis_title="layer", yaxis_title=ylabel)
     return fig
 
