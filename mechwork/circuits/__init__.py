@@ -13,11 +13,24 @@ faithfulness, and export (Neuronpedia JSON, node-link JSON, GraphML, DOT, self-c
 
 from .attribute import METHODS, attribute_edges
 from .build import from_scores
+from .faithful import CircuitFaithfulness, FaithfulnessCurve, faithfulness, faithfulness_curve, plot_curves
 from .graph import Graph, GraphEdge, GraphNode
+from .latents import attribute_latents
+from .neuronpedia import SCHEMA as NEURONPEDIA_SCHEMA
+from .prune import influence, prune
 from .structure import Structure, UnsupportedModelError
 
 __all__ = [
     "attribute_edges",
+    "attribute_latents",
+    "faithfulness",
+    "faithfulness_curve",
+    "plot_curves",
+    "CircuitFaithfulness",
+    "FaithfulnessCurve",
+    "influence",
+    "prune",
+    "NEURONPEDIA_SCHEMA",
     "METHODS",
     "Graph",
     "GraphNode",

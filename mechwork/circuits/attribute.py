@@ -90,7 +90,9 @@ def attribute_edges(
     t0 = time.perf_counter()
     method = _ALIASES.get(str(method).lower(), str(method).lower())
     if method not in METHODS:
-        raise ConfigError(f"method must be one of {', '.join(METHODS)} (or 'relp'/'atp' for node level), got {method!r}")
+        raise ConfigError(
+            f"method must be one of {', '.join(METHODS)} (or 'relp'/'atp' for node level), got {method!r}"
+        )
     if path not in ("inputs", "activations"):
         raise ConfigError(f"path must be 'inputs' or 'activations', got {path!r}")
     st = Structure(model)

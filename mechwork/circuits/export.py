@@ -200,7 +200,7 @@ def summary(graph: Graph, n: int = 12) -> str:
         f"  prompt {m.get('prompt', '')!r}",
     ]
     if "clean" in m:
-        lines.append(f"  clean {m['clean']:.4f}  corrupted {m.get('corrupted', float('nan')):.4f}")
+        lines.append(f"  clean {m['clean']:.4f}" + (f"  corrupted {m['corrupted']:.4f}" if "corrupted" in m else ""))
     if m.get("pruning"):
         p = m["pruning"]
         lines.append(

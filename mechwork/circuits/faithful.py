@@ -124,7 +124,13 @@ def plot_curves(curves: Sequence[FaithfulnessCurve], *, title: str | None = None
 
 
 def faithfulness(
-    graph: Graph, model: Any, batch: Any, metric: Any = None, *, ablation: str = "corrupt", batch_size: int | None = None
+    graph: Graph,
+    model: Any,
+    batch: Any,
+    metric: Any = None,
+    *,
+    ablation: str = "corrupt",
+    batch_size: int | None = None,
 ) -> CircuitFaithfulness | Any:
     """Faithfulness of ``graph`` as a circuit (edge graphs: its edges; node graphs: its nodes)."""
     if graph.level == "node":
@@ -153,7 +159,9 @@ def faithfulness_curve(
     sizes = [int(s) for s in sizes]
     bad = [s for s in sizes if not 0 <= s <= total]
     if bad:
-        raise ConfigError(f"sizes must be between 0 and {total} (the graph's {('edges', 'nodes')[graph.level == 'node']}), got {bad}")
+        raise ConfigError(
+            f"sizes must be between 0 and {total} (the graph's {('edges', 'nodes')[graph.level == 'node']}), got {bad}"
+        )
     ranked = sorted(units, key=lambda e: -abs(e.weight))
     label = label or str(graph.metadata.get("method", ""))
     if graph.level == "node":
@@ -280,4 +288,11 @@ def _keep_mask(st: Structure, edges: Sequence[GraphEdge]) -> Tensor:
     return keep
 
 
-__all__ = ["faithfulness", "faithfulness_many", "faithfulness_curve", "plot_curves", "CircuitFaithfulness", "FaithfulnessCurve"]
+__all__ = [
+    "faithfulness",
+    "faithfulness_many",
+    "faithfulness_curve",
+    "plot_curves",
+    "CircuitFaithfulness",
+    "FaithfulnessCurve",
+]

@@ -28,7 +28,9 @@ def layout(graph: Graph) -> dict[str, tuple[float, float]]:
     width = max(len(v) for v in rows.values())
     pos: dict[str, tuple[float, float]] = {}
     for k, r in enumerate(order):
-        ns = sorted(rows[r], key=lambda n: (n.pos if n.pos is not None else -1, n.index if n.index is not None else -1, n.id))
+        ns = sorted(
+            rows[r], key=lambda n: (n.pos if n.pos is not None else -1, n.index if n.index is not None else -1, n.id)
+        )
         offset = (width - len(ns)) * _W / 2
         for i, n in enumerate(ns):
             pos[n.id] = (_PAD + offset + i * _W, _PAD + (len(order) - 1 - k) * _ROW)
@@ -48,7 +50,7 @@ def render(graph: Graph, *, title: str | None = None, max_edges: int = 3000) -> 
     wmax = max((abs(e.weight) for e in edges), default=1.0) or 1.0
     esc = html.escape
     parts = []
-    for i, e in enumerate(edges):
+    for e in edges:
         (x1, y1), (x2, y2) = pos[e.src], pos[e.dst]
         color = "#2060c0" if e.weight >= 0 else "#c03020"
         w = 0.4 + 5.6 * abs(e.weight) / wmax

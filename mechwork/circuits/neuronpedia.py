@@ -139,7 +139,11 @@ def _np_node(n: GraphNode, meta: dict[str, Any], cum: float | None) -> dict[str,
     elif n.kind == "error":
         nid, feat, layer, js = f"0_{L}_{ctx}", -1, str(L), f"{L}_{ctx}-0"
     elif n.kind in ("token", "input"):
-        tok = n.index if n.index is not None else int(meta.get("tokens", [0] * (ctx + 1))[ctx] if meta.get("tokens") else 0)
+        tok = (
+            n.index
+            if n.index is not None
+            else int(meta.get("tokens", [0] * (ctx + 1))[ctx] if meta.get("tokens") else 0)
+        )
         nid, feat, layer, js = f"E_{tok}_{ctx}", ctx, "E", f"E_{tok}-{ctx}"
     elif n.kind == "logits":
         tok = n.index if n.index is not None else 0
@@ -215,9 +219,7 @@ def to_neuronpedia(graph: Graph, slug: str) -> dict[str, Any]:
         "generation_settings": {
             k: meta[k] for k in ("method", "level", "steps", "quadrature", "path", "n_prompts") if k in meta
         },
-        "pruning_settings": {
-            k: prune[k] for k in ("node_threshold", "edge_threshold") if k in prune
-        },
+        "pruning_settings": {k: prune[k] for k in ("node_threshold", "edge_threshold") if k in prune},
         "mechwork": meta,
     }
     if "node_threshold" in prune:
@@ -227,7 +229,8 @@ def to_neuronpedia(graph: Graph, slug: str) -> dict[str, Any]:
         "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
         "nodes": nodes,
         "links": [
-            {"source": to_np[e.src], "target": to_np[e.dst], "weight": float(e.weight), "kind": e.kind} for e in graph.edges
+            {"source": to_np[e.src], "target": to_np[e.dst], "weight": float(e.weight), "kind": e.kind}
+            for e in graph.edges
         ],
     }
 

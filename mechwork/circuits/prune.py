@@ -134,7 +134,10 @@ def prune(
         inside = [e for e in graph.edges if e.src in keep and e.dst in keep]
         rows = _matrix(graph)[1]
         score = torch.tensor(
-            [abs(e.weight) / max(float(rows[idx[e.dst]]), 1e-300) * float(inf[idx[e.dst]] + lw[idx[e.dst]]) for e in inside],
+            [
+                abs(e.weight) / max(float(rows[idx[e.dst]]), 1e-300) * float(inf[idx[e.dst]] + lw[idx[e.dst]])
+                for e in inside
+            ],
             dtype=torch.float64,
         )
         edges = [inside[int(i)] for i in _smallest_prefix(score, fe)] if inside else []
