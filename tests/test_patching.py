@@ -314,7 +314,12 @@ def test_result_api(models, ioi, tmp_path):
     assert [t.score for t in top] == sorted([t.score for t in top], key=abs, reverse=True)
     assert abs(top[0].score) == pytest.approx(float(r.scores.abs().max()))
     torch.testing.assert_close(r.normalized() * r.gap, r.scores)
-    assert r.correlation(r) == pytest.approx(1.0)
+    other = attribution_patch(models[0], batch, task, sites="block", per="position")
+    a, b = r.scores.flatten().double(), other.scores.flatten().double()
+    ok = ~(a.isnan() | b.isnan())
+    expected = float(torch.corrcoef(torch.stack([a[ok], b[ok]]))[0, 1])
+    assert r.correlation(other) == pytest.approx(expected, abs=1e-9) and abs(expected) < 0.999
+    assert r.correlation(other, normalized=True) == pytest.approx(expected * (1 if r.gap * other.gap > 0 else -1))
     assert r.per_prompt.shape == (len(batch),) + r.shape and float(r.sem().nanmean()) >= 0
     fig = r.plot()
     html = fig.to_html(include_plotlyjs=False)
