@@ -280,7 +280,22 @@ def test_geometric_median_is_robust_to_outliers():
     assert gm.norm() < 3.0 < x.mean(0).norm()
 
 
-def test_registered_architecture_with_non_flat_inputs_trains_saves_and_loads(tmp_path):
+@pytest.fixture
+def registry_restored():
+    """Architectures registered by a test are removed afterwards (the registry is global state)."""
+    from mechwork.sae import config as sae_config
+    from mechwork.sae import model as sae_model
+
+    classes, names = dict(sae_model.SAE_CLASSES), list(sae_config.ARCHITECTURES)
+    yield
+    sae_model.SAE_CLASSES.clear()
+    sae_model.SAE_CLASSES.update(classes)
+    sae_config.ARCHITECTURES[:] = names
+    with pytest.raises(ConfigError, match="test_grid"):
+        ms.SAEConfig(architecture="test_grid", d_sae=32, k=4)
+
+
+def test_registered_architecture_with_non_flat_inputs_trains_saves_and_loads(tmp_path, registry_restored):
     """A new architecture (here a subclass taking [batch, channels, grid] inputs) reuses the trainer as is."""
 
     class GridSAE(SAE):
