@@ -115,7 +115,7 @@ def speed(settings, repeat: int, device: torch.device) -> list[dict]:
         W = torch.randn(d, m, device=device) / d**0.5
         sl_step, _ = _saelens_step(d, m, k, x)
         fns = {
-            "floor": lambda: x @ W,
+            "floor": lambda x=x, W=W: x @ W,
             "mechwork": _mechwork_step(d, m, k, x, sparse=True),
             "mechwork_dense": _mechwork_step(d, m, k, x, sparse=False),
             "saelens": sl_step,

@@ -96,7 +96,7 @@ def test_leace_is_least_squares_in_every_norm():
     for _ in range(5):
         B = torch.randn(16, 16, generator=g, dtype=torch.float64)
         M = B @ B.T
-        cost = lambda e: torch.einsum("ni,ij,nj->", e(X) - X, M, e(X) - X) / len(X)  # noqa: E731
+        cost = lambda e, M=M: torch.einsum("ni,ij,nj->", e(X) - X, M, e(X) - X) / len(X)  # noqa: E731
         assert cost(leace) <= cost(orth) * (1 + 1e-9)
     # and the SAL eraser is orthogonal and guards as well
     assert orth.is_orthogonal and not leace.is_orthogonal

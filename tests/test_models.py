@@ -101,7 +101,7 @@ def _save_hf(tmp_path, config, name):
     torch.manual_seed(0)
     hf = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # random LayerNorm gains/biases, so weight processing is really exercised
-        for n, p in hf.named_parameters():
+        for p in hf.parameters():
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn_like(p))
     folder = tmp_path / name
