@@ -15,12 +15,13 @@ from .data import Prompts, concept_sets, encode, neutral_texts, style_texts
 from .evaluate import evaluate, fluency, side_effects, style_rate
 from .generate import generate
 from .lineas import LinEAS
-# from .lofit import LoFiT, completion_loss
+from .lofit import LoFiT, completion_loss
+from .plots import behaviour_vs_cost, support_figure
 from .positions import PositionState
 from .steerer import Steerer, SteererConfig, load
-# from .sweep import SweepResult, sweep
+from .sweep import SweepResult, sweep
 
-METHODS = {"lineas": LinEAS, "diffmeans": DiffMeans, "iti": ITI, "linear-act": LinearAcT}
+METHODS = {"lineas": LinEAS, "lofit": LoFiT, "diffmeans": DiffMeans, "iti": ITI, "linear-act": LinearAcT}
 
 __all__ = [
     "Method",
@@ -48,4 +49,6 @@ __all__ = [
     "PositionState",
     "linear_act_map",
     "completion_loss",
+    "behaviour_vs_cost",
+    "support_figure",
 ]

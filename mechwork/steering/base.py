@@ -102,7 +102,12 @@ class Method:
             n_target=len(tgt),
             fit_seconds=round(time.perf_counter() - t0, 3),
         )
-        return Steerer({k: v.detach().cpu() for k, v in scales.items()}, {k: v.detach().cpu() for k, v in biases.items()}, cfg, card)
+        return Steerer(
+            {k: v.detach().cpu() for k, v in scales.items()},
+            {k: v.detach().cpu() for k, v in biases.items()},
+            cfg,
+            card,
+        )
 
     def _fit(
         self, model: Any, source: Prompts, target: Prompts, *, progress: bool

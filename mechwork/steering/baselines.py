@@ -14,8 +14,8 @@ from ..core.config import Config
 from ..core.errors import ConfigError
 from .base import ADDITIVE_RANGE, AFFINE_RANGE, Method, layer_sites
 from .data import Prompts, pooled
-from .steerer import site_hook
 from .positions import PositionState
+from .steerer import site_hook
 
 
 def _check_read(read: str) -> None:
@@ -125,7 +125,7 @@ def _split(n: int, val_fraction: float, g: torch.Generator) -> tuple[Tensor, Ten
 
 
 def linear_act_map(
-    source: Float[Tensor, "n *shape"], target: Float[Tensor, "n *shape"], *, min_std: float = 1e-4
+    source: Float[Tensor, n * shape], target: Float[Tensor, n * shape], *, min_std: float = 1e-4
 ) -> tuple[Float[Tensor, " *shape"], Float[Tensor, " *shape"]]:
     """Linear-AcT's closed form per unit: least squares ``y ≈ ω x + b`` on matched quantiles.
 

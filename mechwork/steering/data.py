@@ -134,7 +134,7 @@ def pooled(
         mask = prompts.mask[lo : lo + batch_size]
         store: dict[str, Tensor] = {}
 
-        def grab(t: Tensor, hook: Any) -> None:
+        def grab(t: Tensor, hook: Any, store: dict[str, Tensor] = store) -> None:
             store[hook.name] = t.detach()
 
         hooks = list(fwd_hooks) + [(s.name, grab) for s in site_list]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from ..core.hooks import model_device
 from .data import encode, forward, neutral_texts, require_lm, style_label
 from .generate import generate
@@ -39,7 +40,12 @@ def style_rate(
     """
     label = style_label(to)
     rows = generate(
-        model, [prompt] * n, steerer=steerer, strength=strength, max_new_tokens=max_new_tokens, seed=seed,
+        model,
+        [prompt] * n,
+        steerer=steerer,
+        strength=strength,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
         use_cache=use_cache,
     )
     lex = style_words()
@@ -95,7 +101,9 @@ def _is_toy_language(model: Any) -> bool:
 
 
 @torch.inference_mode()
-def side_effects(model: Any, steerer: Steerer | None, *, strength: float | None = None, n: int = 128) -> dict[str, float]:
+def side_effects(
+    model: Any, steerer: Steerer | None, *, strength: float | None = None, n: int = 128
+) -> dict[str, float]:
     """IOI logit difference / accuracy and induction loss on the second copy, with the steerer applied.
 
     Measured only on models that speak the generated language (the shipped toys); empty dict otherwise.

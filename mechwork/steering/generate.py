@@ -107,7 +107,9 @@ def generate(
             state.explicit = False  # the bridge's loop: offsets come from the tracker hook
             out = _bridge_generate(model, toks, mask, steps, temperature, seed, stop_token)
         else:
-            out = _loop(model, toks, mask, steps, temperature, gen, stop_token, state, use_cache and not is_bridge(model))
+            out = _loop(
+                model, toks, mask, steps, temperature, gen, stop_token, state, use_cache and not is_bridge(model)
+            )
     rows = []
     for row in out[:, toks.shape[1] :].tolist():
         if stop_token is not None and stop_token in row:

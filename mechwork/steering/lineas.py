@@ -109,7 +109,7 @@ class LinEAS(Config, Method):
                     g["lr"] = lr
                 store: dict[str, Tensor] = {}
 
-                def make(n: str) -> Any:
+                def make(n: str, store: dict[str, Tensor] = store) -> Any:
                     def fn(act: Tensor, hook: Any = None) -> Tensor:
                         out = act * (1 + u[n]) + b[n]
                         store[n] = pool(out, mask).flatten(1)
@@ -133,7 +133,13 @@ class LinEAS(Config, Method):
                     for p in (*u.values(), *b.values()):
                         p.copy_(prox_sparse_group(p, lr, self.l1, self.group))
                 if step % max(1, self.steps // 50) == 0 or step == self.steps - 1:
-                    history.append({"step": step, "loss": float(loss), **{f"loss.{n}": float(v) for n, v in losses.items()}})
+                    history.append(
+                        {
+                            "step": step,
+                            "loss": float(loss.detach()),
+                            **{f"loss.{n}": float(v.detach()) for n, v in losses.items()},
+                        }
+                    )
                     bar.set_postfix(loss=f"{float(loss):.4g}")
         scales = {n: (1 + u[n]).detach() for n in names}
         biases = {n: b[n].detach() for n in names}

@@ -39,7 +39,9 @@ def check_positions(positions: Any) -> Any:
         return "all"
     if isinstance(positions, str):
         if positions not in RULES:
-            raise ConfigError(f"positions must be one of {RULES}, a list of absolute positions or a bool mask, got {positions!r}")
+            raise ConfigError(
+                f"positions must be one of {RULES}, a list of absolute positions or a bool mask, got {positions!r}"
+            )
         return positions
     if isinstance(positions, Tensor) and positions.dtype == torch.bool:
         if positions.ndim != 2:
@@ -48,7 +50,9 @@ def check_positions(positions: Any) -> Any:
     try:
         idx = tuple(int(p) for p in positions)
     except TypeError as e:
-        raise ConfigError(f"positions must be 'all', 'prompt', 'generated', a list of ints or a bool mask, got {positions!r}") from e
+        raise ConfigError(
+            f"positions must be 'all', 'prompt', 'generated', a list of ints or a bool mask, got {positions!r}"
+        ) from e
     if any(p < 0 for p in idx):
         raise ConfigError(
             f"positions {list(idx)} contain negative numbers; give absolute positions (0 = first token, BOS included): "

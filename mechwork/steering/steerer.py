@@ -217,6 +217,18 @@ class Steerer:
         cfg = self.config.replace(method=self.config.method, options={**self.config.options, "inverse": True})
         return Steerer(scales, biases, cfg, {**self.card, "inverse_of": self.method})
 
+    def select(self, sites: list[str]) -> Steerer:
+        """The same steerer restricted to some of its sites (a layer sweep of a multi-site steerer)."""
+        unknown = [s for s in sites if s not in self.config.sites]
+        if unknown or not sites:
+            raise ConfigError(f"sites {unknown or sites} are not a non-empty subset of this steerer's {self.sites}")
+        keep = [i for i, s in enumerate(self.config.sites) if s in sites]
+        cfg = self.config.replace(
+            sites=tuple(self.config.sites[i] for i in keep), shapes=tuple(self.config.shapes[i] for i in keep)
+        )
+        pick = lambda d: {k: v for k, v in d.items() if k in sites}  # noqa: E731
+        return Steerer(pick(self.scales), pick(self.biases), cfg, self.card)
+
     def _t(self, d: dict[str, Tensor], site: str, z: Tensor) -> Tensor | None:
         if site not in self.config.sites:
             raise ConfigError(f"{site!r} is not one of this steerer's sites {self.sites}")
