@@ -44,7 +44,7 @@ def require_lm(model: Any, what: str) -> None:
     arch = str(getattr(cfg, "original_architecture", "") or getattr(cfg, "architecture", "") or "")
     spec = str(getattr(model, "mechwork_spec", "") or "").lower()
     if (
-        getattr(model, "mechwork_headless", False)
+        getattr(model, "mechwork_lm_head", True) is False
         or getattr(cfg, "is_encoder", False)
         or "Bert" in arch
         or "minilm" in spec
