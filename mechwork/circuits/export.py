@@ -184,8 +184,14 @@ def check_against(graph: Graph, model: Any, *, source: str = "graph") -> None:
             )
     H, N = int(cfg.n_heads), int(cfg.n_layers)
     for n in graph.nodes:
-        bad = (n.kind == "head" and not (0 <= n.layer < N and n.index is not None and 0 <= n.index < H)) or (
-            n.kind == "mlp" and not 0 <= n.layer < N
+        head = re.fullmatch(r"a(\d+)\.h(\d+)(@\d+)?", n.id)
+        mlp = re.fullmatch(r"m(\d+)(@\d+)?", n.id)
+        bad = (
+            (n.kind == "head" and not (head and int(head[1]) == n.layer and int(head[2]) == n.index))
+            or (n.kind == "mlp" and not (mlp and int(mlp[1]) == n.layer))
+            or (n.kind == "head" and not (0 <= n.layer < N and n.index is not None and 0 <= n.index < H))
+            or (n.kind == "mlp" and not 0 <= n.layer < N)
+            or (n.kind in ("latent", "error") and not (0 <= n.layer < N and n.site in model.hook_dict))
         )
         if bad:
             raise DataError(f"{source}: node {n.id!r} does not exist in {spec!r} ({N} layers, {H} heads)")
