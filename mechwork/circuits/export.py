@@ -214,7 +214,7 @@ def summary(graph: Graph, n: int = 12) -> str:
             f"({100 * p.get('edge_fraction', 0):.1f}%), {p.get('n_nodes')} of {p.get('n_nodes_before')} nodes"
         )
     if m.get("faithfulness") is not None:
-        lines.append(f"  faithfulness {m['faithfulness']:.3f}")
+        lines.append(f"  faithfulness {m['faithfulness']:.3f} ({m.get('faithfulness_ablation', 'corrupt')} ablation)")
     lines.append(f"  {'edge':<34} {'weight':>10}")
     for e in graph.top_edges(n):
         lines.append(f"  {e.id:<34} {e.weight:>+10.4f}")
