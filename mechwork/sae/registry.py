@@ -39,6 +39,7 @@ _BUILTIN: dict[str, tuple[str, str, str]] = {
 assert set(_BUILTIN) == set(get_args(Architecture))
 #: built-in architectures the trainer trains (the generic ``SAEConfig(...)`` accepts any of their fields)
 BUILTIN_TRAINABLE: tuple[str, ...] = ("topk", "relu")
+INFERENCE_ONLY: tuple[str, ...] = ("jumprelu",)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,11 @@ def names() -> list[str]:
     return list(_BUILTIN) + [n for n in _REGISTRY if n not in _BUILTIN]
 
 
+def trainable_names() -> list[str]:
+    """Names the trainer can train (every registered one but the inference-only ``jumprelu``)."""
+    return [n for n in names() if n not in INFERENCE_ONLY]
+
+
 def all_entries() -> list[Entry]:
     """Every entry (imports the built-in modules)."""
     return [get(n) for n in names()]
@@ -131,4 +137,14 @@ def config_for(name: str) -> type[SAEConfig]:
     return get(name).config
 
 
-__all__ = ["Architecture", "Entry", "register", "get", "names", "all_entries", "module_for", "config_for"]
+__all__ = [
+    "Architecture",
+    "Entry",
+    "register",
+    "get",
+    "names",
+    "trainable_names",
+    "all_entries",
+    "module_for",
+    "config_for",
+]
