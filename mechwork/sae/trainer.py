@@ -186,7 +186,10 @@ class _Run:
         for s in self.saes:
             s.remove_parallel_grad()
             if self.cfg.grad_clip is not None:
-                _clip(list(s.parameters()), self.cfg.grad_clip)
+                # the hand-rolled _foreach_norm clip this replaced skipped the scaling on CPU when under the
+                # threshold: 3 ms vs 13 ms at d_in 512 x d_sae 16384, next to 2.8 s for the encoder matmul of a
+                # batch (benchmarks/plumbing_bench.py): not worth a private API
+                torch.nn.utils.clip_grad_norm_(s.parameters(), self.cfg.grad_clip, foreach=True)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         n = x.shape[0]
@@ -246,20 +249,6 @@ class _Run:
             since_fired=self.since_fired,
             extra={"run/metric_sums": self.acc},
         )
-
-
-@torch.no_grad()
-def _clip(params: list[Tensor], max_norm: float) -> None:
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    coef = max_norm / (norm + 1e-6)
-    if grads[0].device.type == "cpu":
-        if float(coef) < 1.0:
-            torch._foreach_mul_(grads, float(coef))
-    else:  # no host sync on accelerators
-        torch._foreach_mul_(grads, coef.clamp(max=1.0))
 
 
 def train(
