@@ -102,6 +102,14 @@ def register(name: str, module: type[SAE], config: type[SAEConfig], *, replace: 
     return entry
 
 
+def unregister(name: str) -> None:
+    """Remove a name added by :func:`register` (built-ins cannot be removed)."""
+    if name in _BUILTIN:
+        raise ConfigError(f"{name!r} is a built-in SAE architecture and cannot be unregistered")
+    if _REGISTRY.pop(name, None) is None:
+        raise ConfigError(f"SAE architecture {name!r} is not registered")
+
+
 def get(name: str) -> Entry:
     """The entry of ``name``; an unknown name raises a :class:`ConfigError` listing the close ones."""
     if name not in _REGISTRY and name in _BUILTIN:
@@ -144,6 +152,7 @@ __all__ = [
     "get",
     "names",
     "trainable_names",
+    "unregister",
     "all_entries",
     "module_for",
     "config_for",
