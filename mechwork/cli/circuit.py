@@ -72,6 +72,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="splice an SAE (repeatable): a latent graph; SITE defaults to the SAE's own site",
     )
     p.add_argument(
+        "--scan",
+        type=int,
+        default=0,
+        metavar="N_TOKENS",
+        help="label latents with their best ground-truth tag from a scan of N_TOKENS generated tokens (default: off)",
+    )
+    p.add_argument(
         "--prune",
         default="influence=0.95",
         help="influence=F[,edge=E] (circuit-tracer rule; edge default 0.98), top=N, threshold=T, or none "
@@ -155,8 +162,9 @@ def run(args: argparse.Namespace) -> int:
     if prune_kw:
         graph = graph.prune(**prune_kw)
     summary: dict[str, Any] = {"model": args.model, "task": args.task, "method": method, "level": level}
-    if not args.no_faithfulness and level != "latent" and graph.n_edges:
-        f = graph.faithfulness(model, batch, task, ablation=args.ablation)
+    if not args.no_faithfulness and graph.n_edges:
+        extra = {"saes": args.saes} if level == "latent" else {}
+        f = graph.faithfulness(model, batch, task, ablation=args.ablation, **extra)
         graph.metadata["faithfulness"] = f.value
         graph.metadata["faithfulness_ablation"] = args.ablation
         summary["faithfulness"] = f.value
@@ -196,7 +204,14 @@ def _attribute(model: Any, batch: Any, task: Any, method: str, level: str, args:
     if level == "latent":
         from ..circuits.latents import attribute_latents, parse_sae_args
 
-        return attribute_latents(model, batch, task, saes=parse_sae_args(args.sae))
+        saes = parse_sae_args(args.sae)
+        scans = None
+        if args.scan:
+            from ..sae import scan
+
+            scans = {site: scan(sae, model=model, site=site, n_tokens=args.scan) for site, sae in saes.items()}
+        args.saes = saes
+        return attribute_latents(model, batch, task, saes=saes, scans=scans)
     from ..patching import METHODS
 
     fn = METHODS[_NODE_CANON.get(method, method)]
