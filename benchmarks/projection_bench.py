@@ -18,7 +18,6 @@ import argparse
 import time
 
 import torch
-
 from _common import print_table, timeit, write_results
 
 torch.set_num_threads(1)
