@@ -227,7 +227,7 @@ def run_lens(
     require_lm_head(model, f"the {kind} lens")
     tokens, answer_pos = prompt_tokens(model, prompts)
     tokens = tokens.to(model_device(model))
-    if pos == -1 and answer_pos is not None:
+    if isinstance(pos, int) and pos == -1 and answer_pos is not None:
         pos = answer_pos
     names = resid_names(model)
     acts = capture(model, tokens, names, stop=False)
