@@ -84,6 +84,18 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "mw-data" in page.read_text()
     assert main(["circuit", "show", str(out)]) == 0
     assert "edges" in capsys.readouterr().out
+    lat = tmp_path / "lat.json"
+    sae = "sae_checkpoints/toy-mixed/blocks.{}.hook_resid_post"
+    assert (
+        main(
+            ["circuit", "toy-mixed", "--sae", sae.format(1), "--sae", sae.format(2), "--scan", "500", "--out", str(lat)]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "latent" in text and "faithfulness" in text
+    jsonschema.validate(json.loads(lat.read_text()), NEURONPEDIA_SCHEMA)
+    assert any(n["feature_type"] == "sae latent" for n in json.loads(lat.read_text())["nodes"])
     assert main(["circuit", "toy-mixed", "--method", "relp", "--level", "edge"]) == 2
     assert "scores nodes" in capsys.readouterr().err
     assert main(["circuit", "toy-mixed", "--prune", "influence=1.5", "--n", "4", "--method", "eap"]) == 2

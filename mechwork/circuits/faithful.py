@@ -45,10 +45,12 @@ class CircuitFaithfulness:
     n_edges_total: int
     ablation: str = "corrupt"
     seconds: float = 0.0
+    n_nodes: int | None = None
 
     def __repr__(self) -> str:
+        nodes = "" if self.n_nodes is None else f"{self.n_nodes} latent/error nodes, "
         return (
-            f"CircuitFaithfulness({self.value:.3f} with {self.n_edges} of {self.n_edges_total} edges, "
+            f"CircuitFaithfulness({self.value:.3f} with {nodes}{self.n_edges} of {self.n_edges_total} edges, "
             f"{self.ablation} ablation; m(C)={self.metric:.4g}, clean={self.clean:.4g}, corrupted={self.corrupted:.4g})"
         )
 
@@ -131,15 +133,18 @@ def faithfulness(
     *,
     ablation: str = "corrupt",
     batch_size: int | None = None,
+    saes: dict[str, Any] | None = None,
 ) -> CircuitFaithfulness | Any:
-    """Faithfulness of ``graph`` as a circuit (edge graphs: its edges; node graphs: its nodes)."""
+    """Faithfulness of ``graph`` as a circuit (edge graphs: its edges; node graphs: its nodes; latent graphs:
+    its latents and error terms, with ``saes`` spliced; see :func:`~.latents.latent_faithfulness`)."""
     if graph.level == "node":
         return _node_faithfulness(graph, model, batch, metric, [graph], ablation, batch_size)[0]
     if graph.level == "latent":
-        raise ConfigError(
-            "faithfulness of SAE-latent graphs (ablating latents outside the circuit) is not implemented; "
-            "evaluate an edge or node graph of the same task instead"
-        )
+        from .latents import latent_faithfulness
+
+        if saes is None:
+            raise ConfigError("faithfulness of an SAE-latent graph needs the SAEs: saes={site: sae}")
+        return latent_faithfulness(graph, model, batch, metric, saes=saes, ablation=ablation)
     return faithfulness_many(model, batch, metric, [graph.edges], ablation=ablation, batch_size=batch_size)[0]
 
 
