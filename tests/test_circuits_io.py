@@ -67,6 +67,8 @@ def test_dot_and_html_escape_tokens(tmp_path):
     assert page.count("<script") == 2  # our JSON data block and our code, nothing else
     assert "</script>" not in page.split('id="mw-data">')[1].split("</script>")[0]
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
+    fig_html = g.plot().to_html(include_plotlyjs=False)
+    assert "<script>alert" not in fig_html
     dot = g.save(tmp_path / "g.dot").read_text()
     assert '"a0.h0\\""' in dot and "digraph" in dot
     d = json.loads(g.save(tmp_path / "g.json").read_text())
