@@ -193,7 +193,7 @@ def test_logit_effects_are_decoder_rows_through_the_unembedding(toy_mixed, shipp
     assert [v for _, v in table["promoted"]] == pytest.approx(logits.topk(10).values.tolist(), rel=1e-4)
     assert [v for _, v in table["suppressed"]] == pytest.approx((-logits).topk(10).values.neg().tolist(), rel=1e-4)
     assert table["promoted"][0][0] == toy_mixed.to_single_str_token(int(logits.argmax()))
-    cos = torch.nn.functional.normalize(toy_mixed.W_E, dim=-1) @ torch.nn.functional.normalize(
+    cos = torch.nn.functional.normalize(toy_mixed.W_E.detach(), dim=-1) @ torch.nn.functional.normalize(
         sae.W_dec[j].detach(), dim=0
     )
     assert table["embedding"][0][1] == pytest.approx(float(cos.max()), rel=1e-4)

@@ -15,89 +15,38 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from ...core.io import atomic_write_text
-from .script import SCRIPT
-from .style import CSS, show_token
+import torch
 
-LEVELS = "0123456789abcdefghijklmnopqrstuvwxyz"  # activation of a context token, in 36 levels of the latent's max
+from ...core.io import atomic_write_text
+from .data import BANDS, latents_payload, round3
+from .script import SCRIPT
+from .style import CSS
+
 BYTES_PER_LATENT = 3072
 BYTES_FIXED = 64 * 1024
 
 
-def _r(x: float) -> float | None:
-    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
-        return None
-    return float(f"{x:.3g}")
-
-
-class _Strings:
-    """Token strings stored once; contexts refer to them by index."""
-
-    def __init__(self, stats: Any) -> None:
-        self.stats = stats
-        self.index: dict[int, int] = {}
-
-    def __call__(self, ids: list[int]) -> list[int]:
-        out = []
-        for i in ids:
-            k = self.index.get(i)
-            if k is None:
-                k = self.index[i] = len(self.index)
-            out.append(k)
-        return out
-
-    def table(self) -> list[str]:
-        ids = sorted(self.index, key=self.index.__getitem__)
-        return [show_token(s) for s in self.stats.strings(ids)]
-
-
-def _ctx(c: dict[str, Any], peak: float, strings: _Strings, tag_ix: dict[str, int]) -> list[Any]:
-    scale = 0.0 if peak <= 0 else (len(LEVELS) - 1) / peak
-    q = "".join(LEVELS[min(len(LEVELS) - 1, int(a * scale + 0.5))] if a > 0 else "0" for a in c["acts"])
-    return [_r(c["value"]), c["target"], strings(c["ids"]), q, tag_ix.get(c["tag"], -1) if c["tag"] else -1]
-
-
 def payload(stats: Any, *, title: str, info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON document the page renders from."""
+    """The JSON document the page renders from (layout in :mod:`.data`)."""
     from ..latents.stats import QUANTILES
 
-    strings = _Strings(stats)
-    tag_ix = {t: i for i, t in enumerate(stats.tag_names or [])}
+    strings, latents, tok_col = latents_payload(stats)
     rows = stats.table()
-    quant = stats.quantiles(QUANTILES).tolist()
-    latents, tok_col = [], []
-    for j, row in enumerate(rows):
-        peak = row["max"]
-        ctxs = stats.contexts(j, strings=False)
-        top_ids = [c["ids"][c["target"]] for c in ctxs]
-        uniq = list(dict.fromkeys(top_ids))[:3]
-        tok_col.append(" ".join(repr(s) for s in stats.strings(uniq)))
-        bands = [
-            [_r(b["lo"]), _r(b["hi"]), b["q"][0], b["q"][1], [_ctx(c, peak, strings, tag_ix) for c in b["items"]]]
-            for b in stats.samples(j, strings=False)
-        ]
-        edges, counts = stats.histogram(j)
-        hist = [_r(edges[0]), _r(edges[1] / edges[0]), counts] if counts else None
-        logits = None
-        if stats.logits is not None:
-            L = stats.logits
-            pairs = [(L.up_ids, L.up_vals), (L.down_ids, L.down_vals)]
-            if L.emb_ids is not None:
-                pairs.append((L.emb_ids, L.emb_vals))
-            logits = [[strings(i[j].tolist()), [_r(v) for v in vals[j].tolist()]] for i, vals in pairs]
-        latents.append([[_ctx(c, peak, strings, tag_ix) for c in ctxs], bands, hist, [_r(v) for v in quant[j]], logits])
+
+    def col(name: str) -> list[Any]:
+        return round3(torch.tensor([float("nan") if r[name] is None else r[name] for r in rows]))
+
     index = {
-        "freq": [_r(r["freq"]) for r in rows],
-        "max": [_r(r["max"]) for r in rows],
+        "freq": col("freq"),
+        "max": col("max"),
         "label": [r["label"] for r in rows],
         "level": [r["level"] for r in rows],
-        "f1": [_r(r["f1"]) for r in rows],
-        "p": [_r(r["precision"]) for r in rows],
-        "r": [_r(r["recall"]) for r in rows],
+        "f1": col("f1"),
+        "p": col("precision"),
+        "r": col("recall"),
         "special": [r["special"] for r in rows],
         "tokens": tok_col,
         "evidence": [lab.describe() for lab in stats.labels],
@@ -106,11 +55,13 @@ def payload(stats: Any, *, title: str, info: dict[str, Any] | None = None) -> di
         "title": title,
         "info": {str(k): str(v) for k, v in (info or {}).items()},
         "n_tokens": stats.n_tokens,
+        "left": stats.left,
+        "bands": BANDS,
         "tags": bool(stats.tag_names),
         "tag_names": list(stats.tag_names or []),
         "quantiles": list(QUANTILES),
         "logits_reason": stats.logits_reason,
-        "strings": strings.table(),
+        "strings": strings,
         "index": index,
         "latents": latents,
     }

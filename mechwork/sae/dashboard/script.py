@@ -90,13 +90,16 @@ function draw() {
 }
 
 function ctxDiv(c, peak) {
-  const value = c[0], target = c[1], strs = c[2].map(function (i) { return S[i]; }), q = c[3], tag = c[4];
+  const value = c[0], toks = c[1], q = c[2], tag = c[3], target = D.left;
   const d = el("div", "ctx");
   d.appendChild(el("span", "v", fmt(value)));
-  const own = strs.some(function (s) { return /^\s/.test(s); });
-  strs.forEach(function (s, i) {
-    if (!own && i > 0) d.appendChild(document.createTextNode(" "));
-    const sp = el("span", i === target ? "t" : "", s);
+  const own = toks.some(function (i) { return i >= 0 && /^\s/.test(S[i]); });
+  let first = true;
+  toks.forEach(function (ti, i) {
+    if (ti < 0) return;
+    if (!own && !first) d.appendChild(document.createTextNode(" "));
+    first = false;
+    const sp = el("span", i === target ? "t" : "", S[ti]);
     const lv = parseInt(q.charAt(i), 36) / 35;
     sp.style.background = "rgba(255,110,0," + lv.toFixed(2) + ")";
     sp.title = i === target ? fmt(value) : "\u2248" + fmt(lv * peak);
@@ -166,11 +169,14 @@ function card(j) {
   if (!L[0].length) box.appendChild(el("p", "muted", "never fires on these tokens"));
   L[0].forEach(function (c) { box.appendChild(ctxDiv(c, peak)); });
   if (L[1].length) box.appendChild(el("h4", "", "samples by quantile band"));
-  L[1].forEach(function (b) {
-    box.appendChild(el("p", "band", "quantiles " + b[2].toFixed(2) + "-" + b[3].toFixed(2) +
-                                     " (activations " + fmt(b[0]) + "-" + fmt(b[1]) + ")"));
-    b[4].forEach(function (c) { box.appendChild(ctxDiv(c, peak)); });
-  });
+  for (let b = D.bands - 1; b >= 0; b--) {
+    const items = L[1].filter(function (c) { return c[4] === b; });
+    if (!items.length) continue;
+    const vals = items.map(function (c) { return c[0]; });
+    box.appendChild(el("p", "band", "quantiles " + (b / D.bands).toFixed(2) + "-" + ((b + 1) / D.bands).toFixed(2) +
+      " (activations " + fmt(Math.min.apply(null, vals)) + "-" + fmt(Math.max.apply(null, vals)) + ")"));
+    items.forEach(function (c) { box.appendChild(ctxDiv(c, peak)); });
+  }
   selected = j;
   draw();
 }

@@ -24,9 +24,12 @@ N_BINS = (LOG2_HI - LOG2_LO) * SUB
 ACT_CHUNK = 8192  # context activations are gathered for this many entries at a time
 
 
+_EDGES = torch.pow(2.0, torch.arange(N_BINS + 1, dtype=torch.float64) / SUB + LOG2_LO)
+
+
 def bin_edges() -> Float[Tensor, " n_bins_plus_1"]:
     """Lower edges of the logarithmic activation bins (and the upper edge of the last one)."""
-    return torch.pow(2.0, torch.arange(N_BINS + 1, dtype=torch.float64) / SUB + LOG2_LO)
+    return _EDGES.clone()
 
 
 def to_bin(v: Tensor) -> Tensor:

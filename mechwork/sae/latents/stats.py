@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ...core.errors import ConfigError, DataError
-from .accumulate import N_BINS, Accumulator, bin_edges
+from .accumulate import _EDGES, N_BINS, Accumulator, bin_edges
 from .labels import Label, tag_labels, token_labels
 from .logits import LogitEffects
 
@@ -112,7 +112,7 @@ class LatentStats:
         per = max(1, -(-(hi - lo) // bars))
         hi = min(N_BINS, lo + per * -(-(hi - lo) // per))
         counts = torch.nn.functional.pad(h[lo:hi], (0, per * -(-(hi - lo) // per) - (hi - lo))).reshape(-1, per)
-        edges = bin_edges()[lo : lo + counts.shape[0] * per + 1 : per]
+        edges = _EDGES[lo : lo + counts.shape[0] * per + 1 : per]
         return edges.tolist(), counts.sum(1).tolist()
 
     def _entries(self, table: Any, j: int, *, strings: bool = True) -> list[dict[str, Any]]:
