@@ -185,21 +185,24 @@ def test_special_tokens_counted_on_request(toy_mixed):
 
 # ---- logit effects ----------------------------------------------------------------------------------------
 def test_logit_effects_are_decoder_rows_through_the_unembedding(toy_mixed, shipped_stats):
+    """Decoder rows written at the site, read through the (LayerNorm-centred) unembedding; MLP-neuron-space
+    directions through W_out first; no model, no logit effects (with the reason)."""
     st = shipped_stats["blocks.2.hook_resid_post"]
     sae = ms.load(shipped.path("toy-mixed", "blocks.2.hook_resid_post"))
+    assert toy_mixed.cfg.normalization_type == "LNPre"  # final LayerNorm: centring only (weights folded into W_U)
     j = st.best(1)[0]
-    logits = sae.W_dec[j].detach() @ toy_mixed.W_U
+    d = sae.W_dec[j].detach()
+    logits = (d - d.mean()) @ toy_mixed.W_U.detach()
     table = st.logit_table(j)
-    assert [v for _, v in table["promoted"]] == pytest.approx(logits.topk(10).values.tolist(), rel=1e-4)
-    assert [v for _, v in table["suppressed"]] == pytest.approx((-logits).topk(10).values.neg().tolist(), rel=1e-4)
+    assert [v for _, v in table["promoted"]] == pytest.approx(logits.topk(10).values.tolist(), rel=1e-4, abs=1e-5)
+    assert [v for _, v in table["suppressed"]] == pytest.approx((-logits).topk(10).values.neg().tolist(), rel=1e-4, abs=1e-5)
     assert table["promoted"][0][0] == toy_mixed.to_single_str_token(int(logits.argmax()))
-    cos = torch.nn.functional.normalize(toy_mixed.W_E.detach(), dim=-1) @ torch.nn.functional.normalize(
-        sae.W_dec[j].detach(), dim=0
-    )
-    assert table["embedding"][0][1] == pytest.approx(float(cos.max()), rel=1e-4)
+    assert table["embedding"][0][1] == pytest.approx(float((toy_mixed.W_E.detach() @ d).max()), rel=1e-4)
     mlp = _random_sae(512, 16, 2, site="blocks.0.mlp.hook_post")
     st2 = ms.latent_stats(mlp, model=toy_mixed, n_tokens=300)
-    assert st2.logits is None and "d_model=128" in st2.logits_reason and st2.logit_table(0) is None
+    out = mlp.W_dec.detach() @ toy_mixed.W_out[0].detach()
+    want = (out - out.mean(-1, keepdim=True)) @ toy_mixed.W_U.detach()
+    assert [v for _, v in st2.logit_table(3)["promoted"]] == pytest.approx(want[3].topk(10).values.tolist(), rel=1e-4, abs=1e-5)
 
 
 # ---- dashboard --------------------------------------------------------------------------------------------

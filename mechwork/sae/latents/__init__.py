@@ -9,7 +9,7 @@ Public API::
 
 from .card import LatentCard
 from .labels import NARROW_PRECISION, STRONG_F1, WEAK_F1, Label
-from .logits import LogitEffects, direction_logits, logit_effects
+from .logits import LogitEffects, logit_effects
 from .stats import LatentStats, latent_stats
 
 __all__ = [
@@ -19,7 +19,6 @@ __all__ = [
     "Label",
     "LogitEffects",
     "logit_effects",
-    "direction_logits",
     "STRONG_F1",
     "WEAK_F1",
     "NARROW_PRECISION",

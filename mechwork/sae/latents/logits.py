@@ -1,10 +1,11 @@
-"""What a latent writes: its decoder direction read through the unembedding and against the token embeddings.
+"""What a latent writes: its decoder direction read in vocabulary space through :mod:`mechwork.projection`.
 
-``W_dec[j] @ W_U`` gives the direct effect of the latent on every output logit (the tokens it promotes and
-suppresses), ignoring the final LayerNorm's per-token scale (its affine part is folded into ``W_U`` when weights
-are processed). ``cos(W_dec[j], W_E[t])`` is the embedding-space reading (the input tokens whose embedding the
-direction resembles). Both need a residual-stream site (width ``d_model``); an encoder without a language-model
-head has no unembedding to read through, and is refused with the reason.
+``project(model, W_dec, site=site)`` reads each decoder row as a direction written at the SAE's site: residual-width
+sites go straight through the unembedding (final LayerNorm's affine part and centring folded in), ``mlp_post``
+through ``W_out`` first, ``z``/``result`` through ``W_O``. The top promoted and suppressed tokens are the largest and
+most negative direct logit effects; the embedding-space reading (``output="embed"``) gives the tokens whose
+embedding the direction points along. Models without a trained LM head (encoders) and sites that cannot be read
+are refused by the projection with the reason, which the dashboard shows instead of the table.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-CHUNK = 512  # latents projected at a time (bounds the [chunk, vocab] matrix)
+from ...core.errors import MechworkError
 
 
 @dataclass
@@ -26,11 +27,11 @@ class LogitEffects:
     Attributes
     ----------
     up_ids, up_vals : [d_sae, n]
-        Most promoted tokens (largest ``W_dec[j] @ W_U``) and their logit effect.
+        Most promoted tokens (largest direct logit effect) and the effect.
     down_ids, down_vals : [d_sae, n]
         Most suppressed tokens (most negative effect).
     emb_ids, emb_vals : [d_sae, n] or None
-        Tokens whose embedding has the largest cosine with the direction.
+        Tokens whose embedding has the largest dot product with the written direction.
     """
 
     up_ids: Int[Tensor, "d_sae n"]
@@ -41,50 +42,28 @@ class LogitEffects:
     emb_vals: Float[Tensor, "d_sae n"] | None
 
 
-def unavailable_reason(model: Any, d_in: int) -> str | None:
-    """Why logit effects cannot be computed for an SAE of width ``d_in`` on ``model`` (``None`` if they can)."""
+@torch.no_grad()
+def logit_effects(
+    model: Any, W_dec: Float[Tensor, "d_sae d_in"], site: str | None, n: int = 10
+) -> tuple[LogitEffects | None, str | None]:
+    """Top ``n`` promoted / suppressed tokens and embedding neighbours of every decoder row.
+
+    Returns ``(effects, None)``, or ``(None, reason)`` when the model or site cannot be read in vocabulary space.
+    """
+    from ...projection import project
+
     if model is None:
-        return "no model given (logit effects need the model's unembedding)"
-    arch = str(getattr(model.cfg, "original_architecture", "") or "")
-    if getattr(model, "mechwork_headless", False) or "Bert" in arch or "Encoder" in type(model).__name__:
-        return f"the model ({arch or type(model).__name__}) has no language-model head: no unembedding to read through"
-    if not hasattr(model, "W_U"):
-        return "the model exposes no unembedding W_U"
-    if int(d_in) != int(model.cfg.d_model):
-        return (
-            f"the SAE reads width {d_in}, not the residual stream (d_model={int(model.cfg.d_model)}); "
-            "logit effects need a residual-stream, attention-output or MLP-output site"
-        )
-    return None
-
-
-@torch.no_grad()
-def direction_logits(model: Any, directions: Float[Tensor, "n d_model"]) -> Float[Tensor, "n vocab"]:
-    """Direct logit effect of residual-stream directions: ``directions @ W_U``."""
-    W_U = model.W_U
-    return directions.to(W_U.device, W_U.dtype) @ W_U
-
-
-@torch.no_grad()
-def logit_effects(model: Any, W_dec: Float[Tensor, "d_sae d_model"], n: int = 10) -> LogitEffects:
-    """Top ``n`` promoted / suppressed tokens and embedding neighbours of every decoder row."""
-    W_E = getattr(model, "W_E", None)
-    emb = None if W_E is None else torch.nn.functional.normalize(W_E.detach().float(), dim=-1)
-    out: dict[str, list[Tensor]] = {k: [] for k in ("ui", "uv", "di", "dv", "ei", "ev")}
-    for lo in range(0, W_dec.shape[0], CHUNK):
-        d = W_dec[lo : lo + CHUNK].detach().float()
-        lg = direction_logits(model, d).float()
-        k = min(n, lg.shape[1])
-        up = lg.topk(k, dim=-1)
-        down = (-lg).topk(k, dim=-1)
-        out["ui"].append(up.indices.cpu())
-        out["uv"].append(up.values.cpu())
-        out["di"].append(down.indices.cpu())
-        out["dv"].append(-down.values.cpu())
-        if emb is not None:
-            cos = torch.nn.functional.normalize(d.to(emb.device), dim=-1) @ emb.T
-            e = cos.topk(min(n, cos.shape[1]), dim=-1)
-            out["ei"].append(e.indices.cpu())
-            out["ev"].append(e.values.cpu())
-    cat = {k: torch.cat(v) if v else None for k, v in out.items()}
-    return LogitEffects(cat["ui"], cat["uv"], cat["di"], cat["dv"], cat["ei"], cat["ev"])  # type: ignore[arg-type]
+        return None, "no model given (logit effects need the model's unembedding)"
+    W = W_dec.detach()
+    try:
+        proj = project(model, W, site=site, mode="write")
+        up_v, up_i = proj.top_rows(n)
+        down_v, down_i = proj.top_rows(n, largest=False)
+    except MechworkError as e:
+        return None, str(e)
+    try:
+        emb_v, emb_i = project(model, W, site=site, mode="write", output="embed").top_rows(n)
+    except MechworkError:
+        emb_v = emb_i = None
+    cpu = (lambda t: None if t is None else t.cpu())  # noqa: E731
+    return LogitEffects(up_i.cpu(), up_v.cpu(), down_i.cpu(), down_v.cpu(), cpu(emb_i), cpu(emb_v)), None

@@ -327,7 +327,7 @@ def latent_stats(
         token_strings,
         tokenizer_for,
     )
-    from .logits import logit_effects, unavailable_reason
+    from .logits import logit_effects
 
     if n_tokens < 1:
         raise ConfigError(f"n_tokens must be positive, got {n_tokens}")
@@ -408,8 +408,9 @@ def latent_stats(
     if acc.n_tokens == 0:
         raise DataError("the source gave no tokens to count (all special, or empty)")
     names = [t for t, _ in sorted(tag_ids.items(), key=lambda kv: kv[1])] or None
-    reason = unavailable_reason(model, sae.d_in) if logit_tokens > 0 else "logit_tokens=0"
-    effects = None if reason else logit_effects(model, sae.W_dec, logit_tokens)
+    effects, reason = (None, "logit_tokens=0")
+    if logit_tokens > 0:
+        effects, reason = logit_effects(model, sae.W_dec, meta["site"] if model is not None else None, logit_tokens)
     meta.update(model=getattr(model, "mechwork_spec", None) or getattr(source, "model_spec", None))
     return LatentStats(
         d_sae=sae.d_sae,
