@@ -195,14 +195,18 @@ def test_logit_effects_are_decoder_rows_through_the_unembedding(toy_mixed, shipp
     logits = (d - d.mean()) @ toy_mixed.W_U.detach()
     table = st.logit_table(j)
     assert [v for _, v in table["promoted"]] == pytest.approx(logits.topk(10).values.tolist(), rel=1e-4, abs=1e-5)
-    assert [v for _, v in table["suppressed"]] == pytest.approx((-logits).topk(10).values.neg().tolist(), rel=1e-4, abs=1e-5)
+    assert [v for _, v in table["suppressed"]] == pytest.approx(
+        (-logits).topk(10).values.neg().tolist(), rel=1e-4, abs=1e-5
+    )
     assert table["promoted"][0][0] == toy_mixed.to_single_str_token(int(logits.argmax()))
     assert table["embedding"][0][1] == pytest.approx(float((toy_mixed.W_E.detach() @ d).max()), rel=1e-4)
     mlp = _random_sae(512, 16, 2, site="blocks.0.mlp.hook_post")
     st2 = ms.latent_stats(mlp, model=toy_mixed, n_tokens=300)
     out = mlp.W_dec.detach() @ toy_mixed.W_out[0].detach()
     want = (out - out.mean(-1, keepdim=True)) @ toy_mixed.W_U.detach()
-    assert [v for _, v in st2.logit_table(3)["promoted"]] == pytest.approx(want[3].topk(10).values.tolist(), rel=1e-4, abs=1e-5)
+    assert [v for _, v in st2.logit_table(3)["promoted"]] == pytest.approx(
+        want[3].topk(10).values.tolist(), rel=1e-4, abs=1e-5
+    )
 
 
 # ---- dashboard --------------------------------------------------------------------------------------------

@@ -65,5 +65,5 @@ def logit_effects(
         emb_v, emb_i = project(model, W, site=site, mode="write", output="embed").top_rows(n)
     except MechworkError:
         emb_v = emb_i = None
-    cpu = (lambda t: None if t is None else t.cpu())  # noqa: E731
-    return LogitEffects(up_i.cpu(), up_v.cpu(), down_i.cpu(), down_v.cpu(), cpu(emb_i), cpu(emb_v)), None
+    emb_i, emb_v = (None, None) if emb_i is None or emb_v is None else (emb_i.cpu(), emb_v.cpu())
+    return LogitEffects(up_i.cpu(), up_v.cpu(), down_i.cpu(), down_v.cpu(), emb_i, emb_v), None
