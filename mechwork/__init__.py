@@ -12,10 +12,12 @@ from .core.errors import (  # noqa: E402
     ConfigError,
     DataError,
     MechworkError,
+    MechworkWarning,
     ModelNotFoundError,
     NonFiniteError,
     ShapeError,
     SiteError,
+    UnsupportedModelError,
 )
 from .core.sites import Site, site, sites  # noqa: E402
 
@@ -64,4 +66,6 @@ __all__ = [
     "ModelNotFoundError",
     "NonFiniteError",
     "DataError",
+    "UnsupportedModelError",
+    "MechworkWarning",
 ]
