@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from typing import Any
+
+from ..viz import escape_text as _esc
 
 
 def plot_sweep(
@@ -27,7 +28,10 @@ def plot_sweep(
     fig = make_subplots(
         rows=1,
         cols=2,
-        subplot_titles=(f"{concept_task} probes on erased activations", "task accuracy with the eraser hooked in"),
+        subplot_titles=(
+            _esc(f"{concept_task} probes on erased activations"),
+            "task accuracy with the eraser hooked in",
+        ),
     )
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     first = [r for r in fitted if group(r) == methods[0]] if methods else []
@@ -60,7 +64,7 @@ def plot_sweep(
                     go.Scatter(
                         x=[r["site"] for r in rs],
                         y=[r[f"{probe}_accuracy"] for r in rs],
-                        name=f"{m}: {probe} probe",
+                        name=_esc(f"{m}: {probe} probe"),
                         line=dict(color=color, dash=dash),
                     ),
                     row=1,
@@ -73,7 +77,7 @@ def plot_sweep(
                     go.Scatter(
                         x=[r["site"] for r in rs],
                         y=[r[key] for r in rs],
-                        name=f"{m}: {task}",
+                        name=_esc(f"{m}: {task}"),
                         line=dict(color=color, dash=("solid", "dash", "dot", "dashdot")[j % 4]),
                         marker=dict(symbol=("circle", "square", "diamond", "x")[j % 4]),
                         mode="lines+markers",
@@ -89,7 +93,7 @@ def plot_sweep(
                     go.Scatter(
                         x=sites,
                         y=[clean[key]] * len(sites),
-                        name=f"clean model: {task}",
+                        name=_esc(f"clean model: {task}"),
                         line=dict(color="gray", dash=("solid", "dash", "dot", "dashdot")[j % 4], width=1),
                     ),
                     row=1,
@@ -97,5 +101,5 @@ def plot_sweep(
                 )
     fig.update_yaxes(title_text="accuracy", range=[0, 1.02])
     fig.update_xaxes(title_text="site")
-    fig.update_layout(title=html.escape(title or f"Erasing {concept_task}, site by site"), height=450, width=1100)
+    fig.update_layout(title=_esc(title or f"Erasing {concept_task}, site by site"), height=450, width=1100)
     return fig

@@ -34,6 +34,23 @@ def is_hf_folder(path: Path) -> bool:
     )
 
 
+def require_safetensors(path: Path) -> None:
+    """Refuse a local folder whose weights exist only as pickled ``pytorch_model.bin`` files.
+
+    Unpickling runs code from the file, so mechwork loads safetensors only; the error says how to convert.
+    """
+    if any((path / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):
+        return
+    pickled = sorted(p.name for p in path.glob("pytorch_model*.bin"))
+    raise CheckpointError(
+        f"{path}: weights are only in pickled form ({', '.join(pickled) or 'no model.safetensors'}); mechwork loads "
+        "safetensors only, because unpickling a file can run arbitrary code. If you trust the file, convert it "
+        'once: python -c "from transformers import AutoModel as M; '
+        f"M.from_pretrained('{path}', use_safetensors=False).save_pretrained('{path}')\" (writes "
+        "model.safetensors beside it; use AutoModelForCausalLM for language models)"
+    )
+
+
 def read_hf_config(path: Path) -> dict[str, Any]:
     try:
         return json.loads((path / "config.json").read_text())
@@ -72,11 +89,12 @@ def load_hf_hooked(path: Path, *, processing: bool = True) -> Any:
         raise ConfigError(
             f"{path}: architecture {arch!r} has no HookedTransformer converter here; use backend='bridge'"
         )
+    require_safetensors(path)
     cfg_dict = _tl_config_from_folder(path, raw)
     cfg_dict.pop("tokenizer_prepends_bos", None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hf = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=torch.float32)
+        hf = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=torch.float32, use_safetensors=True)
         cfg = HookedTransformerConfig(**cfg_dict)
         state = getattr(W, f"convert_{HOOKED_ARCHS[arch]}_weights")(hf, cfg)
         tokenizer = AutoTokenizer.from_pretrained(str(path)) if _has_tokenizer(path) else None
@@ -96,6 +114,8 @@ def load_hf_bridge(name_or_path: str, *, processing: bool = True) -> Any:
     """A TransformerBridge over the real HF module tree (local folder or hub name)."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    if Path(name_or_path).is_dir():
+        require_safetensors(Path(name_or_path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = TransformerBridge.boot_transformers(str(name_or_path), device="cpu")

@@ -24,6 +24,11 @@ def escape_tokens(tokens: Sequence[str]) -> list[str]:
     return out
 
 
+def escape_text(text: object) -> str:
+    """HTML-escape a title or axis title (plotly renders a subset of HTML in them; ``<bos>`` would vanish)."""
+    return html.escape(str(text), quote=True)
+
+
 def heatmap(
     values: Tensor,
     *,
@@ -49,7 +54,12 @@ def heatmap(
             reversescale=colorscale == "RdBu",
         )
     )
-    fig.update_layout(title=html.escape(title), xaxis_title=xlabel, yaxis_title=ylabel, yaxis_autorange="reversed")
+    fig.update_layout(
+        title=escape_text(title),
+        xaxis_title=escape_text(xlabel),
+        yaxis_title=escape_text(ylabel),
+        yaxis_autorange="reversed",
+    )
     return fig
 
 
@@ -80,7 +90,7 @@ def layer_line(values: Tensor, labels: Sequence[str], *, title: str = "", ylabel
             go.Scatter(x=x, y=mean.tolist(), mode="lines+markers", name="mean"),
         ]
     )
-    fig.update_layout(title=html.escape(title), xaxis_title="layer", yaxis_title=ylabel)
+    fig.update_layout(title=escape_text(title), xaxis_title="layer", yaxis_title=escape_text(ylabel))
     return fig
 
 
