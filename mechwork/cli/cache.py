@@ -63,9 +63,10 @@ def register(sub: Any) -> None:
     c.add_argument("--no-bos", action="store_true", help="do not start documents and windows with BOS")
     c.add_argument(
         "--packing",
-        default="concat",
+        default=None,
         choices=("concat", "pad"),
-        help="concat: documents back to back (default); pad: one document per padded window (task prompts)",
+        help="concat: documents back to back (default for causal models); pad: one document per padded window "
+        "with an attention mask (task prompts; the default and only choice for encoders such as MiniLM)",
     )
     c.add_argument("--seed", type=int, default=0, help="seed of generated sources (default 0)")
     c.add_argument("--shard-tokens", type=int, default=None, help="rows per shard file (default: about 256 MiB)")
@@ -96,19 +97,15 @@ def register(sub: Any) -> None:
 
 def _source(spec: str, seed: int) -> Any:
     from ..core.errors import ConfigError
+    from ..data.sources import named_source
 
-    if spec == "corpus":
-        from ..data import Corpus
-
-        return Corpus(seed=seed)
-    if spec.startswith("task:"):
-        from .. import tasks
-
-        return tasks.get(spec[5:])
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"--source {spec!r}: expected 'corpus', 'task:NAME' or an existing file")
-    return path
+    src = named_source(spec, seed)
+    if isinstance(src, str):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--source {spec!r}: expected 'corpus', 'task:NAME' or an existing file")
+        return path
+    return src
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -139,7 +136,7 @@ def _collect(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         resume=args.resume,
         overwrite=args.overwrite,
-        bos=not args.no_bos,
+        bos=False if args.no_bos else None,
         progress=not args.quiet,
         shard_tokens=args.shard_tokens,
         seed=args.seed,

@@ -8,8 +8,8 @@ from .errors import (
     ConfigError,
     DataError,
     MechworkError,
-    ModelNotFoundError,
     MechworkWarning,
+    ModelNotFoundError,
     NonFiniteError,
     ShapeError,
     SiteError,
@@ -27,9 +27,9 @@ from .hooks import (
     run_with_hooks,
     to_tokens,
 )
+from .io import atomic_dir, atomic_path, atomic_write_json, atomic_write_text, load_tensors, read_json, save_tensors
 from .kind import ModelKind, is_causal, model_kind, require_causal, require_logits
 from .prompts import Encoded, decode, encode, encode_texts, str_tokens, token_str, tokenizer_of
-from .io import atomic_dir, atomic_path, atomic_write_json, atomic_write_text, load_tensors, read_json, save_tensors
 from .sites import Site, enable, is_bridge, resolve, site, sites, stop_at_layer
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import DataError
+from .errors import DataError, SiteError
 from .kind import is_causal, model_kind, require_logits
 from .sites import Site, enable, resolve, stop_at_layer
 
@@ -78,6 +78,10 @@ def forward_kwargs(model: Any, attention_mask: Tensor | None) -> dict[str, Any]:
     if attention_mask is None or is_causal(model) or bool(attention_mask.bool().all()):
         return {}
     return {"attention_mask": attention_mask}
+
+
+class HooksNotFiredError(SiteError, DataError):
+    """Requested hook points that did not fire in a forward pass (a site the model's computation never reaches)."""
 
 
 class _Done(Exception):
@@ -209,7 +213,9 @@ def capture(
         pass
     missing = [s.name for s in site_list if s.name not in store]
     if missing:
-        raise DataError(f"hooks did not fire for {missing}; the model's forward pass does not reach these sites")
+        raise HooksNotFiredError(
+            f"hooks did not fire for {missing}; the model's forward pass does not reach these sites"
+        )
     return (out, store) if output else store
 
 

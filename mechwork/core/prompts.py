@@ -216,10 +216,12 @@ def encode(
         Empty input, non-integer ids, ids outside the vocabulary, prompts longer than the context, text
         prompts for a model without a tokenizer.
     """
+    if isinstance(prompts, (list, tuple)) and not prompts:
+        raise DataError(f"{what}: empty list (no prompts given)")
     if isinstance(prompts, Encoded):
         enc = prompts
     elif _is_prompt_batch(prompts):
-        _check_batch_tokenizer(model, prompts)
+        check_batch_vocab(model, prompts)
         am = getattr(prompts, "attention_mask", None)
         enc = Encoded(prompts.clean, am, prompts.pos)
     elif isinstance(prompts, str):
@@ -309,7 +311,7 @@ def _check_context(model: Any, enc: Encoded, *, truncate: bool, what: str) -> En
     return Encoded(enc.tokens[:, :ctx], am, enc.last.clamp(max=ctx - 1))
 
 
-def _check_batch_tokenizer(model: Any, batch: Any) -> None:
+def check_batch_vocab(model: Any, batch: Any) -> None:
     """Refuse a PromptBatch rendered for another tokenizer (e.g. the toy vocabulary on a GPT-2 folder)."""
     vocab = getattr(batch, "vocab", None)
     mine = vocab_id(model)

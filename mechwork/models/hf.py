@@ -80,7 +80,6 @@ def _tl_config_from_folder(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
 
 def load_hf_hooked(path: Path, *, processing: bool = True) -> Any:
     """A HookedTransformer from a local HF causal-LM folder."""
-    import torch
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained import weight_conversions as W
     from transformers import AutoModelForCausalLM, AutoTokenizer
