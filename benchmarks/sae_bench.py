@@ -29,7 +29,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
 
-from benchmarks._common import print_table, write_results  # noqa: E402
+from benchmarks._common import load_json, print_table, write_results  # noqa: E402
 
 SETTINGS = [(512, 16384, 32, 2048), (768, 24576, 32, 2048)]
 
@@ -72,22 +72,39 @@ def _mechwork_step(d: int, m: int, k: int, x: torch.Tensor, *, sparse: bool):
     return lambda: run.one_step(x)
 
 
-def _saelens_step(d: int, m: int, k: int, x: torch.Tensor, *, autocast: bool = False):
+def _saelens_trainer(d: int, m: int, k: int, batch: int, device, *, lr: float, autocast: bool = False, **extra):
+    """SAELens's own ``SAETrainer`` over a ``TopKTrainingSAE``, its learning rate set through its trainer config
+    (constant schedule: ``lr_end = lr``; setting the optimizer's lr afterwards would be undone by its scheduler)."""
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=m, k=k, device=str(x.device)))
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=m, k=k, device=str(device)))
     tcfg = SAETrainerConfig(
-        total_training_samples=x.shape[0] * 10_000,
-        train_batch_size_samples=x.shape[0],
-        lr=2e-4,
-        lr_end=2e-4,
-        device=str(x.device),
+        total_training_samples=batch * 10_000,
+        train_batch_size_samples=batch,
+        lr=lr,
+        lr_end=lr,
+        device=str(device),
         autocast=autocast,
+        **extra,
     )
-    trainer = SAETrainer(tcfg, sae, data_provider=iter(()))
-    return lambda: trainer._train_step(sae, x), trainer
+    return SAETrainer(tcfg, sae, data_provider=iter(()))
+
+
+def _saelens_fit_step(trainer, batch: torch.Tensor) -> None:
+    """One step as ``SAETrainer.fit`` takes it (public ``step``, then the step counter), without its logging."""
+    trainer.step(batch)
+    trainer.n_training_steps += 1
+
+
+def _lrs(trainer) -> list[float]:
+    return [float(g["lr"]) for g in trainer.optimizer.param_groups]
+
+
+def _saelens_step(d: int, m: int, k: int, x: torch.Tensor, *, autocast: bool = False):
+    trainer = _saelens_trainer(d, m, k, x.shape[0], x.device, lr=2e-4, autocast=autocast)
+    return lambda: trainer._train_step(trainer.sae, x), trainer
 
 
 def speed(settings, repeat: int, device: torch.device) -> list[dict]:
@@ -98,7 +115,7 @@ def speed(settings, repeat: int, device: torch.device) -> list[dict]:
         W = torch.randn(d, m, device=device) / d**0.5
         sl_step, _ = _saelens_step(d, m, k, x)
         fns = {
-            "floor": lambda: x @ W,
+            "floor": lambda x=x, W=W: x @ W,
             "mechwork": _mechwork_step(d, m, k, x, sparse=True),
             "mechwork_dense": _mechwork_step(d, m, k, x, sparse=False),
             "saelens": sl_step,
@@ -125,7 +142,7 @@ def speed(settings, repeat: int, device: torch.device) -> list[dict]:
     return rows
 
 
-def recovery_bench(steps: int, batch: int, device: torch.device) -> list[dict]:
+def recovery_bench(steps: int, batch: int, device: torch.device, *, lr: float = 1e-3) -> list[dict]:
     import mechwork.sae as ms
     from mechwork.sae.synthetic import SyntheticDictionary, recovery
 
@@ -138,7 +155,7 @@ def recovery_bench(steps: int, batch: int, device: torch.device) -> list[dict]:
                 saes=(ms.SAEConfig(d_sae=width, k=32),),
                 batch_size=batch,
                 tokens=batch * steps,
-                lr=1e-3,
+                lr=lr,
                 warmup_steps=50,
                 device=str(device),
             ),
@@ -153,37 +170,50 @@ def recovery_bench(steps: int, batch: int, device: torch.device) -> list[dict]:
                 "d_sae": width,
                 "steps": steps,
                 "seconds": sec,
+                "lr": lr,
+                "schedule": "warm-up 50 steps, linear decay (mechwork defaults)",
                 **recovery(res.sae.W_dec, sd.features),
                 "fvu": ev["fvu"],
                 "dead_fraction": ev["dead_fraction"],
             }
         )
-        # SAELens TopK on the same batches, same steps, same lr (its defaults otherwise)
-        data = sd.batches(batch, seed=1)  # the same batches, regenerated (seeded)
-        step, trainer = _saelens_step(256, width, 32, torch.zeros(batch, 256, device=device))
-        for g in trainer.optimizer.param_groups:
-            g["lr"] = 1e-3
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            trainer._train_step(trainer.sae, next(data).to(device))
-        sec = time.perf_counter() - t0
-        sl = trainer.sae
-        W = sl.W_dec.detach()
-        with torch.no_grad():
-            xs = sd.sample(8192, seed=7)[0].to(device)
-            f = sl.encode(xs)
-            err = (xs - sl.decode(f)).pow(2).sum() / (xs - xs.mean(0)).pow(2).sum()
-        rows.append(
-            {
-                "impl": "saelens",
-                "d_sae": width,
-                "steps": steps,
-                "seconds": sec,
-                **recovery(W, sd.features),
-                "fvu": float(err),
-                "dead_fraction": float(((f != 0).sum(0) == 0).float().mean()),
-            }
-        )
+        # SAELens TopK on the same batches, same steps, same lr: (a) its defaults otherwise (dead-latent window
+        # 1000 steps, longer than the run, so AuxK never sees a dead latent); (b) its dead window set to
+        # mechwork's 1M tokens, the peer's best fair setting for the dead-latent column
+        for variant, extra in (
+            ("defaults", {}),
+            ("dead window 1M tokens", {"dead_feature_window": 1_000_000 // batch}),
+        ):
+            data = sd.batches(batch, seed=1)  # the same batches, regenerated (seeded)
+            trainer = _saelens_trainer(256, width, 32, batch, device, lr=lr, **extra)
+            t0 = time.perf_counter()
+            for i in range(steps):
+                _saelens_fit_step(trainer, next(data).to(device))
+                if i < 3:  # the lr in effect is the stated one (SAELens's scheduler owns the optimizer's lr)
+                    assert _lrs(trainer) == [lr], f"SAELens lr after step {i + 1}: {_lrs(trainer)}, stated {lr}"
+            sec = time.perf_counter() - t0
+            assert _lrs(trainer) == [lr], _lrs(trainer)
+            sl = trainer.sae
+            W = sl.W_dec.detach()
+            with torch.no_grad():
+                xs = sd.sample(8192, seed=7)[0].to(device)
+                f = sl.encode(xs)
+                err = (xs - sl.decode(f)).pow(2).sum() / (xs - xs.mean(0)).pow(2).sum()
+            rows.append(
+                {
+                    "impl": f"saelens ({variant})",
+                    "d_sae": width,
+                    "steps": steps,
+                    "seconds": sec,
+                    "lr": _lrs(trainer)[0],
+                    "schedule": "constant (SAELens default), asserted in effect",
+                    "dead_feature_window_steps": trainer.cfg.dead_feature_window,
+                    **recovery(W, sd.features),
+                    "fvu": float(err),
+                    "dead_fraction": float(((f != 0).sum(0) == 0).float().mean()),
+                }
+            )
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -192,8 +222,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts for the speed table (default 1,2)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="first setting only, short recovery run")
-    ap.add_argument("--recovery-steps", type=int, default=600)
+    ap.add_argument("--recovery-steps", type=int, default=500)
     ap.add_argument("--no-recovery", action="store_true", help="speed table only")
+    ap.add_argument(
+        "--no-speed", action="store_true", help="recovery table only; keeps the speed rows of the existing results file"
+    )
     ap.add_argument("--out-name", default="sae", help="results file name (benchmarks/results/<name>.json)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
@@ -201,26 +234,27 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     settings = SETTINGS[:1] if args.quick else SETTINGS
     rows = []
-    for t in threads:
+    for t in [] if args.no_speed else threads:
         torch.set_num_threads(t)
         rows += speed(settings, args.repeat, device)
-    print_table(
-        rows,
-        [
-            "threads",
-            "d_in",
-            "d_sae",
-            "k",
-            "batch",
-            "floor_tok_s",
-            "mechwork_tok_s",
-            "mechwork_dense_tok_s",
-            "saelens_tok_s",
-            "x_saelens",
-            "x_floor",
-        ],
-        title=f"TopK training step, tokens/s ({device.type})",
-    )
+    if rows:
+        print_table(
+            rows,
+            [
+                "threads",
+                "d_in",
+                "d_sae",
+                "k",
+                "batch",
+                "floor_tok_s",
+                "mechwork_tok_s",
+                "mechwork_dense_tok_s",
+                "saelens_tok_s",
+                "x_saelens",
+                "x_floor",
+            ],
+            title=f"TopK training step, tokens/s ({device.type})",
+        )
     torch.set_num_threads(threads[0])
     rec = [] if args.no_recovery else recovery_bench(100 if args.quick else args.recovery_steps, 4096, device)
     if rec:
@@ -230,17 +264,20 @@ def main(argv=None) -> int:
             title="Synthetic dictionary recovery: 256-d, 512 features, 32 active, batch 4096",
         )
     if not args.no_write:
-        write_results(
-            args.out_name,
-            {
-                "threads": threads,
-                "repeat": args.repeat,
-                "speed": rows,
-                "recovery": rec,
-                "targets": {"x_saelens": 3.0, "x_floor": 0.4},
-                "notes": "medians of interleaved repeats on a shared, noisy machine; compare ratios only",
-            },
-        )
+        payload = {
+            "threads": threads,
+            "repeat": args.repeat,
+            "speed": rows,
+            "recovery": rec,
+            "targets": {"x_saelens": 3.0, "x_floor": 0.4},
+            "notes": "medians of interleaved repeats on a shared, noisy machine; compare ratios only",
+        }
+        if args.no_speed:  # keep the earlier speed table (and say when each part was measured)
+            old = load_json(Path(__file__).parent / "results" / f"{args.out_name}.json")
+            payload = {**{k: v for k, v in old.items() if k not in ("benchmark", "environment")}, "recovery": rec}
+            payload["date_speed"] = old.get("date_speed", old.get("date"))
+            payload["notes"] = old.get("notes", "") + "; the recovery table was re-run alone later (date)"
+        write_results(args.out_name, payload)
     return 0
 
 

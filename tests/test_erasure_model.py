@@ -158,7 +158,16 @@ def test_layer_sweep_probe_grid_and_figure(toy_mixed, tmp_path):
     assert {r["label"] for r in rows[1:]} == {"leace [all]", "rlace [all]"}
     assert all(r["linear_accuracy_before"] > 0.9 for r in rows[1:] if r["site"] == "resid_pre.2")
     fig = mechwork.erasure.plot_sweep(rows, tasks=("ioi",))
-    assert len(fig.data) >= 6
+    traces = {t.name: t for t in fig.data}
+    for label in ("leace [all]", "rlace [all]"):  # each curve carries its method's rows, site by site
+        rs = [r for r in rows[1:] if r["label"] == label]
+        assert list(traces[f"{label}: linear probe"].x) == [r["site"] for r in rs]
+        assert list(traces[f"{label}: linear probe"].y) == [r["linear_accuracy"] for r in rs]
+        assert list(traces[f"{label}: ioi"].y) == [r["ioi_accuracy"] for r in rs]
+    first = [r for r in rows[1:] if r["label"] == "leace [all]"]
+    assert list(traces["majority rate"].y) == [r["majority"] for r in first]
+    assert set(traces["clean model: ioi"].y) == {rows[0]["ioi_accuracy"]}
+    assert list(traces["linear probe, no erasure"].y) == [r["linear_accuracy_before"] for r in first]
     grid = mechwork.erasure.probe_grid(toy_mixed, "gender", ["resid_pre.0", "resid_pre.2"], n=120)
     acc = grid["accuracy"]
     assert acc.shape == (2, len(grid["positions"])) and grid["positions"][1].startswith("1: ")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,4 +17,11 @@ def test_erasure_notebook_executes():
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs)
-    assert "gender 1.0 ->" in text and "eraser.safetensors" in text
+    assert "eraser.safetensors" in text
+    # "<method> at <site> | gender CLEAN -> ERASED | ioi CLEAN -> ERASED": the pronoun accuracy (chance 0.5,
+    # which pronoun's logit wins) must fall to within 0.1 of chance while IOI stays close to the clean model
+    m = re.search(r"\| gender ([0-9.]+) -> ([0-9.]+) \| ioi ([0-9.]+) -> ([0-9.]+)", text)
+    assert m, text[-2000:]
+    gender_clean, gender_erased, ioi_clean, ioi_erased = map(float, m.groups())
+    assert gender_clean >= 0.95 and abs(gender_erased - 0.5) <= 0.1, m.group(0)
+    assert ioi_clean - ioi_erased < 0.05, m.group(0)

@@ -60,7 +60,7 @@ def test_peer_equality_on_shipped_models(name, backend, request, ioi, induction)
         ("get_act_patch_attn_head_out_by_pos", "z", "head_position"),
     ):
         ours = activation_patch(model, batch, task, sites=sites, per=per)
-        torch.testing.assert_close(ours.scores, _tl(fn, model, task, batch), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.scores, _tl(fn, model, task, batch), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["toy-mixed", "toy-induction-2l"])
@@ -83,7 +83,7 @@ def _circuit(model):
     induction = {(1, h) for h in range(ind.shape[1]) if ind[1, h] > 0.4}
     previous = {(0, h) for h in range(prev.shape[1]) if prev[0, h] > 0.4}
     if not induction or not previous:
-        pytest.xfail(
+        pytest.fail(
             f"toy-induction-2l lacks the canonical circuit: induction scores {ind.tolist()}, "
             f"previous-token scores {prev.tolist()} (report to the lead)"
         )

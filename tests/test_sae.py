@@ -280,7 +280,21 @@ def test_geometric_median_is_robust_to_outliers():
     assert gm.norm() < 3.0 < x.mean(0).norm()
 
 
-def test_registered_architecture_with_non_flat_inputs_trains_saves_and_loads(tmp_path):
+@pytest.fixture
+def registry_restored():
+    """Architectures registered by a test are removed afterwards (the registry is global state)."""
+    from mechwork.sae import registry
+
+    names = registry.names()
+    yield
+    for name in registry.names():
+        if name not in names:
+            registry.unregister(name)
+    with pytest.raises(ConfigError, match="test_grid"):
+        ms.SAEConfig(architecture="test_grid", d_sae=32, k=4)
+
+
+def test_registered_architecture_with_non_flat_inputs_trains_saves_and_loads(tmp_path, registry_restored):
     """A new architecture (here a subclass taking [batch, channels, grid] inputs) reuses the trainer as is."""
 
     class GridSAE(SAE):
@@ -301,10 +315,28 @@ def test_registered_architecture_with_non_flat_inputs_trains_saves_and_loads(tmp
 
 
 def test_wandb_logging_when_asked(synth, monkeypatch):
-    pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "disabled")
+    """With ``wandb_project`` set, the run is opened with the config and every logged record reaches wandb under
+    ``<sae>/<metric>`` at its step, with the values of the run's history (a recording stand-in for wandb)."""
+    wandb = pytest.importorskip("wandb")
+    calls: dict[str, list] = {"init": [], "log": [], "finish": []}
+
+    class Run:
+        def log(self, data, step=None):
+            calls["log"].append((step, dict(data)))
+
+        def finish(self):
+            calls["finish"].append(True)
+
+    monkeypatch.setattr(wandb, "init", lambda **kw: calls["init"].append(kw) or Run())
     _, x = synth
     cfg = ms.TrainConfig(
         saes=(ms.SAEConfig(d_sae=32, k=2),), batch_size=128, tokens=128 * 4, log_every=2, wandb_project="mechwork-test"
     )
-    assert ms.train(cfg, x, progress=False).steps == 4
+    res = ms.train(cfg, x, progress=False)
+    assert res.steps == 4 and len(calls["init"]) == 1 and len(calls["finish"]) == 1
+    assert calls["init"][0]["project"] == "mechwork-test" and calls["init"][0]["config"] == res.config.to_dict()
+    assert [step for step, _ in calls["log"]] == [r["step"] for r in res.history] == [2, 4]
+    name = res.history[0]["sae"]
+    for (_, logged), rec in zip(calls["log"], res.history):
+        assert logged[f"{name}/loss"] == rec["loss"] and logged[f"{name}/l0"] == rec["l0"]
+        assert logged[f"{name}/fvu"] == rec["fvu"] and 0 < rec["fvu"] < 1.5

@@ -21,8 +21,9 @@ cells = [
     ),
     nbf.v4.new_markdown_cell(
         "## Train\n\n`TrainConfig.saes` holds one or several SAEs; all of them see the same batches in one pass "
-        "(here a tiny sweep over k). The sparse TopK kernels make the decoder and the backward pass touch only the "
-        "selected latents."
+        "(here a tiny sweep over k). The sparse TopK kernels make the decoder and the backward-pass arithmetic "
+        "involve only the selected latents (O(N k d)); top-k, the dense gradient tensors, Adam and the decoder "
+        "renormalisation still cover every latent."
     ),
     nbf.v4.new_code_cell(
         "cfg = ms.TrainConfig(saes=ms.sweep(ms.SAEConfig(d_sae=512), k=[8, 16]), model='toy-mixed', site=site,\n"

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .options import Opt, add_options, command, given, group, shared
+
 EPILOG_COLLECT = """examples:
   mechwork cache collect toy-mixed --sites resid_post.1 z.2 --tokens 200000 --out acts/
   mechwork cache collect toy-mixed --sites resid_post.3 --tokens 50000 --source task:ioi --dtype bfloat16 --out ioi/
@@ -17,19 +19,32 @@ EPILOG_COLLECT = """examples:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
+    from ..cache.collect import collect
+
+    _, csub = group(
+        sub,
         "cache",
         help="collect activations to a sharded on-disk store; describe a store",
         description="Activation caching: many sites in one forward pass, a memory-mapped store.",
     )
-    csub = p.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
-
-    c = csub.add_parser(
+    c = command(
+        csub,
         "collect",
         help="run a model over a token source and store activations",
         description="Run MODEL over a token source once and store the activations of every site.",
-        epilog=EPILOG_COLLECT,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=EPILOG_COLLECT,
+        parents=[
+            shared(
+                "dtype",
+                "device",
+                "backend",
+                help={
+                    "dtype": "storage dtype: float32, float16, bfloat16 (default: the model's)",
+                    "device": "device of the model: cpu, cuda, cuda:1 (default: CUDA if available)",
+                },
+            )
+        ],
+        func=_collect,
     )
     c.add_argument("model", help="shipped model name, model folder or hub name (see `mechwork zoo list`)")
     c.add_argument(
@@ -53,46 +68,37 @@ def register(sub: Any) -> None:
         help="'corpus' (the generated language, default), 'task:NAME' (ioi, induction, gender, style) "
         "or a .txt/.jsonl/.safetensors/.npy file",
     )
-    c.add_argument("--batch-size", type=int, default=32, help="context windows per forward pass (default 32)")
-    c.add_argument("--context", type=int, default=None, help="tokens per window (default: the model's n_ctx)")
-    c.add_argument("--dtype", default=None, help="storage dtype: float32, float16, bfloat16 (default: the model's)")
-    c.add_argument("--device", default=None, help="device of the model: cpu, cuda, cuda:1 (default: CUDA if available)")
-    c.add_argument("--model-dtype", default=None, help="dtype the model is loaded in (default float32)")
-    c.add_argument("--backend", default="auto", choices=("auto", "hooked", "bridge"), help="TransformerLens backend")
-    c.add_argument("--autocast", action="store_true", help="run the forward pass under bfloat16 autocast")
-    c.add_argument("--no-bos", action="store_true", help="do not start documents and windows with BOS")
-    c.add_argument(
-        "--packing",
-        default=None,
-        choices=("concat", "pad"),
-        help="concat: documents back to back (default for causal models); pad: one document per padded window "
-        "with an attention mask (task prompts; the default and only choice for encoders such as MiniLM)",
+    add_options(
+        c,
+        collect,
+        [
+            Opt("batch_size", metavar="N"),
+            Opt("context", metavar="N"),
+            Opt(
+                "packing",
+                help="concat: documents back to back (default for causal models); pad: one document per padded "
+                "window with an attention mask (the default and only choice for encoders such as MiniLM)",
+            ),
+            Opt("bos", help="start documents and windows with BOS (default: the model family's convention)"),
+            Opt("shard_tokens", metavar="N", help="rows per shard file (default: about 256 MiB)"),
+            Opt("progress", flag="quiet", help="no progress bar"),
+        ],
     )
+    c.add_argument("--model-dtype", default=None, help="dtype the model is loaded in (default float32)")
+    c.add_argument("--autocast", action="store_true", help="run the forward pass under bfloat16 autocast")
     c.add_argument("--seed", type=int, default=0, help="seed of generated sources (default 0)")
-    c.add_argument("--shard-tokens", type=int, default=None, help="rows per shard file (default: about 256 MiB)")
     c.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    g = c.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help="continue an interrupted collection into --out")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
-    c.add_argument("--quiet", action="store_true", help="no progress bar")
-    c.set_defaults(func=_collect)
+    add_options(c.add_mutually_exclusive_group(), collect, ["resume", "overwrite"])
 
-    i = csub.add_parser(
+    command(
+        csub,
         "info",
         help="describe an activation store",
         description="Check an activation store against its manifest and describe it.",
-        epilog="example:\n  mechwork cache info acts/",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    i.add_argument("path", type=Path, help="store folder")
-    i.add_argument("--json", action="store_true", help="print the manifest (with its statistics summary) as JSON")
-    i.set_defaults(func=_info)
-
-    def _help(args: argparse.Namespace) -> int:
-        p.print_help()
-        return 0
-
-    p.set_defaults(func=_help)
+        examples=["mechwork cache info acts/"],
+        parents=[shared("json", help={"json": "print the manifest (with its statistics summary) as JSON"})],
+        func=_info,
+    ).add_argument("path", type=Path, help="store folder")
 
 
 def _source(spec: str, seed: int) -> Any:
@@ -131,17 +137,10 @@ def _collect(args: argparse.Namespace) -> int:
         args.sites,
         out=args.out,
         n_tokens=n_tokens,
-        batch_size=args.batch_size,
-        context=args.context,
         dtype=args.dtype,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        bos=False if args.no_bos else None,
-        progress=not args.quiet,
-        shard_tokens=args.shard_tokens,
         seed=args.seed,
         autocast=True if args.autocast else None,
-        packing=args.packing,
+        **given(args, collect),
     )
     dt = time.perf_counter() - t0
     print(

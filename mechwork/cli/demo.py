@@ -5,22 +5,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .options import command, shared
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = command(
+        sub,
         "demo",
         help="a short tour of the shipped model (tokens, predictions, logit lens, a figure)",
         description="Load the shipped toy-mixed model, tokenise an IOI prompt, show the top next-token predictions, "
         "the IOI logit difference on held-out name pairs, and its build-up layer by layer with the logit lens; "
         "write the figure as self-contained HTML.",
-        epilog="example:\n  mechwork demo --out out/demo",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=["mechwork demo --out out/demo"],
+        parents=[shared("backend")],
+        func=run,
     )
     p.add_argument("--model", default="toy-mixed", help="model to tour (default: toy-mixed)")
-    p.add_argument("--backend", default="auto", choices=["auto", "hooked", "bridge"])
     p.add_argument("--out", default="out/demo", help="folder for the figure (default: out/demo)")
     p.add_argument("--n", type=int, default=128, help="number of IOI prompts (default: 128)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

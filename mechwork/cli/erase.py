@@ -7,34 +7,44 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .options import Opt, add_options, command, given, group, key_values, shared
+
 _METHOD_HELP = "leace (closed form, default), inlp (iterative nullspace projection) or rlace (adversarial, rank k)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    from ..erasure.inlp import INLP
+    from ..erasure.rlace import RLACE
+
+    _, g = group(
+        sub,
         "erase",
         help="concept erasure: fit an eraser (LEACE, INLP, R-LACE), evaluate it, sweep the layers",
         description="Fit a linear concept eraser at one site of a model from a labelled task (gender by default), "
         "save it as an artefact folder, and judge it: fresh linear and MLP probes on erased held-out activations vs "
         "the majority rate, distortion, and the model's behaviour with the eraser hooked in.",
-        epilog="examples:\n  mechwork erase fit toy-mixed --task gender --site resid_pre.1 --method leace --out out/gender-leace\n"
-        "  mechwork erase eval out/gender-leace\n  mechwork erase sweep toy-mixed --methods leace,inlp --out out/gender-sweep",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "mechwork erase fit toy-mixed --task gender --site resid_pre.1 --method leace --out out/gender-leace",
+            "mechwork erase eval out/gender-leace",
+            "mechwork erase sweep toy-mixed --methods leace,inlp --out out/gender-sweep",
+        ],
     )
-    g = p.add_subparsers(dest="erase_command", metavar="{fit,eval,sweep}")
+    data = _data_args()
 
-    f = g.add_parser(
+    f = command(
+        g,
         "fit",
         help="fit an eraser at one site and save it",
-        epilog="example:\n  mechwork erase fit toy-mixed --task gender --site resid_pre.1 --method rlace --rank 1 --out out/e",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=["mechwork erase fit toy-mixed --task gender --site resid_pre.1 --method rlace --rank 1 --out out/e"],
+        parents=[data, shared("seed")],
+        func=run_fit,
     )
     f.add_argument("model", help="model spec (e.g. toy-mixed, a mechwork or Hugging Face folder)")
     f.add_argument("--site", required=True, help="activation site, e.g. resid_pre.1 or blocks.1.hook_resid_pre")
     f.add_argument("--out", required=True, help="artefact folder to write")
     f.add_argument("--method", default="leace", choices=["leace", "inlp", "rlace"], help=_METHOD_HELP)
-    f.add_argument("--rank", type=int, default=None, help="rlace: dimensions removed (default 1)")
-    f.add_argument("--n-iter", type=int, default=None, help="inlp: most rounds (default 20)")
+    add_options(f, RLACE, [Opt("rank", help="rlace: dimensions removed")], ns="method")
+    add_options(f, INLP, [Opt("n_iter", help="inlp: most rounds")], ns="method")
     f.add_argument(
         "--option",
         action="append",
@@ -42,48 +52,43 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="any other option of the method, e.g. --option shrinkage=true --option schedule=reference",
     )
-    _data_args(f)
     f.add_argument("--n", type=int, default=2000, help="prompts to fit on (train split; default 2000)")
-    f.add_argument("--seed", type=int, default=0)
     f.add_argument("--no-eval", action="store_true", help="skip the evaluation written to card.json")
-    f.set_defaults(func=run_fit)
 
-    e = g.add_parser(
+    e = command(
+        g,
         "eval",
         help="evaluate a saved eraser: probes, distortion, behaviour",
-        epilog="example:\n  mechwork erase eval out/gender-leace --n 1000 --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=["mechwork erase eval out/gender-leace --n 1000 --json"],
+        parents=[shared("backend", "seed", "json", seed=1, help={"json": "print the report as JSON"})],
+        func=run_eval,
     )
     e.add_argument("dir", help="eraser folder written by `mechwork erase fit`")
     e.add_argument("--model", default=None, help="model spec (default: the one the eraser was fitted on)")
     e.add_argument("--task", default=None, help="labelled task (default: the one it was fitted on)")
-    e.add_argument("--backend", default="auto", choices=["auto", "hooked", "bridge"])
     e.add_argument("--n", type=int, default=1000, help="held-out prompts for the probes (test split; default 1000)")
     e.add_argument("--behaviour-n", type=int, default=256, help="prompts per task for the behaviour metrics")
-    e.add_argument("--seed", type=int, default=1)
-    e.add_argument("--json", action="store_true", help="print the report as JSON")
-    e.set_defaults(func=run_eval)
 
-    s = g.add_parser(
+    s = command(
+        g,
         "sweep",
         help="fit and judge erasers at every residual site; write JSON and a figure",
-        epilog="example:\n  mechwork erase sweep toy-mixed --methods leace,inlp,rlace --out out/sweep",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=["mechwork erase sweep toy-mixed --methods leace,inlp,rlace --out out/sweep"],
+        parents=[data, shared("seed")],
+        func=run_sweep,
     )
     s.add_argument("model")
     s.add_argument("--out", required=True, help="folder for sweep.json and sweep.html")
     s.add_argument("--methods", default="leace", help="comma-separated methods (default: leace)")
     s.add_argument("--sites", default=None, help="comma-separated sites (default: every residual-stream point)")
-    _data_args(s)
     s.add_argument("--n", type=int, default=2000, help="prompts to fit on")
     s.add_argument("--n-eval", type=int, default=600, help="held-out prompts for the probes")
     s.add_argument("--behaviour-n", type=int, default=256)
-    s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=run_sweep)
-    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
+def _data_args() -> argparse.ArgumentParser:
+    """Where the labelled activations come from (shared by fit and sweep)."""
+    p = shared("backend", "device", device="cpu", help={"device": "device of the model"})
     p.add_argument("--task", default="gender", help="labelled task (default: gender)")
     p.add_argument(
         "--positions",
@@ -97,38 +102,11 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         choices=["position"],
         help="leace: remove the concept within every position, not on average over positions",
     )
-    p.add_argument("--backend", default="auto", choices=["auto", "hooked", "bridge"])
-    p.add_argument("--device", default="cpu", help="device of the model (default: cpu)")
-
-
-def _parse_value(v: str) -> Any:
-    low = v.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
+    return p
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    from ..core.errors import ConfigError
-
-    opts: dict[str, Any] = {}
-    for item in args.option:
-        if "=" not in item:
-            raise ConfigError(f"--option must be KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        opts[k.strip().replace("-", "_")] = _parse_value(v.strip())
-    if args.rank is not None:
-        opts["rank"] = args.rank
-    if args.n_iter is not None:
-        opts["n_iter"] = args.n_iter
-    return opts
+    return {**key_values(args.option, flag="--option"), **given(args, "method")}
 
 
 def _summary(report: dict[str, Any]) -> str:

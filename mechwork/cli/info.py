@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 
+from .options import command, shared
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = command(
+        sub,
         "info",
         help="describe a model: architecture, parameters, activation sites",
         description="Load MODEL and print its architecture, parameter count and every activation site "
         "(full hook name, short alias, per-token shape).",
-        epilog="examples:\n  mechwork info toy-mixed\n  mechwork info ./my-gpt2-folder --backend bridge --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=["mechwork info toy-mixed", "mechwork info ./my-gpt2-folder --backend bridge --json"],
+        parents=[shared("backend", "device", "json", device="cpu", help={"json": "print JSON instead of a table"})],
+        func=run,
     )
     p.add_argument(
         "model",
@@ -21,11 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="toy-mixed",
         help="shipped name, mechwork/HF folder, or hub name (default: toy-mixed)",
     )
-    p.add_argument("--backend", default="auto", choices=["auto", "hooked", "bridge"], help="TransformerLens backend")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps (default: cpu)")
     p.add_argument("--kind", default=None, help="only list sites of this kind (resid_post, z, mlp_post, ...)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=run)
 
 
 def describe(model) -> dict:

@@ -7,41 +7,54 @@ import json
 from pathlib import Path
 from typing import Any
 
-METHOD_CHOICES = ("activation", "attribution", "atp", "relevance", "relp", "ig", "integrated_gradients", "all")
+from .options import Opt, add_options, command, given, key_values, shared
+
 _CANON = {"atp": "attribution", "relp": "relevance", "ig": "integrated_gradients"}
 _HEAD_KINDS = ("z", "q", "k", "v", "pattern", "attn_scores", "result", "heads", "head")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    from ..patching import METHODS, activation_patch, integrated_gradients
+
+    p = command(
+        sub,
         "patch",
         help="localise a behaviour: activation, attribution, relevance patching or integrated gradients",
         description="Score every cell of a grid (sites x layer x position/head) by how much patching it from the "
         "clean into the corrupted run changes the task metric. 'activation' is the ground truth (batched forward "
         "passes); 'attribution' (AtP) and 'relevance' (RelP, LRP rules) cost one backward pass; 'ig' integrates "
         "gradients along the path. 'all' runs the four and reports each one's Pearson r against activation patching.",
-        epilog="examples:\n"
-        "  mechwork patch toy-mixed --task ioi --method relp --per head\n"
-        "  mechwork patch toy-mixed --task ioi --method activation --sites block --per position --html ioi.html\n"
-        "  mechwork patch toy-induction-2l --task induction --task-options segment_len=10 --method all --per head\n"
-        "  mechwork patch toy-mixed --task ioi --method ig --sites resid_pre --steps 64 --out ig.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "mechwork patch toy-mixed --task ioi --method relp --per head",
+            "mechwork patch toy-mixed --task ioi --method activation --sites block --per position --html ioi.html",
+            "mechwork patch toy-induction-2l --task induction --task-options segment_len=10 --method all --per head",
+            "mechwork patch toy-mixed --task ioi --method ig --sites resid_pre --steps 64 --out ig.json",
+        ],
+        parents=[
+            shared("backend", "device", "seed", "json", device="cpu", help={"seed": "prompt seed", "json": _JSON})
+        ],
+        func=run,
     )
     p.add_argument(
         "model", nargs="?", default="toy-mixed", help="shipped name, mechwork/HF folder (default: toy-mixed)"
     )
     p.add_argument("--task", default="ioi", help="ioi, induction, gender, style (default: ioi)")
-    p.add_argument("--method", default="activation", choices=METHOD_CHOICES, help="default: activation")
-    p.add_argument(
-        "--per", default=None, help="layer, position, head, head_position (default: head for z, else position)"
+    p.add_argument("--method", default="activation", choices=(*METHODS, "all"), help="default: activation")
+    add_options(
+        p,
+        activation_patch,
+        [
+            Opt("per", choices=(), help="layer, position, head, head_position (default: head for z, else position)"),
+            Opt(
+                "sites",
+                help="comma-separated kinds/sites: resid_pre, resid_post, attn_out, mlp_out, z, q, k, v, pattern, "
+                "block (= resid_pre,attn_out,mlp_out), z.1, ... (default: z for head granularities, else resid_pre)",
+            ),
+            Opt("direction", default="denoise"),
+            Opt("batch_size", help="most rows per forward pass"),
+        ],
+        ns="grid",
     )
-    p.add_argument(
-        "--sites",
-        default=None,
-        help="comma-separated kinds/sites: resid_pre, resid_post, attn_out, mlp_out, z, q, k, v, pattern, "
-        "block (= resid_pre,attn_out,mlp_out), z.1, ... (default: z for head granularities, else resid_pre)",
-    )
-    p.add_argument("--direction", default="denoise", choices=["denoise", "noise"], help="default: denoise")
     p.add_argument(
         "--task-options",
         default=None,
@@ -49,13 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="task options, e.g. prefix_len=4,segment_len=10 for induction or template=0 for ioi",
     )
     p.add_argument("--n", type=int, default=32, help="number of prompts (default: 32)")
-    p.add_argument("--seed", type=int, default=0, help="prompt seed (default: 0)")
     p.add_argument("--rules", default=None, help="RelP rules, comma-separated: layernorm,identity,half,attention")
-    p.add_argument("--steps", type=int, default=64, help="IG quadrature points (default: 64)")
-    p.add_argument("--path", default="site", choices=["site", "input"], help="IG path (default: site)")
-    p.add_argument("--batch-size", type=int, default=None, help="most rows per forward pass")
-    p.add_argument("--backend", default="auto", choices=["auto", "hooked", "bridge"])
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps (default: cpu)")
+    add_options(p, integrated_gradients, [Opt("steps", help="IG quadrature points"), Opt("path", help="IG path")])
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 for models under 20M parameters)")
     p.add_argument("--top", type=int, default=10, help="print the top N cells (default: 10)")
     p.add_argument(
@@ -67,23 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default=None, help="write the result as JSON")
     p.add_argument("--html", default=None, help="write the figure as self-contained HTML")
-    p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
-    p.set_defaults(func=run)
 
 
-def _options(text: str | None) -> dict[str, Any]:
-    from ..core.errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in (text or "").split(","):
-        if not item.strip():
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--task-options takes key=value pairs separated by commas, got {item!r}")
-        v = value.strip()
-        out[key.strip()] = int(v) if v.lstrip("-").isdigit() else v
-    return out
+_JSON = "print a JSON summary instead of text"
 
 
 def _methods(name: str) -> list[str]:
@@ -93,15 +87,17 @@ def _methods(name: str) -> list[str]:
 
 
 def _kwargs(method: str, args: argparse.Namespace) -> dict[str, Any]:
-    kw: dict[str, Any] = {"direction": args.direction, "batch_size": args.batch_size, "progress": not args.json}
-    if args.sites:
-        kw["sites"] = [s.strip() for s in args.sites.split(",") if s.strip()]
+    from ..patching import integrated_gradients
+
+    kw: dict[str, Any] = {**given(args, "grid"), "progress": not args.json}
+    if "sites" in kw:
+        kw["sites"] = [s.strip() for s in kw["sites"].split(",") if s.strip()]
     kinds = [x.split(".")[0] for x in kw.get("sites", ["z"])]
-    kw["per"] = args.per or ("head" if all(k in _HEAD_KINDS for k in kinds) else "position")
+    kw.setdefault("per", "head" if all(k in _HEAD_KINDS for k in kinds) else "position")
     if method == "relevance" and args.rules:
         kw["rules"] = [r.strip() for r in args.rules.split(",") if r.strip()]
     if method == "integrated_gradients":
-        kw.update(steps=args.steps, path=args.path)
+        kw.update(given(args, integrated_gradients))
     return kw
 
 
@@ -120,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     elif sum(p.numel() for p in model.parameters()) < 20_000_000:
         torch.set_num_threads(1)  # tiny models: more threads only add OpenMP contention
     try:
-        task = tasks.get(args.task, **_options(args.task_options))
+        task = tasks.get(args.task, **key_values(args.task_options, flag="--task-options"))
     except TypeError as e:  # an option the task does not have
         from ..core.errors import ConfigError
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
+from .options import Opt, add_options, command, given, group, int_arg, shared
 
 TRAIN_EXAMPLES = """examples:
   # stream activations of the shipped model (no cache needed), sweep k over one pass:
@@ -30,141 +31,138 @@ SHOW_EXAMPLES = """examples:
 """
 
 
-def _ints(s: str) -> list[int]:
-    try:
-        return [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+def _architectures() -> list[str]:
+    from ..sae import registry
+
+    return registry.trainable_names()
 
 
-def _floats(s: str) -> list[float]:
-    try:
-        return [float(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+# TrainConfig / SAEConfig fields offered by `sae train` (type, default, choices and help come from the configs)
+TRAIN_DATA = (
+    Opt("store", flag="from-cache", help="activation store folder (mechwork cache)"),
+    Opt("model", help="stream from this model on the generated corpus (e.g. toy-mixed)"),
+    Opt("site", help="site, e.g. resid_post.2 or blocks.2.hook_resid_post"),
+    Opt("tokens", help="training tokens (default: one pass over the cache)"),
+    "data_seed",
+)
+# per config class (one per architecture); all land in the namespace "sae" and SAEConfig(**fields) keeps
+# the fields of the chosen --arch
+SAE_FIELDS: dict[str, tuple] = {
+    "SAEConfig": (
+        Opt("architecture", flag="arch", choices=_architectures, help="SAE architecture"),
+        Opt("d_sae", flag="width", sweep=True),
+        Opt("seed", flag="seeds", sweep=True),
+        "dead_tokens",
+        "normalize",
+        "b_dec_init",
+    ),
+    "TopKConfig": (Opt("k", sweep=True), "k_start", "k_anneal", "alpha", "k_aux", "aux_coefficient"),
+    "ReLUConfig": (Opt("l1_coefficient", flag="l1", sweep=True), "l1_warmup"),
+}
+SAE_NS = "sae"
+TRAIN_RUN = (
+    "batch_size",
+    Opt("lr", help="Adam learning rate (default 2e-4/sqrt(width/16384))"),
+    "warmup_steps",
+    "decay_fraction",
+    "grad_clip",
+    "out",
+    "checkpoint_every",
+    "log_every",
+    "device",
+    Opt("sparse", flag="dense", help="use the dense reference step instead of the sparse kernels"),
+    "autocast",
+    Opt("wandb_project", flag="wandb"),
+)
+
+
+def _config_class(name: str) -> Any:
+    import mechwork.sae as ms
+
+    return getattr(ms, name)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser(
+    from ..sae.config import TrainConfig
+
+    _, ssub = group(
+        sub,
         "sae",
         help="sparse autoencoders: train, evaluate, browse latents",
         description="Train TopK (k-sparse) or ReLU SAEs on cached or streamed activations, evaluate them "
         "spliced into the model, and look at what their latents mean.",
-        epilog=TRAIN_EXAMPLES + EVAL_EXAMPLES + SHOW_EXAMPLES,
-        formatter_class=fmt,
+        examples=TRAIN_EXAMPLES + EVAL_EXAMPLES + SHOW_EXAMPLES,
     )
-    ssub = p.add_subparsers(dest="sae_command", metavar="SAE_COMMAND")
 
-    tr = ssub.add_parser(
+    tr = command(
+        ssub,
         "train",
         help="train one or several SAEs in one pass",
-        epilog=TRAIN_EXAMPLES,
-        formatter_class=fmt,
+        examples=TRAIN_EXAMPLES,
         description="Train SAEs; comma-separated --k/--width/--seeds/--l1 values train the whole grid "
         "in one pass over the same batches. Writes <out>/saes/<name>/ (SAELens folder format), "
         "<out>/metrics.jsonl, <out>/cfg.json and <out>/checkpoint/.",
+        func=run_train,
     )
     src = tr.add_argument_group("data (one of --from-cache, --model, or --config naming one)")
-    src.add_argument("--config", help="a TrainConfig JSON file")
-    src.add_argument("--from-cache", dest="store", help="activation store folder (mechwork cache)")
-    src.add_argument("--model", help="stream from this model on the generated corpus (e.g. toy-mixed)")
-    src.add_argument("--site", help="site, e.g. resid_post.2 or blocks.2.hook_resid_post")
-    src.add_argument("--tokens", type=int, help="training tokens (default: one pass over the cache)")
-    sae = tr.add_argument_group("SAEs (comma-separated lists sweep)")
-    sae.add_argument("--arch", choices=("topk", "relu"), help="architecture (default topk)")
-    sae.add_argument("--k", type=_ints, help="active latents per token, e.g. 16,32")
-    sae.add_argument("--width", type=_ints, help="number of latents d_sae, e.g. 2048,4096")
-    sae.add_argument("--seeds", type=_ints, help="initialisation seeds, e.g. 0,1")
-    sae.add_argument("--l1", type=_floats, help="ReLU SAEs: L1 coefficients")
-    sae.add_argument("--k-start", type=int, help="k-sparse schedule: start at this k and decrease to --k")
-    sae.add_argument("--alpha", type=float, help="inference keeps round(alpha*k) latents")
-    sae.add_argument("--normalize", choices=("none", "scale", "layer_norm"), help="input normalisation")
+    src.add_argument("--config", help="a TrainConfig JSON file (the options below override its fields)")
+    add_options(src, TrainConfig, TRAIN_DATA)
+    sae_group = tr.add_argument_group("SAEs (comma-separated lists sweep)")
+    for cls_name, fields in SAE_FIELDS.items():
+        add_options(sae_group, _config_class(cls_name), fields, ns=SAE_NS)
     opt = tr.add_argument_group("optimisation and run")
-    opt.add_argument("--batch-size", type=int)
-    opt.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4/sqrt(width/16384))")
-    opt.add_argument("--out", help="output folder")
-    opt.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    opt.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA if available)")
-    opt.add_argument("--dense", action="store_true", help="use the dense reference step instead of the sparse kernels")
-    opt.add_argument("--wandb", dest="wandb_project", help="log to this Weights & Biases project")
+    add_options(opt, TrainConfig, TRAIN_RUN)
     opt.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
-    opt.add_argument("--stop-at", type=int, help="stop after this step and checkpoint (resume later)")
-    opt.add_argument("--no-progress", action="store_true")
-    tr.set_defaults(func=run_train)
+    opt.add_argument("--stop-at", type=int_arg, help="stop after this step and checkpoint (resume later)")
+    opt.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    ev = ssub.add_parser(
+    ev = command(
+        ssub,
         "eval",
         help="FVU, L0, dead latents, CE-loss recovered and KL with the SAE spliced in",
-        epilog=EVAL_EXAMPLES,
-        formatter_class=fmt,
+        examples=EVAL_EXAMPLES,
+        parents=[shared("json")],
+        func=run_eval,
     )
     ev.add_argument("saes", nargs="+", metavar="SAE_DIR")
     ev.add_argument("--model", help="model (default: the one the SAE was trained on)")
     ev.add_argument("--site", help="site (default: the SAE's own)")
     ev.add_argument("--from-cache", dest="store", help="evaluate on the windows of this activation store")
-    ev.add_argument("--tokens", type=int, default=16384, help="tokens to evaluate on (default 16384)")
+    ev.add_argument("--tokens", type=int_arg, default=16384, help="tokens to evaluate on (default 16384)")
     ev.add_argument("--k", type=int, help="TopK: latents kept at inference")
-    ev.add_argument("--json", action="store_true", help="print JSON")
-    ev.set_defaults(func=run_eval)
 
-    sh = ssub.add_parser(
-        "show",
-        help="top-activating contexts and best-matching tags of latents",
-        epilog=SHOW_EXAMPLES,
-        formatter_class=fmt,
-    )
+    sh = command(ssub, "show", help="top-activating contexts and best-matching tags of latents", examples=SHOW_EXAMPLES)
+    sh.set_defaults(func=run_show)
     sh.add_argument("sae", metavar="SAE_DIR")
     sh.add_argument(
         "latents", nargs="*", type=int, metavar="LATENT", help="latent indices (default: the best-matching ones)"
     )
     sh.add_argument("--model", help="model (default: the one the SAE was trained on)")
     sh.add_argument("--from-cache", dest="store", help="browse the tokens of this activation store instead")
-    sh.add_argument("--tokens", type=int, default=20000, help="tokens to scan (default 20000)")
+    sh.add_argument("--tokens", type=int_arg, default=20000, help="tokens to scan (default 20000)")
     sh.add_argument("--top", type=int, default=5, help="contexts per latent")
     sh.add_argument("--html", help="also write a self-contained HTML dashboard here")
-    sh.set_defaults(func=run_show)
-    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
+
+
+_SWEEP_AXES = ("k", "d_sae", "seed", "l1_coefficient")
+_FLAGS = {"d_sae": "width", "seed": "seeds", "l1_coefficient": "l1", "architecture": "arch"}
 
 
 def _train_config(args: argparse.Namespace) -> Any:
     from ..sae import SAEConfig, TrainConfig, sweep
 
     base = TrainConfig.from_json(args.config, ignore=("mechwork_version", "kind")) if args.config else TrainConfig()
-    changes = {
-        k: getattr(args, k)
-        for k in (
-            "store",
-            "model",
-            "site",
-            "tokens",
-            "batch_size",
-            "lr",
-            "out",
-            "checkpoint_every",
-            "device",
-            "wandb_project",
-        )
-        if getattr(args, k) is not None
-    }
-    if args.dense:
-        changes["sparse"] = False
+    changes = given(args, TrainConfig)
+    sae_opts = given(args, SAE_NS)
+    axes = {k: sae_opts.pop(k) for k in _SWEEP_AXES if k in sae_opts}
     sae_base = base.saes[0] if args.config else SAEConfig()
-    fields = {
-        k: v
-        for k, v in (
-            ("architecture", args.arch),
-            ("k_start", args.k_start),
-            ("alpha", args.alpha),
-            ("normalize", args.normalize),
-        )
-        if v is not None
-    }
-    axes = {
-        k: v for k, v in (("k", args.k), ("d_sae", args.width), ("seed", args.seeds), ("l1_coefficient", args.l1)) if v
-    }
-    if fields or axes or not args.config:
-        changes["saes"] = sweep(sae_base.replace(**fields), **axes)
+    if sae_opts or axes or not args.config:
+        sae_base = sae_base.replace(architecture=sae_opts.pop("architecture", sae_base.architecture))
+        foreign = [k for k in [*sae_opts, *axes] if k not in type(sae_base).__dataclass_fields__]
+        if foreign:
+            flags = ", ".join("--" + _FLAGS.get(k, k.replace("_", "-")) for k in foreign)
+            raise ConfigError(f"{flags} do(es) not apply to --arch {sae_base.architecture}")
+        changes["saes"] = sweep(sae_base.replace(**sae_opts), **axes)
     cfg = base.replace(**changes)
     if cfg.out is None:
         raise ConfigError("give an output folder with --out (or 'out' in the config)")

@@ -5,36 +5,59 @@ from __future__ import annotations
 import argparse
 import json
 
+from .options import Opt, add_options, command, given, group, shared
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    from ..models.train import train_zoo
+
+    _, zsub = group(
+        sub,
         "zoo",
         help="the shipped models: list, train from scratch, evaluate",
         description="mechwork ships small models trained on its generated language, whose ground truth is known.",
-        epilog="examples:\n  mechwork zoo list\n  mechwork zoo train toy-induction-2l --out /tmp/ind2l\n"
-        "  mechwork zoo eval toy-mixed",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "mechwork zoo list",
+            "mechwork zoo train toy-induction-2l --out /tmp/ind2l",
+            "mechwork zoo eval toy-mixed",
+        ],
     )
-    zsub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
-    ls = zsub.add_parser("list", help="list shipped models with their card metrics")
-    ls.add_argument("--json", action="store_true")
-    ls.set_defaults(func=run_list)
-    tr = zsub.add_parser(
+    command(
+        zsub,
+        "list",
+        help="list shipped models with their card metrics",
+        examples=["mechwork zoo list --json"],
+        parents=[shared("json")],
+        func=run_list,
+    )
+    tr = command(
+        zsub,
         "train",
         help="train a zoo model from scratch (deterministic: one thread, fixed seeds)",
         description="Train NAME from scratch on the generated corpus with its registered recipe and write the model "
         "folder (config.json, model.safetensors, tokenizer/, card.json with metrics and wall time). Without --out the "
         "shipped copy inside the package is replaced.",
+        examples=["mechwork zoo train toy-induction-2l --out /tmp/ind2l --steps 200   # a quick try"],
+        func=run_train,
     )
     tr.add_argument("name", help="zoo model name (see `mechwork zoo list`)")
-    tr.add_argument("--out", default=None, help="output folder (default: the package's zoo folder)")
-    tr.add_argument("--steps", type=int, default=None, help="override the number of training steps (quick tries)")
-    tr.set_defaults(func=run_train)
-    ev = zsub.add_parser("eval", help="re-measure a model's quality on fresh held-out prompts")
+    add_options(
+        tr,
+        train_zoo,
+        [
+            Opt("out", help="output folder (default: the package's zoo folder)"),
+            Opt("steps", help="override the number of training steps (quick tries)"),
+        ],
+    )
+    ev = command(
+        zsub,
+        "eval",
+        help="re-measure a model's quality on fresh held-out prompts",
+        examples=["mechwork zoo eval toy-mixed --quick"],
+        func=run_eval,
+    )
     ev.add_argument("name", help="zoo model name or model folder")
     ev.add_argument("--quick", action="store_true", help="fewer prompts")
-    ev.set_defaults(func=run_eval)
-    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -75,7 +98,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from ..models.train import train_zoo
 
-    path = train_zoo(args.name, out=args.out, steps=args.steps)
+    path = train_zoo(args.name, **given(args, train_zoo))
     print(f"wrote {path}")
     return run_eval_path(path, quick=True, measured=True)
 

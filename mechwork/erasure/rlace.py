@@ -76,6 +76,10 @@ class RLACE(Method):
         evaluations; stop when the probe is less than ``tol`` above the majority rate; stop after ``patience``
         evaluations without a higher held-out loss (``0``: never), counted once that loss has passed half the label
         entropy (before that the game has not found the concept yet and a plateau means nothing).
+    normalise : bool, optional
+        Centre the rows and rescale them to unit mean-square coordinate before the game (fast: on; reference:
+        off, as in the paper). The returned projection is the same kind of object either way (an orthogonal
+        projection acting on the raw data, with the raw mean as bias when ``affine``).
     weight_decay : float, optional
         For both players (reference 1e-4 as in the paper; fast 1e-2, which keeps the predictor's margins finite on
         separable data so that the adversary's gradient does not vanish).
@@ -102,6 +106,7 @@ class RLACE(Method):
     tol: float | None = None
     patience: int | None = None
     weight_decay: float | None = None
+    normalise: bool | None = None
     init: str = "random"
     dev_fraction: float = 0.2
     affine: bool = True

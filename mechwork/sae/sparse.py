@@ -1,7 +1,7 @@
-"""Sparse TopK encode/decode with hand-written backward passes that touch only the selected latents.
+"""Sparse TopK encode/decode with hand-written backward passes whose arithmetic involves only the selected latents.
 
 A TopK SAE step has one unavoidable dense operation: the encoder pre-activations ``x W_enc + b_enc``
-(``[N, d_sae]``). Everything after the top-k selection involves only ``k`` latents per token, so
+(``[N, d_sae]``). After the top-k selection the gradient arithmetic is ``O(N k d)`` rather than ``O(N d_sae d)``:
 
 * the decoder is a gather of ``k`` rows per token (``embedding_bag``) instead of a ``[N, d_sae] x
   [d_sae, d_in]`` matmul;
@@ -10,6 +10,10 @@ A TopK SAE step has one unavoidable dense operation: the encoder pre-activations
 * the encoder-weight and encoder-bias gradients are the same segment sums over the encoder input;
 * the gradient of the selected values is a per-row dot product (the per-sample-weight backward of
   ``embedding_bag``).
+
+What stays dense, and so still touches every latent: the top-k selection scans all ``d_sae`` pre-activations;
+the weight and bias gradients are dense tensors (``[d_sae, d_in]``, zero in the rows no token selected); the
+optimizer step and the decoder renormalisation update every latent.
 
 The encoder is stored row-major as ``W_enc_T [d_sae, d_in]`` so that these gathers read contiguous rows.
 :func:`topk_encode` and :func:`decode` with ``sparse=False`` are the plain-autograd reference the tests compare
