@@ -312,6 +312,62 @@ def token_source(model: Any, source: Any, *, seed: int = 0) -> TokenSource:
     )
 
 
+def model_rows(
+    model: Any, make_source: Any, *, loop: bool = False, what: str = "the token source"
+) -> Iterator[list[int]]:
+    """Token rows for ``model``, one document per row: BOS by the model family's convention (an encoder's
+    ``[CLS] ... [SEP]`` come from its tokenizer), a document longer than the context cut into context-sized
+    rows (causal; each further row starts with BOS again) or truncated with a warning (encoder).
+
+    ``make_source()`` returns a fresh :class:`TokenSource`; with ``loop`` a finite source is read again from its
+    start when it runs out, with a :class:`~mechwork.core.errors.MechworkWarning` (the data repeats).
+    """
+    import warnings
+
+    from ..core.errors import MechworkWarning
+    from ..core.kind import is_causal
+    from ..core.prompts import bos_id, prepends_bos
+
+    ctx = int(model.cfg.n_ctx)
+    causal = is_causal(model)
+    bos = bos_id(model) if causal and prepends_bos(model) else None
+    step = ctx if bos is None else ctx - 1
+    passes = 0
+    while True:
+        ts = make_source()
+        n = 0
+        for doc in ts.documents():
+            ids = doc.tolist()
+            if bos is not None and ids[0] != bos:
+                ids = [bos] + ids
+            if len(ids) > ctx and not causal:
+                warnings.warn(
+                    f"a document of {len(ids)} tokens was truncated to the context ({ctx})",
+                    MechworkWarning,
+                    stacklevel=2,
+                )
+                ids = ids[:ctx]
+            yield ids[:ctx]
+            n += 1
+            rest = ids[ctx:]
+            for lo in range(0, len(rest), step):
+                yield ([bos] if bos is not None else []) + rest[lo : lo + step]
+        if ts.finite is False or not loop:
+            return
+        if n == 0:
+            raise DataError(
+                f"{what} ({ts.description}) gave no documents"
+                + (" on a second pass (an iterator cannot be read twice)" if passes else "")
+            )
+        passes += 1
+        warnings.warn(
+            f"{what} ({ts.description}) ran out; reading it again from the start (pass {passes + 1}): the data "
+            "repeats. Give more text or ask for fewer tokens",
+            MechworkWarning,
+            stacklevel=2,
+        )
+
+
 from .packing import Windows, pack, pad_windows  # noqa: E402  (re-exported: sources -> windows)
 
-__all__ = ["TokenSource", "token_source", "named_source", "Windows", "pack", "pad_windows"]
+__all__ = ["TokenSource", "token_source", "named_source", "model_rows", "Windows", "pack", "pad_windows"]
