@@ -40,10 +40,7 @@ def get(name: str | Task, **options: Any) -> Task:
         close = difflib.get_close_matches(str(name), names(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise TaskNotFoundError(f"unknown task {name!r}; known tasks: {', '.join(names())}.{hint}")
-    try:
-        return _REGISTRY[name](**options)
-    except TypeError as e:
-        raise ConfigError(f"task {name!r} does not take these options {sorted(options)}: {e}") from e
+    return _REGISTRY[name](**options)
 
 
 def register(name: str, cls: type[Task], *, overwrite: bool = False) -> None:
