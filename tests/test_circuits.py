@@ -151,7 +151,7 @@ def test_latent_graph(toy_mixed):
     assert {"latent", "error", "token", "logits"} <= kinds
     # splicing leaves the forward unchanged: the clean metric is the model's own
     assert g.metadata["clean"] == pytest.approx(
-        float(mechwork.tasks.logit_diff(toy_mixed(batch.clean), batch)), rel=1e-4
+        float(mechwork.tasks.logit_diff(toy_mixed(batch.clean).detach(), batch)), rel=1e-4
     )
     # at the last site, latents + error + b_dec carry exactly x . dm/dx (activation x gradient is additive)
     site = "blocks.2.hook_resid_post"

@@ -135,6 +135,11 @@ def faithfulness(
     """Faithfulness of ``graph`` as a circuit (edge graphs: its edges; node graphs: its nodes)."""
     if graph.level == "node":
         return _node_faithfulness(graph, model, batch, metric, [graph], ablation, batch_size)[0]
+    if graph.level == "latent":
+        raise ConfigError(
+            "faithfulness of SAE-latent graphs (ablating latents outside the circuit) is not implemented; "
+            "evaluate an edge or node graph of the same task instead"
+        )
     return faithfulness_many(model, batch, metric, [graph.edges], ablation=ablation, batch_size=batch_size)[0]
 
 

@@ -65,8 +65,11 @@ def _order(model: Any, saes: dict[str, Any]) -> list[tuple[Site, Any]]:
     out = []
     for name, s in saes.items():
         site = resolve_site(model, name)
-        if site.d is None or site.layer is None:
-            raise ConfigError(f"SAE site {site.name} is not a residual-width activation of a block")
+        if site.d is None or site.layer is None or len(site.shape or ()) != 1:
+            raise ShapeError(
+                f"SAE site {site.name} has per-token shape {site.shape}; latent graphs splice SAEs at sites of "
+                "shape [batch, pos, width] in a block (resid_pre/mid/post, attn_out, mlp_out, mlp_post)"
+            )
         width = _width(s)
         if width is not None and width != site.d:
             raise ShapeError(f"the SAE for {site.name} reads width {width}, but the site has width {site.d}")

@@ -51,8 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--prune",
-        default="influence=0.8",
-        help="influence=F[,edge=E] (circuit-tracer rule), top=N, threshold=T, or none (default: influence=0.8)",
+        default="influence=0.95",
+        help="influence=F[,edge=E] (circuit-tracer rule; edge default 0.98), top=N, threshold=T, or none "
+        "(default: influence=0.95: on toy-mixed IOI it keeps 31 of 479 edges at faithfulness 0.85, where 0.8 "
+        "keeps 19 at 0.56)",
     )
     p.add_argument("--n", type=int, default=32, help="number of prompts (default: 32; latent graphs: 1)")
     p.add_argument("--seed", type=int, default=0, help="prompt seed (default: 0)")
@@ -143,8 +145,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, default=str))
         return 0
     print(graph.summary())
-    if "faithfulness" in summary:
-        print(f"  faithfulness ({args.ablation} ablation): {summary['faithfulness']:.3f}")
     for w in written:
         print(f"wrote {w}")
     print(f"done in {summary['seconds']:.1f} s")

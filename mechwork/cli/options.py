@@ -189,6 +189,15 @@ def _scalar(tp: Any) -> Callable[[str], Any]:
     return str
 
 
+def _one_of(allowed: tuple[Any, ...]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(map(str, allowed))}")
+        return text
+
+    return parse
+
+
 def _list_of(conv: Callable[[str], Any], what: str) -> Callable[[str], list[Any]]:
     def parse(text: str) -> list[Any]:
         items = [x.strip() for x in text.split(",") if x.strip()]
@@ -296,17 +305,11 @@ def add_options(
                 kw["action"] = argparse.BooleanOptionalAction
         else:
             elem = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else tp
-            conv = _scalar(_unwrap_optional(elem))
+            conv: Callable[[str], Any] = _scalar(_unwrap_optional(elem))
             if choices is not None:
-                allowed = tuple(choices)
-
-                def conv(text: str, _allowed: tuple[Any, ...] = allowed) -> Any:
-                    if text not in _allowed:
-                        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(map(str, _allowed))}")
-                    return text
-
+                conv = _one_of(tuple(choices))
                 if not opt.sweep:
-                    kw["choices"] = allowed
+                    kw["choices"] = tuple(choices)
                     kw.pop("metavar")
                     conv = str
             if opt.sweep or typing.get_origin(tp) is tuple:
