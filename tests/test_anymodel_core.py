@@ -174,7 +174,9 @@ CORRUPT = ["When Mary and John went to the store, Mary gave a drink to", "Then D
 def test_from_pairs_metric_matches_hugging_face(gpt2_folder, gpt2_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    batch = tasks.from_pairs(gpt2_model, clean=CLEAN, corrupted=CORRUPT, answers=[" Mary", " river"], wrong=[" John", " park"])
+    batch = tasks.from_pairs(
+        gpt2_model, clean=CLEAN, corrupted=CORRUPT, answers=[" Mary", " river"], wrong=[" John", " park"]
+    )
     assert batch.attention_mask is not None and not batch.aligned
     m = batch.metric_fn(run_with_hooks(gpt2_model, batch.clean), batch)
     hf = AutoModelForCausalLM.from_pretrained(str(gpt2_folder)).eval()
@@ -189,7 +191,9 @@ def test_from_pairs_metric_matches_hugging_face(gpt2_folder, gpt2_model):
 
 def test_from_pairs_errors(gpt2_model, minilm):
     with pytest.raises(DataError, match="pair 0 has"):
-        tasks.from_pairs(gpt2_model, clean=["When Mary left"], corrupted=["When Bartholomew left"], answers=[" a"], wrong=[" the"])
+        tasks.from_pairs(
+            gpt2_model, clean=["When Mary left"], corrupted=["When Bartholomew left"], answers=[" a"], wrong=[" the"]
+        )
     with pytest.raises(DataError, match="tokens for this tokenizer"):
         tasks.from_pairs(gpt2_model, clean=CLEAN[:1], corrupted=CORRUPT[:1], answers=[" Bartholomew"], wrong=[" John"])
     with pytest.raises(DataError, match="no metric"):
@@ -201,7 +205,11 @@ def test_from_pairs_errors(gpt2_model, minilm):
 def test_patching_on_minilm_with_embedding_metric(minilm):
     from mechwork.patching import activation_patch
 
-    batch = tasks.from_pairs(minilm, clean=["the cat sat on the mat", "a dog barked at night"], corrupted=["the dog sat on the mat", "a cat barked at night"])
+    batch = tasks.from_pairs(
+        minilm,
+        clean=["the cat sat on the mat", "a dog barked at night"],
+        corrupted=["the dog sat on the mat", "a cat barked at night"],
+    )
     res = activation_patch(minilm, batch, sites="resid_pre", per="position")
     assert res.clean == pytest.approx(1.0, abs=1e-5)  # cosine of each clean embedding with itself
     assert res.corrupted < 0.99

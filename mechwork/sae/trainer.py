@@ -23,10 +23,10 @@ from torch import Tensor
 from ..core.config import save_config
 from ..core.devices import parse_device
 from ..core.errors import CheckpointError, ConfigError, NonFiniteError, ShapeError
+from .activations import make_source, total_steps
 from .base import SAE, StepOutput
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .activations import make_source, total_steps
 
 JointLoss = Callable[[list[SAE], list[StepOutput], Tensor], Tensor]
 N_INIT = 32768
@@ -54,6 +54,15 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     out: Path | None = None
     stopped_early: bool = False
+
+    def __repr__(self) -> str:
+        names = ", ".join(s.cfg.label for s in self.saes[:4]) + (" ..." if len(self.saes) > 4 else "")
+        return f"TrainResult({len(self.saes)} SAE(s): {names}; {self.steps} steps, {self.tokens:,} tokens)"
+
+    def _repr_html_(self) -> str:
+        from ..viz.cards import train_result_card
+
+        return train_result_card(self)
 
     @property
     def sae(self) -> SAE:

@@ -65,3 +65,77 @@ def short_repr(name: str, **facts: Any) -> str:
     """``Name(key=value, ...)`` with the same short formatting as the cards (None values left out)."""
     inner = ", ".join(f"{k}={fmt(v) if not isinstance(v, str) else repr(v)}" for k, v in facts.items() if v is not None)
     return f"{name}({inner})"
+
+
+def store_card(store: Any) -> str:
+    """Card of an :class:`~mechwork.cache.ActivationStore`: where, model, tokens, sites with their widths."""
+    m = store.manifest
+    facts = {
+        "where": str(store.path) if store.path else "memory",
+        "model": m.model_spec,
+        "tokens": f"{store.n_tokens:,}",
+        "context": m.context,
+        "packing": m.packing,
+        "dtype": m.dtype,
+        "source": m.source,
+        "complete": m.complete,
+    }
+    rows = [(e.alias or e.name, e.name, "x".join(str(x) for x in e.shape)) for e in m.sites[:12]]
+    return card("ActivationStore", facts, table=(("site", "hook", "per token"), rows))
+
+
+def eraser_card(eraser: Any) -> str:
+    """Card of an :class:`~mechwork.erasure.Eraser`."""
+    c = eraser.config
+    facts = {
+        "method": eraser.method,
+        "site": c.site,
+        "model": c.model,
+        "task": c.task,
+        "d": eraser.d,
+        "rank": eraser.rank,
+        "affine": eraser.bias is not None,
+        "classes": list(c.classes) if c.classes else None,
+        "fitted on": f"{c.n_samples:,} rows" if c.n_samples else None,
+        "fit seconds": c.fit_seconds,
+    }
+    return card("Eraser", facts)
+
+
+def sae_facts(sae: Any) -> dict[str, Any]:
+    cfg = sae.cfg
+    return {
+        "architecture": getattr(sae, "activation", None),
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "k": getattr(cfg, "k", None),
+        "site": sae.meta.get("site"),
+        "model": sae.meta.get("model"),
+        "trained tokens": sae.meta.get("tokens"),
+    }
+
+
+def sae_card(sae: Any) -> str:
+    """Card of an SAE."""
+    return card(type(sae).__name__, sae_facts(sae))
+
+
+def train_result_card(result: Any) -> str:
+    """Card of an SAE :class:`~mechwork.sae.TrainResult`: the run and each SAE's last logged metrics."""
+    facts = {
+        "SAEs": len(result.saes),
+        "steps": result.steps,
+        "tokens": f"{result.tokens:,}",
+        "seconds": result.seconds,
+        "stopped early": result.stopped_early or None,
+        "folder": str(result.out) if result.out else None,
+    }
+    last: dict[str, dict[str, Any]] = {}
+    for rec in result.history:
+        last[str(rec.get("sae"))] = rec
+    rows = [
+        (name, rec.get("loss"), rec.get("fvu"), rec.get("l0"), rec.get("dead_fraction"))
+        for name, rec in list(last.items())[:12]
+    ]
+    table = (("SAE", "loss", "FVU", "L0", "dead"), rows) if rows else None
+    return card("TrainResult", facts, table=table)
