@@ -175,3 +175,25 @@ def test_latent_graph(toy_mixed):
         )
         expect = float((probe["x"][0, p] - b_dec) @ grad[0, p])
         assert into == pytest.approx(expect, rel=1e-3, abs=1e-4)
+
+
+def test_latent_graph_faithfulness_and_scan_labels(toy_mixed):
+    from mechwork.circuits.latents import parse_sae_args
+
+    task = mechwork.tasks.get("ioi")
+    batch = task.prompts(1, seed=0)
+    saes = parse_sae_args(
+        ["sae_checkpoints/toy-mixed/blocks.1.hook_resid_post", "sae_checkpoints/toy-mixed/blocks.2.hook_resid_post"]
+    )
+    scan = mechwork.sae.scan(saes["blocks.2.hook_resid_post"], model=toy_mixed, n_tokens=2000)
+    g = attribute_latents(toy_mixed, batch, task, saes=saes, max_targets=8, scans={"blocks.2.hook_resid_post": scan})
+    tags = {r["latent"]: r["tag"] for r in scan.tag_table()}
+    labelled = [n for n in g.nodes if n.kind == "latent" and n.site == "blocks.2.hook_resid_post"]
+    assert labelled and all(n.label.startswith(tags[n.index]) for n in labelled if n.index in tags)
+    full = g.faithfulness(toy_mixed, batch, task, saes=saes)
+    assert full.value == pytest.approx(1.0, abs=1e-4)  # every clean-active latent and error kept = the clean run
+    small = g.prune(influence=0.5).faithfulness(toy_mixed, batch, task, saes=saes)
+    big = g.prune(influence=0.95).faithfulness(toy_mixed, batch, task, saes=saes)
+    assert full.empty < big.metric and small.metric <= big.metric + 1e-3
+    with pytest.raises(mechwork.ConfigError, match="SAEs"):
+        g.faithfulness(toy_mixed, batch, task)

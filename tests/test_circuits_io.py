@@ -67,6 +67,8 @@ def test_dot_and_html_escape_tokens(tmp_path):
     assert page.count("<script") == 2  # our JSON data block and our code, nothing else
     assert "</script>" not in page.split('id="mw-data">')[1].split("</script>")[0]
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page
+    fig_html = g.plot().to_html(include_plotlyjs=False)
+    assert "<script>alert" not in fig_html
     dot = g.save(tmp_path / "g.dot").read_text()
     assert '"a0.h0\\""' in dot and "digraph" in dot
     d = json.loads(g.save(tmp_path / "g.json").read_text())
@@ -84,6 +86,18 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "mw-data" in page.read_text()
     assert main(["circuit", "show", str(out)]) == 0
     assert "edges" in capsys.readouterr().out
+    lat = tmp_path / "lat.json"
+    sae = "sae_checkpoints/toy-mixed/blocks.{}.hook_resid_post"
+    assert (
+        main(
+            ["circuit", "toy-mixed", "--sae", sae.format(1), "--sae", sae.format(2), "--scan", "500", "--out", str(lat)]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "latent" in text and "faithfulness" in text
+    jsonschema.validate(json.loads(lat.read_text()), NEURONPEDIA_SCHEMA)
+    assert any(n["feature_type"] == "sae latent" for n in json.loads(lat.read_text())["nodes"])
     assert main(["circuit", "toy-mixed", "--method", "relp", "--level", "edge"]) == 2
     assert "scores nodes" in capsys.readouterr().err
     assert main(["circuit", "toy-mixed", "--prune", "influence=1.5", "--n", "4", "--method", "eap"]) == 2

@@ -69,7 +69,8 @@ def attribute_edges(
     quadrature_rule : str
         ``gausslegendre`` (default), ``left`` (the EAP-IG reference's Riemann sum), ``midpoint``, ``right``, ``trapezoid``.
     path : {"inputs", "activations"}
-        EAP-IG path (see the module docstring).
+        EAP-IG path: ``inputs`` interpolates the input embeddings (the EAP-IG paper); ``activations`` interpolates
+        each receiver's own input (edge scores into an input then sum to its total effect).
     receivers : list of str, optional
         EAP-IG ``path="activations"`` only: the receiver inputs to integrate (``"a1.h2<k>"``, ``"m0"``,
         ``"logits"``); default all.

@@ -87,6 +87,7 @@ def check_model(model: Any) -> None:
         or "Bert" in arch
         or "minilm" in spec.lower()
         or getattr(model, "mechwork_headless", False)
+        or getattr(model, "mechwork_lm_head", True) is False
     )
     if encoder:
         raise UnsupportedModelError(
