@@ -365,3 +365,8 @@ class SAE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_sae={self.d_sae}, {self.activation}, normalize={self.cfg.normalize!r}, site={self.site!r}"
+
+    def _repr_html_(self) -> str:
+        from ..viz.cards import sae_card
+
+        return sae_card(self)
