@@ -8,24 +8,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.errors import DataError
+from ..core import decode as core_decode
+from ..core import str_tokens as core_str_tokens
+from ..core.errors import DataError, MechworkError
 from .graph import Graph, GraphEdge, GraphNode
 from .structure import Structure
 
 
 def str_tokens(model: Any, ids: Tensor | list[int]) -> list[str]:
-    """Token strings of ``ids`` through the model's tokenizer (ids as text when it has none)."""
-    ids = [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
-    tok = getattr(model, "tokenizer", None)
-    if tok is None:
-        return [str(i) for i in ids]
-    out = []
-    for i in ids:
-        try:
-            out.append(str(tok.decode([i])))
-        except Exception:  # noqa: BLE001 - any tokenizer failure: fall back to the id
-            out.append(str(i))
-    return out
+    """Token strings of a 1-d id sequence (:func:`mechwork.core.str_tokens`)."""
+    out = core_str_tokens(model, torch.as_tensor(ids).reshape(1, -1))
+    return [str(t) for t in out[0]]  # type: ignore[union-attr]
 
 
 def top_tokens(model: Any, directions: Tensor, k: int = 5) -> list[list[str]]:
@@ -74,13 +67,10 @@ def metadata(model: Any, batch: Any, metric: Any, *, method: str, level: str, **
 
 
 def _decode(model: Any, ids: Tensor, toks: list[str] | None) -> str:
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None:
-        try:
-            return str(tok.decode([int(i) for i in ids]))
-        except Exception:  # noqa: BLE001 - fall back to the joined token strings
-            pass
-    return "".join(toks if toks is not None else str_tokens(model, ids))
+    try:
+        return core_decode(model, ids)
+    except MechworkError:  # no tokenizer: the joined token strings
+        return "".join(toks if toks is not None else str_tokens(model, ids))
 
 
 def _metric_name(metric: Any, batch: Any) -> str:
