@@ -134,10 +134,13 @@ def pooled(
         mask = prompts.mask[lo : lo + batch_size]
         store: dict[str, Tensor] = {}
 
-        def grab(t: Tensor, hook: Any, store: dict[str, Tensor] = store) -> None:
-            store[hook.name] = t.detach()
+        def grab(name: str, store: dict[str, Tensor] = store) -> Any:
+            def fn(t: Tensor, hook: Any = None) -> None:
+                store[name] = t.detach()
 
-        hooks = list(fwd_hooks) + [(s.name, grab) for s in site_list]
+            return fn
+
+        hooks = list(fwd_hooks) + [(s.name, grab(s.name)) for s in site_list]
         with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
             forward(model, toks, mask, stop_at_layer=stop)
         for s in site_list:
