@@ -54,7 +54,9 @@ def svg_pareto(rows: list[dict], path: Path, budget: float) -> None:
     def y(v: float) -> float:
         return H - B - (H - 2 * B) * v
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">'
+    ]
     parts.append(f'<text x="{L}" y="16" font-size="13">best style rate within KL {budget} vs prompts per side</text>')
     for v in (0.0, 0.25, 0.5, 0.75, 1.0):
         parts.append(f'<line x1="{L}" x2="{W - 170}" y1="{y(v)}" y2="{y(v)}" stroke="#ddd"/>')
@@ -118,17 +120,36 @@ def main() -> None:
     lin = {r["n"]: r["fit_seconds"] for r in best_rows if r["method"] == "lineas"}
     for r in best_rows:
         r["fit_time_vs_lineas"] = round(r["fit_seconds"] / max(lin.get(r["n"], 1e-9), 1e-9), 3)
-    cols = ["method", "n", "best_rate", "at_strength", "kl", "delta_ce", "max_rate_any_kl", "fit_seconds",
-            "fit_time_vs_lineas", "parameters"]
-    table = print_table(best_rows, cols, title=f"best style rate with KL <= {BUDGET} (unsteered {baseline['rate']:.3f})")
+    cols = [
+        "method",
+        "n",
+        "best_rate",
+        "at_strength",
+        "kl",
+        "delta_ce",
+        "max_rate_any_kl",
+        "fit_seconds",
+        "fit_time_vs_lineas",
+        "parameters",
+    ]
+    table = print_table(
+        best_rows, cols, title=f"best style rate with KL <= {BUDGET} (unsteered {baseline['rate']:.3f})"
+    )
     ranking = {}
     for n in ns:
         rows = sorted((r for r in best_rows if r["n"] == n), key=lambda r: -r["best_rate"])
         ranking[n] = [r["method"] for r in rows]
     write_results(
         "steering",
-        {"budget_kl": BUDGET, "baseline": baseline, "best": best_rows, "points": points, "ranking": ranking,
-         "generations_per_point": n_gen, "table": table},
+        {
+            "budget_kl": BUDGET,
+            "baseline": baseline,
+            "best": best_rows,
+            "points": points,
+            "ranking": ranking,
+            "generations_per_point": n_gen,
+            "table": table,
+        },
     )
     svg_pareto(best_rows, RESULTS_DIR / "steering_pareto.svg", BUDGET)
     fig = S.SweepResult([{**p, "label": f"{p['method']} N={p['n']}"} for p in points], baseline).plot(

@@ -52,17 +52,21 @@ def test_lineas_inverse_steers_the_other_way(toy_mixed, lineas, base_rate):
     assert inv <= base_rate - 0.25, (inv, base_rate)
 
 
+@pytest.mark.slow
 def test_group_lasso_switches_off_whole_layers(toy_mixed, sets, lineas):
-    sparse = S.LinEAS(steps=150, group=0.02).fit(toy_mixed, *sets)
+    # measured (32 + 32 prompts): group 0.02 / 150 steps keeps 4 sites (layer-3 norm 0.015); group 0.03 / 300 steps
+    # switches layer 3 off with rate 0.98; group 0.03 / 100 steps switches layers 2-3 off and the rate falls to 0.72
+    sparse = S.LinEAS(steps=200, group=0.03).fit(toy_mixed, *sets)
     dense_sites = sum(v > 0 for v in lineas.support().values())
     sparse_support = sparse.support()
     off = [s for s, v in sparse_support.items() if v == 0]
     assert dense_sites == 4 and off, sparse_support
     for s in off:  # exactly the identity there: both group norms are 0
         assert sparse.norms()[s] == {"scale": 0.0, "bias": 0.0}
-    assert S.style_rate(toy_mixed, sparse, n=64, seed=5)["rate"] >= 0.8
+    assert S.style_rate(toy_mixed, sparse, n=64, seed=5)["rate"] >= 0.85
 
 
+@pytest.mark.slow
 def test_lofit_heads_beat_random_heads_and_reach_much_of_all_heads(toy_mixed, sets):
     held_out = S.style_texts(64, style=1, seed=123)
     base = S.completion_loss(toy_mixed, held_out)
@@ -73,7 +77,7 @@ def test_lofit_heads_beat_random_heads_and_reach_much_of_all_heads(toy_mixed, se
     rng = random.Random(0)
     others = [(layer, h) for layer in range(4) for h in range(4) if (layer, h) not in heads]
     random_gains = []
-    for _ in range(3):
+    for _ in range(2):
         rnd = S.LoFiT(steps=100, heads=rng.sample(others, len(heads))).fit(toy_mixed, *sets)
         random_gains.append(base - S.completion_loss(toy_mixed, held_out, steerer=rnd))
     all_heads = S.LoFiT(steps=100, heads="all").fit(toy_mixed, *sets)

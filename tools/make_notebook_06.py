@@ -42,8 +42,8 @@ cells = [
     code(
         "for lam in (0.5, 1.0):\n"
         "    r = S.evaluate(model, lineas, strength=lam, n=48)\n"
-        "    print(f'strength {lam}: rate {r[\"rate\"]:.3f}  KL {r[\"kl\"]:.4f}  dCE {r[\"delta_ce\"]:+.4f}  '\n"
-        "          f'IOI acc {r[\"ioi_accuracy\"]:.3f}  induction loss {r[\"induction_loss\"]:.3f}')\n"
+        '    print(f\'strength {lam}: rate {r["rate"]:.3f}  KL {r["kl"]:.4f}  dCE {r["delta_ce"]:+.4f}  \'\n'
+        '          f\'IOI acc {r["ioi_accuracy"]:.3f}  induction loss {r["induction_loss"]:.3f}\')\n'
         "for row in S.generate(model, ['the day began .'] * 4, steerer=lineas, max_new_tokens=16, seed=1):\n"
         "    print('  ', model.tokenizer.decode(row))"
     ),
@@ -71,8 +71,8 @@ cells = [
     code(
         "budget = 0.1  # nats per token of KL on unrelated text\n"
         "for m, r in sorted(result.best(budget=budget, by='steerer').items(), key=lambda kv: -kv[1]['rate']):\n"
-        "    print(f'{m:<24} best rate within KL {budget}: {r[\"rate\"]:.3f} (strength {r[\"strength\"]:g}, '\n"
-        "          f'KL {r[\"kl\"]:.4f}, {r[\"parameters\"]} parameters, fit {r[\"fit_seconds\"]:.1f}s)')"
+        '    print(f\'{m:<24} best rate within KL {budget}: {r["rate"]:.3f} (strength {r["strength"]:g}, \'\n'
+        '          f\'KL {r["kl"]:.4f}, {r["parameters"]} parameters, fit {r["fit_seconds"]:.1f}s)\')'
     ),
     md(
         "## 4. Sparsity, inversion, artefacts\n\n"

@@ -14,7 +14,7 @@ _METHODS = ("lineas", "lofit", "diffmeans", "iti", "linear-act")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..steering import ITI, DiffMeans, LinEAS, LinearAcT, LoFiT
+    from ..steering import ITI, LinEAS, LoFiT
 
     _, g = group(
         sub,
@@ -58,17 +58,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--sites", default=None, help="comma-separated sites, or a kind meaning every layer (resid_post)")
     f.add_argument("--out", required=True, help="artefact folder to write")
     f.add_argument("--no-eval", action="store_true", help="skip the evaluation written to card.json")
+    f.add_argument("--eval-n", type=int, default=64, help="generations and held-out texts of the evaluation")
     add_options(f, LinEAS, ["steps", "lr", "l1", "group"], ns="method")
     add_options(
         f,
         LoFiT,
-        [Opt("k", help="lofit, iti: heads to tune (default: a tenth of the heads)"), Opt("loss", help="lofit: sft or dpo")],
+        [
+            Opt("k", help="lofit, iti: heads to tune (default: a tenth of the heads)"),
+            Opt("loss", help="lofit: sft or dpo"),
+        ],
         ns="method",
     )
     add_options(f, ITI, [Opt("alpha", help="iti: multiple of the projection std")], ns="method")
-    f.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE", help="any other option of the method"
-    )
+    f.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="any other option of the method")
 
     gen = command(
         g,
@@ -85,9 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
     gen.add_argument("--model", default=None, help="model spec (default: the one the steerer was fitted on)")
     gen.add_argument("--strength", type=float, default=None, help="strength (default: the steerer's)")
-    gen.add_argument(
-        "--positions", default=None, help="all | prompt | generated | comma-separated absolute positions"
-    )
+    gen.add_argument("--positions", default=None, help="all | prompt | generated | comma-separated absolute positions")
     gen.add_argument("--max-new-tokens", type=int, default=20)
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
     gen.add_argument("--n", type=int, default=1, help="samples per prompt")
@@ -106,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--model", default=None, help="model spec (default: the one the steerer was fitted on)")
     s.add_argument("--strengths", default="0.25,0.5,0.75,1", help="comma-separated strengths")
     s.add_argument("--layers", action="store_true", help="also evaluate each site of the steerer alone")
-    s.add_argument("--n", type=int, default=64, help="generations per point (default: 64)")
+    s.add_argument("--n", type=int, default=64, help="generations and held-out texts per point (default: 64)")
     s.add_argument("--out", required=True, help="folder for sweep.json and sweep.html")
 
 
@@ -141,8 +141,8 @@ def run_fit(args: argparse.Namespace) -> int:
     src, tgt = S.concept_sets(args.concept, to=args.to, n=args.n, seed=args.seed, source=args.source)
     st = method.fit(model, src, tgt, concept=args.concept, to=args.to, progress=True)
     if not args.no_eval:
-        base = S.evaluate(model, None, to=args.to, seed=args.seed)
-        st.card["evaluation"] = {"unsteered": base, "steered": S.evaluate(model, st, to=args.to, seed=args.seed)}
+        kw = dict(to=args.to, seed=args.seed, n=args.eval_n, n_text=args.eval_n)
+        st.card["evaluation"] = {"unsteered": S.evaluate(model, None, **kw), "steered": S.evaluate(model, st, **kw)}
     st.save(args.out)
     _print(args, {"steerer": repr(st), "out": args.out, **st.card.get("evaluation", {})})
     return 0
@@ -182,7 +182,15 @@ def run_sweep(args: argparse.Namespace) -> int:
     st = S.load(args.dir)
     model = _load(args.model or st.config.model, args)
     strengths = [float(x) for x in args.strengths.split(",")]
-    res = S.sweep(model, {Path(args.dir).name: st}, strengths=strengths, layers=args.layers, n=args.n, seed=args.seed)
+    res = S.sweep(
+        model,
+        {Path(args.dir).name: st},
+        strengths=strengths,
+        layers=args.layers,
+        n=args.n,
+        n_text=args.n,
+        seed=args.seed,
+    )
     out = Path(args.out)
     res.save(out / "sweep.json")
     save_html(res.plot(), out / "sweep.html")
@@ -193,7 +201,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     b = res.baseline
     print(f"unsteered: rate {b['rate']:.3f}  (KL 0)  -> {out / 'sweep.json'}, {out / 'sweep.html'}")
     for r in res.rows:
-        print(f"{r['label']:<40} strength {r['strength']:<5g} rate {r['rate']:.3f}  KL {r['kl']:.4f}  dCE {r['delta_ce']:+.4f}")
+        print(
+            f"{r['label']:<40} strength {r['strength']:<5g} rate {r['rate']:.3f}  KL {r['kl']:.4f}  dCE {r['delta_ce']:+.4f}"
+        )
     return 0
 
 

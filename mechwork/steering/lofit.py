@@ -162,7 +162,7 @@ class LoFiT(Config, Method):
             loss.backward()
             opt.step()
             if step % max(1, self.steps // 20) == 0 or step == self.steps - 1:
-                history.append({"step": step, "loss": float(task)})
+                history.append({"step": step, "loss": float(task.detach())})
         return history
 
 
