@@ -65,7 +65,6 @@ def method_table(
 ) -> list[dict[str, Any]]:
     from concept_erasure import LeaceEraser
 
-    d = Xtr.shape[1]
     rows: list[dict[str, Any]] = []
     before = judge(lambda x: x, Xte, yte)
     rows.append({"method": "no erasure", "rank": 0, "fit_s": 0.0, **before})

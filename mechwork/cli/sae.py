@@ -32,9 +32,9 @@ SHOW_EXAMPLES = """examples:
 
 
 def _architectures() -> list[str]:
-    from ..sae.config import ARCHITECTURES
+    from ..sae import registry
 
-    return ARCHITECTURES
+    return registry.trainable_names()
 
 
 # TrainConfig / SAEConfig fields offered by `sae train` (type, default, choices and help come from the configs)
@@ -45,22 +45,21 @@ TRAIN_DATA = (
     Opt("tokens", help="training tokens (default: one pass over the cache)"),
     "data_seed",
 )
-SAE_FIELDS = (
-    Opt("architecture", flag="arch", choices=_architectures, help="SAE architecture"),
-    Opt("k", sweep=True),
-    Opt("d_sae", flag="width", sweep=True),
-    Opt("seed", flag="seeds", sweep=True),
-    Opt("l1_coefficient", flag="l1", sweep=True),
-    "k_start",
-    "k_anneal",
-    "alpha",
-    "k_aux",
-    "aux_coefficient",
-    "dead_tokens",
-    "l1_warmup",
-    "normalize",
-    "b_dec_init",
-)
+# per config class (one per architecture); all land in the namespace "sae" and SAEConfig(**fields) keeps
+# the fields of the chosen --arch
+SAE_FIELDS: dict[str, tuple] = {
+    "SAEConfig": (
+        Opt("architecture", flag="arch", choices=_architectures, help="SAE architecture"),
+        Opt("d_sae", flag="width", sweep=True),
+        Opt("seed", flag="seeds", sweep=True),
+        "dead_tokens",
+        "normalize",
+        "b_dec_init",
+    ),
+    "TopKConfig": (Opt("k", sweep=True), "k_start", "k_anneal", "alpha", "k_aux", "aux_coefficient"),
+    "ReLUConfig": (Opt("l1_coefficient", flag="l1", sweep=True), "l1_warmup"),
+}
+SAE_NS = "sae"
 TRAIN_RUN = (
     "batch_size",
     Opt("lr", help="Adam learning rate (default 2e-4/sqrt(width/16384))"),
@@ -77,8 +76,14 @@ TRAIN_RUN = (
 )
 
 
+def _config_class(name: str) -> Any:
+    import mechwork.sae as ms
+
+    return getattr(ms, name)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..sae.config import SAEConfig, TrainConfig
+    from ..sae.config import TrainConfig
 
     _, ssub = group(
         sub,
@@ -102,7 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = tr.add_argument_group("data (one of --from-cache, --model, or --config naming one)")
     src.add_argument("--config", help="a TrainConfig JSON file (the options below override its fields)")
     add_options(src, TrainConfig, TRAIN_DATA)
-    add_options(tr.add_argument_group("SAEs (comma-separated lists sweep)"), SAEConfig, SAE_FIELDS)
+    sae_group = tr.add_argument_group("SAEs (comma-separated lists sweep)")
+    for cls_name, fields in SAE_FIELDS.items():
+        add_options(sae_group, _config_class(cls_name), fields, ns=SAE_NS)
     opt = tr.add_argument_group("optimisation and run")
     add_options(opt, TrainConfig, TRAIN_RUN)
     opt.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
@@ -138,6 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 _SWEEP_AXES = ("k", "d_sae", "seed", "l1_coefficient")
+_FLAGS = {"d_sae": "width", "seed": "seeds", "l1_coefficient": "l1", "architecture": "arch"}
 
 
 def _train_config(args: argparse.Namespace) -> Any:
@@ -145,10 +153,15 @@ def _train_config(args: argparse.Namespace) -> Any:
 
     base = TrainConfig.from_json(args.config, ignore=("mechwork_version", "kind")) if args.config else TrainConfig()
     changes = given(args, TrainConfig)
-    sae_opts = given(args, SAEConfig)
+    sae_opts = given(args, SAE_NS)
     axes = {k: sae_opts.pop(k) for k in _SWEEP_AXES if k in sae_opts}
     sae_base = base.saes[0] if args.config else SAEConfig()
     if sae_opts or axes or not args.config:
+        sae_base = sae_base.replace(architecture=sae_opts.pop("architecture", sae_base.architecture))
+        foreign = [k for k in [*sae_opts, *axes] if k not in type(sae_base).__dataclass_fields__]
+        if foreign:
+            flags = ", ".join("--" + _FLAGS.get(k, k.replace("_", "-")) for k in foreign)
+            raise ConfigError(f"{flags} do(es) not apply to --arch {sae_base.architecture}")
         changes["saes"] = sweep(sae_base.replace(**sae_opts), **axes)
     cfg = base.replace(**changes)
     if cfg.out is None:

@@ -152,7 +152,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from .. import steering as S
 
     st = S.load(args.dir)
-    model = _load(args.model or st.config.model, args)
+    model = _load(str(args.model or st.config.model), args)
     pos = args.positions
     if pos and pos not in ("all", "prompt", "generated"):
         pos = [int(x) for x in pos.split(",")]
@@ -180,7 +180,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     from ..viz import save_html
 
     st = S.load(args.dir)
-    model = _load(args.model or st.config.model, args)
+    model = _load(str(args.model or st.config.model), args)
     strengths = [float(x) for x in args.strengths.split(",")]
     res = S.sweep(
         model,

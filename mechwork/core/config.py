@@ -103,19 +103,26 @@ def _from_plain(cls: type, d: Any, *, ignore: tuple[str, ...] = (), source: str 
         raise ConfigError(f"{cls.__name__}{where}: {e}") from e
 
 
+def _nested(tp: type, value: Any, where: str) -> Any:
+    """A nested dataclass: a Config rebuilds through its own ``from_dict`` (which may pick a subclass)."""
+    if issubclass(tp, Config):
+        return tp.from_dict(value, source=where)
+    return _from_plain(tp, value, source=where)
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if value is None:
         return None
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return _from_plain(tp, value, source=where)
+        return _nested(tp, value, where)
     if origin in (typing.Union, types.UnionType):
         for a in args:
             if a is type(None):
                 continue
             if dataclasses.is_dataclass(a) and isinstance(value, dict):
-                return _from_plain(a, value, source=where)
+                return _nested(a, value, where)
         if isinstance(value, list) and any(typing.get_origin(a) is tuple or a is tuple for a in args):
             return tuple(value)
         return value

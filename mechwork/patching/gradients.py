@@ -276,7 +276,7 @@ def _ig_path(
         a = a_all[pts].to(device=dev, dtype=base.dtype).view(-1, *([1] * (base.ndim - 1)))
         x = (base[prompts] + a * (src[prompts] - base[prompts])).narrow(ax, p0, P - p0)
         probes: dict[str, Tensor] = {}
-        hooks = [(along.name, lambda t, hook=None: x)] + [(s.name, _probe(s.name, probes, {})) for s in scored]
+        hooks = [(along.name, lambda t, hook=None, x=x: x)] + [(s.name, _probe(s.name, probes, {})) for s in scored]
         with torch.enable_grad():
             logits = forward_rows(ctx, prompts, layer, p0, hooks)
             m = eval_metric(ctx.metric, logits, ctx.batch.select(prompts), "integrated-gradients path")

@@ -18,7 +18,7 @@ import contextlib
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -165,9 +165,9 @@ def resolve_metric(metric: Any, batch: Any) -> Metric:
         return tasks.get(batch.task).metric
     if callable(metric) and not hasattr(metric, "prompts"):
         _check_arity(metric)
-        return metric
+        return cast(Metric, metric)
     if hasattr(metric, "metric") and callable(metric.metric):
-        return metric.metric
+        return cast(Metric, metric.metric)
     raise ConfigError(
         f"metric must be a callable (logits, batch) -> one value per prompt, or a task; got {type(metric).__name__}"
     )
@@ -381,6 +381,7 @@ def forward_rows(
             resid = ctx.resid[layer][prompts, p0:]
             logits = model(resid, start_at_layer=layer, past_kv_cache=_kv_cache(ctx, prompts, layer, p0))
         else:
+            assert p1 is not None  # two_stage says so
             out = model(
                 ctx.resid[layer][prompts, p0 : p1 + 1],
                 start_at_layer=layer,

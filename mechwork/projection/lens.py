@@ -117,14 +117,19 @@ class LensResult:
         ce = -self.log_probs().gather(-1, tgt[None, ..., None].expand(len(self.labels), -1, -1, 1)).squeeze(-1)
         return ce.masked_fill(~ok[None], float("nan"))
 
-    def summary(self) -> Any:
-        """Per layer (pandas): mean KL to final, entropy, rank and probability of the final answer, next-token CE."""
+    def summary(self, mask: Tensor | None = None) -> Any:
+        """Per layer (pandas): mean KL to final, entropy, rank and probability of the final answer, next-token CE,
+        over every lens position (or those where ``mask [batch, pos]`` is true, e.g. not padding)."""
         import pandas as pd
 
         cols = {"kl_to_final": self.kl_to_final(), "entropy": self.entropy(), "answer_rank": self.rank().float()}
         cols["answer_prob"] = self.prob()
         if self.tokens is not None:
             cols["next_token_ce"] = self.cross_entropy()
+        if mask is not None:
+            if mask.shape != self.positions.shape:
+                raise ShapeError(f"mask must have shape {tuple(self.positions.shape)}, got {tuple(mask.shape)}")
+            cols = {k: v[:, mask.to(v.device)] for k, v in cols.items()}
         data = {k: [float(v[i].nanmean()) for i in range(len(self.labels))] for k, v in cols.items()}
         return pd.DataFrame({"layer": self.labels, **data}).assign(lens=self.kind)
 
@@ -222,7 +227,7 @@ def run_lens(
     require_lm_head(model, f"the {kind} lens")
     tokens, answer_pos = prompt_tokens(model, prompts)
     tokens = tokens.to(model_device(model))
-    if pos == -1 and answer_pos is not None:
+    if isinstance(pos, int) and pos == -1 and answer_pos is not None:
         pos = answer_pos
     names = resid_names(model)
     acts = capture(model, tokens, names, stop=False)

@@ -1,4 +1,4 @@
-"""Sparse autoencoders: TopK (k-sparse, AuxK) and ReLU+L1 SAEs, a fast sparse trainer, honest evaluation,
+"""Sparse autoencoders: TopK (k-sparse, AuxK) and ReLU+L1 SAEs (one module per architecture, one registry), a fast sparse trainer, honest evaluation,
 SAELens interop, latent browsing.
 
 Public API::
@@ -13,22 +13,41 @@ Public API::
 
 from __future__ import annotations
 
+from . import registry
+from .base import SAE, StepOutput, geometric_median
 from .config import SAEConfig, TrainConfig, sweep
 from .dashboard import render_html, render_text, write_html
 from .evaluate import evaluate, splice
 from .io import load, read_card, save
 from .latents import LatentScan, scan
-from .model import SAE, SAE_CLASSES, StepOutput, geometric_median, register_architecture
-from .saelens import install_hook as _install_hook
-from .saelens import register as register_saelens
+from .model import SAE_CLASSES, register_architecture
+from .relu import JumpReLUConfig, JumpReLUSAE, ReLUConfig, ReLUSAE
 from .synthetic import SyntheticDictionary, recovery
+from .topk import TopKConfig, TopKSAE
 from .trainer import JointLoss, TrainResult, train
 
-_install_hook()
+
+def register_saelens() -> list[str]:
+    """Register mechwork's architectures with SAELens (imports SAELens; same as ``import mechwork.sae.saelens``).
+
+    Only needed for folders of mechwork-only architectures (SAE neural operators), ``portable=False`` folders
+    and folders of mechwork <= 0.1: TopK / ReLU / MFR folders use SAELens's own names and load without it.
+    """
+    from .saelens import register
+
+    return register()
+
 
 __all__ = [
     "SAE",
     "SAEConfig",
+    "TopKSAE",
+    "TopKConfig",
+    "ReLUSAE",
+    "ReLUConfig",
+    "JumpReLUSAE",
+    "JumpReLUConfig",
+    "registry",
     "TrainConfig",
     "TrainResult",
     "StepOutput",

@@ -268,7 +268,7 @@ def evaluate(
         tokens, mask = tokens.to(dev), mask.to(dev)
         store: dict[str, Tensor] = {}
 
-        def grab(act: Tensor, hook: Any = None) -> None:
+        def grab(act: Tensor, hook: Any = None, store: dict[str, Tensor] = store) -> None:
             store["x"] = act.detach()
 
         with hooked(model, [(s.name, grab)]):
@@ -283,7 +283,7 @@ def evaluate(
             "clean": (clean, None),
             "sae": (_run(model, tokens, s, lambda a: _replace(sae, a, k=k, error=False)), ref),
             "zero": (_run(model, tokens, s, torch.zeros_like), ref),
-            "mean": (_run(model, tokens, s, lambda a: mean_act.expand_as(a).clone()), None),
+            "mean": (_run(model, tokens, s, lambda a, m=mean_act: m.expand_as(a).clone()), None),
         }
         for name, (logits, r) in runs.items():
             c, kk = _ce_kl(logits, r, tokens, mask)

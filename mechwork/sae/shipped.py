@@ -94,6 +94,9 @@ def train_shipped(site: str, *, root: Path = ROOT, progress: bool = True) -> dic
         },
     }
     sae.meta["tokens"] = result.tokens
+    from .io import saelens_note
+
+    card["saelens"] = saelens_note(sae)
     sae.save(path(MODEL, site) if root == ROOT else root / MODEL / site, card=card)
     return card
 

@@ -23,10 +23,10 @@ from torch import Tensor
 from ..core.config import save_config
 from ..core.devices import parse_device
 from ..core.errors import CheckpointError, ConfigError, NonFiniteError, ShapeError
+from .base import SAE, StepOutput
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import make_source, total_steps
-from .model import SAE, SAE_CLASSES, StepOutput
 
 JointLoss = Callable[[list[SAE], list[StepOutput], Tensor], Tensor]
 N_INIT = 32768
@@ -141,6 +141,11 @@ class _Run:
     @property
     def out(self) -> Path | None:
         return Path(self.cfg.out) if self.cfg.out else None
+
+    def card_extra(self, sae: SAE) -> dict[str, Any]:
+        """Extra card entries of one SAE (the joint loss's, e.g. an MFR run's partners)."""
+        fn = getattr(self.joint_loss, "card", None)
+        return fn(self.saes, sae) if fn is not None else {}
 
     def dead_masks(self) -> list[Tensor]:
         return [f >= s.cfg.dead_tokens for s, f in zip(self.saes, self.since_fired)]
@@ -304,7 +309,7 @@ def train(
     meta = dict(source.info)
     if cfg.model or model is not None:
         meta.update(model=cfg.model or getattr(model, "mechwork_spec", None), site=source.site.name)
-    saes = [SAE_CLASSES[s.architecture](s, device=device, meta=meta) for s in cfg.saes]
+    saes = [SAE(s, device=device, meta=meta) for s in cfg.saes]
     run = _Run(cfg, saes, source, steps, device, joint_loss)
     out = run.out
     if resume:
@@ -349,17 +354,23 @@ def _loop(run: _Run, stop_at_step: int | None, progress: bool) -> TrainResult:
     finally:
         logger.close()
     stopped = run.step < run.steps
-    if out is not None:
-        if stopped:
-            run.checkpoint()
-        else:
-            for s, rec in zip(run.saes, run.history[-len(run.saes) :] if run.history else [{}] * len(run.saes)):
-                s.meta["tokens"] = run.tokens
-                card = {
-                    "training": {k: rec.get(k) for k in ("fvu", "l0", "dead_fraction", "loss")},
-                    "tokens": run.tokens,
-                }
-                s.save(out / "saes" / s.cfg.label, card=card)
+    if out is not None and stopped:
+        run.checkpoint()
+    if not stopped:
+        for s in run.saes:  # as SAELens does: the constant input scale goes into the weights
+            s.fold_scale()
+    if out is not None and not stopped:
+        from .io import saelens_note
+
+        for s, rec in zip(run.saes, run.history[-len(run.saes) :] if run.history else [{}] * len(run.saes)):
+            s.meta["tokens"] = run.tokens
+            card = {
+                "training": {k: rec.get(k) for k in ("fvu", "l0", "dead_fraction", "loss")},
+                "tokens": run.tokens,
+                "saelens": saelens_note(s),
+                **run.card_extra(s),
+            }
+            s.save(out / "saes" / s.cfg.label, card=card)
     return TrainResult(run.saes, cfg, run.step, run.tokens, time.perf_counter() - t0, run.history, out, stopped)
 
 

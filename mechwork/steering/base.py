@@ -85,7 +85,7 @@ class Method:
         sites = sorted(set(scales) | set(biases), key=_site_order(model))
         from ..core.sites import site as one_site
 
-        shapes = tuple(tuple(int(x) for x in one_site(model, s).shape) for s in sites)
+        shapes = tuple(tuple(int(x) for x in (one_site(model, s).shape or ())) for s in sites)
         cfg = SteererConfig(
             method=self.name,
             sites=tuple(sites),

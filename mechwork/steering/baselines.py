@@ -125,8 +125,8 @@ def _split(n: int, val_fraction: float, g: torch.Generator) -> tuple[Tensor, Ten
 
 
 def linear_act_map(
-    source: Float[Tensor, n * shape], target: Float[Tensor, n * shape], *, min_std: float = 1e-4
-) -> tuple[Float[Tensor, " *shape"], Float[Tensor, " *shape"]]:
+    source: Float[Tensor, " n *unit"], target: Float[Tensor, " n *unit"], *, min_std: float = 1e-4
+) -> tuple[Float[Tensor, " *unit"], Float[Tensor, " *unit"]]:
     """Linear-AcT's closed form per unit: least squares ``y ≈ ω x + b`` on matched quantiles.
 
     Both sets (equal sizes) are sorted per unit (1-D optimal transport pairs the i-th smallest source value with

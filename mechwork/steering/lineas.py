@@ -91,7 +91,7 @@ class LinEAS(Config, Method):
             raise ConfigError(f"LinEAS needs steps >= 1, lr > 0, l1 >= 0, group >= 0; got {self}")
         names = layer_sites(model, self.sites, "resid_post")
         dev = next(model.parameters()).device
-        shapes = {s.name: tuple(s.shape) for s in resolve(model, names)}
+        shapes = {s.name: tuple(s.shape or ()) for s in resolve(model, names)}
         tgt = {n: v.flatten(1).sort(0).values for n, v in pooled(model, target, names, how=self.pooling).items()}
         # diagonal preconditioning of the scale parameters: the loss's curvature in ω_j is 2·E[z_j²], so units
         # with large activations (the residual stream: values of tens) get steps divided by max(E[z_j²], 1);
@@ -125,12 +125,14 @@ class LinEAS(Config, Method):
                 with model.hooks(fwd_hooks=[(n, make(n)) for n in names]):
                     forward(model, toks, mask, stop_at_layer=stop)
                 losses = {n: sorted_w2(store[n], tgt[n]) for n in names}
-                loss = sum(losses.values())
+                loss = torch.stack(list(losses.values())).sum()
                 check_loss(loss, "LinEAS", step)
                 opt.zero_grad()
                 loss.backward()
                 for n in names:
-                    u[n].grad.div_(precond[n])
+                    grad = u[n].grad
+                    if grad is not None:
+                        grad.div_(precond[n])
                 if self.clip:
                     torch.nn.utils.clip_grad_norm_([*u.values(), *b.values()], self.clip)
                 opt.step()
