@@ -54,6 +54,13 @@ class CircuitFaithfulness:
             f"{self.ablation} ablation; m(C)={self.metric:.4g}, clean={self.clean:.4g}, corrupted={self.corrupted:.4g})"
         )
 
+    def _repr_html_(self) -> str:
+        return (
+            f"<b>Circuit faithfulness</b> {self.value:.3f} ({self.ablation} ablation): "
+            f"{self.n_edges} of {self.n_edges_total} edges; metric {self.metric:.4g} "
+            f"(clean {self.clean:.4g}, corrupted {self.corrupted:.4g}, empty circuit {self.empty:.4g})"
+        )
+
 
 @dataclass
 class FaithfulnessCurve:

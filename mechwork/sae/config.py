@@ -204,6 +204,10 @@ class TrainConfig(Config):
         Seed of the shuffling (store / tensor) or of the streamed corpus.
     stream_buffer : int
         Streaming: tokens held in the shuffling buffer.
+    source : str or None
+        Streaming: the tokens the model reads: None (the generated corpus, ``data_seed``), ``"corpus"``, a
+        ``.txt`` (one document per line) or ``.jsonl`` file (``text`` / ``tokens`` fields), or ``"task:NAME"``;
+        tokenised with the model's own tokenizer. ``train(..., source=texts)`` takes any token source in Python.
     lr : float or None
         Adam learning rate (per-SAE ``lr`` overrides); ``None``: ``2e-4 / sqrt(d_sae / 2**14)`` per SAE.
     warmup_steps : int
@@ -237,6 +241,7 @@ class TrainConfig(Config):
     batch_size: int = 2048
     data_seed: int = 0
     stream_buffer: int = 32768
+    source: str | None = None
     lr: float | None = None
     warmup_steps: int = 100
     decay_fraction: float = 0.2
