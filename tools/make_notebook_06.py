@@ -57,7 +57,7 @@ cells = [
         "    'lineas': lineas,\n"
         "    'linear-act': S.LinearAcT().fit(model, src, tgt, to='positive'),\n"
         "    'diffmeans (all layers)': S.DiffMeans(sites='resid_post').fit(model, src, tgt, to='positive'),\n"
-        "    'iti': S.ITI().fit(model, src, tgt, to='positive'),\n"
+        "    'iti': S.ITI(read='mean').fit(model, src, tgt, to='positive'),\n"
         "    'lofit': S.LoFiT(steps=100).fit(model, src, tgt, to='positive'),\n"
         "}\n"
         "res = {}\n"

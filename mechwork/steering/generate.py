@@ -24,8 +24,9 @@ from torch import Tensor
 
 from ..core.errors import ConfigError, DataError
 from ..core.hooks import model_device
+from ..core.kind import require_causal, require_logits
 from ..core.sites import is_bridge
-from .data import encode, require_lm
+from .data import encode
 from .positions import PositionState
 from .steerer import Steerer
 
@@ -88,7 +89,8 @@ def generate(
     list of list of int
         The new token ids of each prompt.
     """
-    require_lm(model, "generation")
+    require_logits(model, "steered generation")
+    require_causal(model, "steered generation")
     if max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     p = encode(model, prompts, what="prompts")

@@ -15,9 +15,11 @@ from torch import Tensor
 
 from ..core.config import Config
 from ..core.errors import ConfigError
-from ..core.sites import resolve, stop_at_layer
+from ..core.hooks import capture
+from ..core.prompts import prepends_bos
+from ..core.sites import resolve
 from .base import AFFINE_RANGE, Method, check_loss, cosine_lr, frozen, layer_sites
-from .data import Prompts, forward, pool, pooled
+from .data import Prompts, pool, pooled
 
 
 def sorted_w2(z: Tensor, v_sorted: Tensor, weight: Tensor | float = 1.0) -> Tensor:
@@ -38,6 +40,13 @@ def prox_sparse_group(u: Tensor, step: float, l1: float, group: float) -> Tensor
         thresh = step * group * math.sqrt(u.numel())
         u = u * (1 - thresh / norm).clamp_min(0) if float(norm) > 0 else u
     return u
+
+
+def _affine_hook(u: Tensor, b: Tensor) -> Any:
+    def fn(act: Tensor, hook: Any = None) -> Tensor:
+        return act * (1 + u) + b
+
+    return fn
 
 
 @dataclass(frozen=True)
@@ -103,7 +112,7 @@ class LinEAS(Config, Method):
         b = {n: torch.zeros(shapes[n], device=dev, requires_grad=True) for n in names}
         tgt = {n: v.to(dev) for n, v in tgt.items()}
         toks, mask = source.tokens.to(dev), source.mask
-        stop = stop_at_layer(model, resolve(model, names))
+        am, skip = mask.long().to(dev), prepends_bos(model)
         opt = torch.optim.SGD([*u.values(), *b.values()], lr=base_lr)
         history: list[dict[str, float]] = []
         bar = tqdm(range(self.steps), desc="LinEAS", disable=not progress)
@@ -112,18 +121,9 @@ class LinEAS(Config, Method):
                 lr = cosine_lr(base_lr, step, self.steps)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                store: dict[str, Tensor] = {}
-
-                def make(n: str, store: dict[str, Tensor] = store) -> Any:
-                    def fn(act: Tensor, hook: Any = None) -> Tensor:
-                        out = act * (1 + u[n]) + b[n]
-                        store[n] = pool(out, mask).flatten(1)
-                        return out
-
-                    return fn
-
-                with model.hooks(fwd_hooks=[(n, make(n)) for n in names]):
-                    forward(model, toks, mask, stop_at_layer=stop)
+                maps = [(n, _affine_hook(u[n], b[n])) for n in names]
+                acts = capture(model, toks, names, attention_mask=am, hooks=maps, grad=True, clone=False)
+                store = {n: pool(acts[n], mask, skip_first=skip).flatten(1) for n in names}
                 losses = {n: sorted_w2(store[n], tgt[n]) for n in names}
                 loss = torch.stack(list(losses.values())).sum()
                 check_loss(loss, "LinEAS", step)
