@@ -441,7 +441,9 @@ def verify_shard(file: Path, manifest: F.Manifest, key: str, dtype: torch.dtype,
     if expected is not None:
         check_digest(file, expected, offset=manifest.align, what="shard")
     if dtype.is_floating_point and shape[0]:
-        data = torch.from_file(str(file), shared=False, size=manifest.align + F.element_size(dtype) * _prod(shape), dtype=torch.uint8)
+        data = torch.from_file(
+            str(file), shared=False, size=manifest.align + F.element_size(dtype) * _prod(shape), dtype=torch.uint8
+        )
         values = data[manifest.align :].view(dtype)
         for lo in range(0, values.numel(), 1 << 24):
             if not bool(torch.isfinite(values[lo : lo + (1 << 24)]).all()):

@@ -190,7 +190,7 @@ class Eraser:
                 f"{path / 'cfg.json'} is not a mechwork eraser config (format {found!r}, expected {FORMAT!r})"
             )
         cfg = EraserConfig.from_dict(raw, ignore=("mechwork_version",), source=str(path / "cfg.json"))
-        t = load_tensors(path / WEIGHTS, device=device)
+        t = load_tensors(path / WEIGHTS, device=device, what="eraser tensors", floating=True)
         file = path / WEIGHTS
         for key in ("proj_left", "proj_right"):
             if key not in t:

@@ -309,7 +309,7 @@ class Steerer:
         cfg = cfg.replace(shapes=tuple(tuple(s) for s in cfg.shapes))
         if len(cfg.shapes) != len(cfg.sites):
             raise CheckpointError(f"{path / 'cfg.json'}: {len(cfg.sites)} sites but {len(cfg.shapes)} shapes")
-        t = load_tensors(path / WEIGHTS, device=device)
+        t = load_tensors(path / WEIGHTS, device=device, what="steerer tensors", floating=True)
         scales = {k.removeprefix("scale."): v for k, v in t.items() if k.startswith("scale.")}
         biases = {k.removeprefix("bias."): v for k, v in t.items() if k.startswith("bias.")}
         try:
