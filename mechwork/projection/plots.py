@@ -105,13 +105,14 @@ def alignment_heatmap(al: Any, kind: str = "all") -> Any:
 
 
 def copying_bar(scores: Any) -> Any:
-    """Bar chart of a :func:`mechwork.projection.head_scores` table (copying / prev-token / induction per head)."""
-    import plotly.graph_objects as go
+    """Copying / previous-token / induction score of every head (a :func:`mechwork.projection.head_scores` table)."""
+    from ..viz import Line, lines
 
     x = [f"L{r.layer}H{r.head}" for r in scores.itertuples()]
-    fig = go.Figure([go.Bar(name=c, x=x, y=scores[c].tolist()) for c in ("copying", "prev_token", "induction")])
-    fig.update_layout(barmode="group", title="head scores from vocabulary-space circuits", xaxis_title="head")
-    return fig
+    series = [
+        Line(y=scores[c].tolist(), x=x, name=c, mode="lines+markers") for c in ("copying", "prev_token", "induction")
+    ]
+    return lines([series], title="head scores from vocabulary-space circuits", xlabel="head", ylabel="score")
 
 
 __all__ = ["lens_heatmap", "pair_heatmap", "top_table", "alignment_heatmap", "copying_bar"]
