@@ -42,7 +42,7 @@ def factored_rows(model, repeat: int) -> list[dict]:
     dense_gb = V * V * 4 / 1e9
     held = (p.left.numel() + p.right.numel()) * 4 / 1e6
     chunk_mb = p._chunk() * V * 4 / 1e6
-    rows.append({"vocab": V, "operation": "dense OV matrix (one head)", "seconds": float("nan"),
+    rows.append({"vocab": V, "operation": "dense OV matrix (one head)", "seconds": None,
                  "memory": f"{dense_gb:.1f} GB (x {12 * 12} heads): not attempted"})  # fmt: skip
     rows.append({"vocab": V, "operation": "factored OV: build", "seconds": timeit(
         lambda: project(model, "ov", layer=5, head=3), repeat=repeat), "memory": f"{held:.1f} MB factors"})  # fmt: skip

@@ -193,7 +193,6 @@ class TunedLens(torch.nn.Module):
 
 # ---------------------------------------------------------------------------------------------- training
 def _default_source(model: Any) -> Any:
-    from ..data.corpus import Corpus
     from ..data.tokenizer import vocab_size
 
     if int(model.cfg.d_vocab) != vocab_size():
@@ -201,7 +200,18 @@ def _default_source(model: Any) -> Any:
             "train_tuned_lens needs a source of text for this model (texts, a file, a token tensor, a generator) "
             "or an activation cache (store=...); the default corpus only fits the shipped toy vocabulary"
         )
-    return Corpus(seed=1234, split="train")
+    return toy_corpus(model, seed=1234, split="train")
+
+
+def toy_corpus(model: Any, *, seed: int, split: str) -> Any:
+    """The generated corpus with the document mix a shipped model was trained on (default mix otherwise)."""
+    from ..data.corpus import Corpus
+    from ..models.zoo import ENTRIES
+
+    entry = ENTRIES.get(str(getattr(model, "mechwork_spec", "")))
+    if entry is None:
+        return Corpus(seed=seed, split=split)
+    return Corpus(seed=seed, split=split, mix=entry.train.mix or None, options=entry.train.doc_options or None)
 
 
 def _stream(model: Any, source: Any, cfg: TunedLensConfig) -> Any:
@@ -341,7 +351,7 @@ def held_out_tokens(model: Any, source: Any = None, n: int = 16) -> tuple[Tensor
         from ..data import vocab as V
         from ..data.tokenizer import word_to_id
 
-        tokens, _ = Corpus(seed=4321, split="test").batch(n, int(model.cfg.n_ctx))
+        tokens, _ = toy_corpus(model, seed=4321, split="test").batch(n, int(model.cfg.n_ctx))
         return tokens, tokens != word_to_id()[V.PAD]  # every real token
     from ..data.sources import TokenSource, pack
 
