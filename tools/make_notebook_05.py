@@ -82,6 +82,19 @@ cells = [
         "g.prune(top_n=12).save(out / 'induction.html')"
     ),
     md(
+        "Per position: with `per_position=True` (EAP) a head at query position *p* receives its key and value edges "
+        "from every earlier position, so the K-composition edge shows *where* the induction head looks. Summed over "
+        "positions the edges are the component edges above (`aggregate()`)."
+    ),
+    code(
+        "gp = attribute_edges(ind_model, ind, ind_task, method='eap', per_position=True)\n"
+        "top = max((e for e in gp.edges if e.dst.startswith('a1.') and e.kind == 'k'), key=lambda e: abs(e.weight))\n"
+        "print(gp, '\\n top key edge:', top.id, f'{top.weight:+.3f}')\n"
+        "pp = gp.prune(influence=0.9)\n"
+        "pp.save(out / 'induction_positions.html')\n"
+        "pp"
+    ),
+    md(
         "## 5. An SAE-latent graph\n\n"
         "With the shipped TopK SAEs spliced at `resid_post.1` and `resid_post.2`, nodes are the active latents per "
         "position plus each site's reconstruction error; edges are direct effects (activation × gradient with the "
@@ -93,7 +106,7 @@ cells = [
         "from mechwork.circuits.latents import parse_sae_args\n"
         "saes = parse_sae_args(['sae_checkpoints/toy-mixed/blocks.1.hook_resid_post',\n"
         "                       'sae_checkpoints/toy-mixed/blocks.2.hook_resid_post'])\n"
-        "scans = {site: mechwork.sae.scan(sae, model=model, n_tokens=4000) for site, sae in saes.items()}\n"
+        "scans = {site: mechwork.sae.latent_stats(sae, model=model, n_tokens=4000) for site, sae in saes.items()}\n"
         "one = task.prompts(1, seed=0)\n"
         "lat = attribute_latents(model, one, task, saes=saes, max_targets=16, scans=scans)\n"
         "small = lat.prune(influence=0.6)\n"

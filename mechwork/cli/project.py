@@ -212,7 +212,8 @@ def _direction(args: argparse.Namespace, model: Any, rest: list[str]) -> int:
     vec = load_vectors(_one(rest, "direction", "FILE"), args.key)
     p = project(model, vec, site=args.site, mode=args.mode, output=args.output)
     n = min(p.shape[0], 20)
-    obj = {"what": p.what, "rows": {p.row_labels[i]: p.top(args.k, row=i) for i in range(n)}}
+    labels = p.row_labels or [str(i) for i in range(p.shape[0])]
+    obj = {"what": p.what, "rows": {labels[i]: p.top(args.k, row=i) for i in range(n)}}
     lines = [repr(p)] + [f"  {r}: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in top) for r, top in obj["rows"].items()]
     if p.shape[0] > n:
         lines.append(f"  ... {p.shape[0] - n} more rows")

@@ -19,19 +19,21 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..core.errors import DataError, ShapeError
-from ..core.hooks import capture, check_tokens, model_device, to_tokens
+from ..core.hooks import capture, model_device
 from ._model import Tokens, require_lm_head
 
 
 def prompt_tokens(model: Any, prompts: Any) -> tuple[Tensor, Tensor | None]:
-    """Text, texts, token ids or a ``PromptBatch`` -> ``(tokens [batch, pos], per-prompt answer position or None)``."""
-    if hasattr(prompts, "clean") and hasattr(prompts, "pos"):
-        return check_tokens(model, prompts.clean), prompts.pos
-    if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and any(isinstance(x, str) for x in prompts)):
-        return to_tokens(model, prompts), None
-    if isinstance(prompts, (list, tuple)) and not prompts:
-        raise DataError("no prompts given (empty list)")
-    return check_tokens(model, prompts), None
+    """Text, texts, token ids or a ``PromptBatch`` -> ``(tokens [batch, pos], per-prompt answer position or None)``.
+
+    Through the one conversion in core (:func:`mechwork.core.prompts.encode`); prompts of different lengths are
+    right-padded, and their last real token is then the default read-out position (never a padding token).
+    """
+    from ..core.prompts import encode
+
+    enc = encode(model, prompts)
+    given = hasattr(prompts, "clean") and hasattr(prompts, "pos")
+    return enc.tokens, (enc.last if given or enc.attention_mask is not None else None)
 
 
 @dataclass
