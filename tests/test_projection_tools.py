@@ -105,8 +105,11 @@ def test_views_escape_every_token(toy_mixed, tmp_path):
         def __init__(self, inner):
             self.inner = inner
 
-        def batch_decode(self, ids, **kw):
-            return [f"{EVIL}{i[0]}" for i in ids]
+        def decode(self, ids, **kw):
+            return f"{EVIL}{ids[0]}"
+
+        def convert_ids_to_tokens(self, ids):
+            return [f"{EVIL}{i}" for i in ids]
 
         def __getattr__(self, name):
             return getattr(self.inner, name)
