@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mechwork  # noqa: E402
 from benchmarks._common import print_table, write_results  # noqa: E402
 from mechwork.patching import activation_patch, attribution_patch, relevance_patch  # noqa: E402
-from mechwork.patching.lrp import _stabilise  # noqa: E402
+from mechwork.patching.lrp import frozen_hooks, frozen_names  # noqa: E402
 
 SETUPS = [
     ("toy-induction-2l", "induction", {"prefix_len": 4, "segment_len": 10}),
@@ -52,35 +52,16 @@ def centred_target_logit(logits: torch.Tensor, batch: Any) -> torch.Tensor:
     return (tgt * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
-def _frozen_hooks(model: Any, cache: dict[str, torch.Tensor], *, patterns: bool, rest: bool) -> list:
-    """Hooks holding attention patterns (and, with ``rest``, LayerNorm scales and the MLP activation's
-    coefficients) at their values in the cached corrupted run."""
-    hooks: list = []
-    stash: dict[str, torch.Tensor] = {}
-    for name in cache:
-        if (name.endswith("hook_pattern") and patterns) or (name.endswith("hook_scale") and rest):
-            hooks.append((name, lambda t, hook, v=cache[name]: v))
-    if rest and not getattr(model.cfg, "attn_only", False):
-        for layer in range(model.cfg.n_layers):
-            p = f"blocks.{layer}.mlp."
-            coef = cache[p + "hook_post"] / _stabilise(cache[p + "hook_pre"])
-
-            def keep(t, hook, p=p):
-                stash[p] = t
-
-            hooks += [(p + "hook_pre", keep), (p + "hook_post", lambda t, hook, p=p, c=coef: stash[p] * c)]
-    return hooks
-
-
 @torch.no_grad()
-def frozen_patch(model: Any, batch: Any, metric: Any, grid: str, *, patterns: bool, rest: bool) -> torch.Tensor:
-    """Denoising activation patching per (layer, position) of a model frozen at the corrupted run."""
-    names = {n for n in model.hook_dict if n.endswith(("hook_pattern", "hook_scale", "mlp.hook_pre", "mlp.hook_post"))}
+def frozen_patch(model: Any, batch: Any, metric: Any, grid: str, *, rest: bool) -> torch.Tensor:
+    """Denoising activation patching per (layer, position) of a model frozen at the corrupted run: attention
+    patterns, and with ``rest`` LayerNorm scales and MLP activation coefficients too."""
+    names = set(frozen_names(model))
     _, corrupted = model.run_with_cache(batch.corrupted, names_filter=lambda n: n in names)
     cache = dict(corrupted.items())
     site = [f"blocks.{layer}.{HOOK[grid]}" for layer in range(model.cfg.n_layers)]
     _, clean = model.run_with_cache(batch.clean, names_filter=lambda n: n in site)
-    frozen = _frozen_hooks(model, cache, patterns=patterns, rest=rest)
+    frozen = frozen_hooks(model, cache, ["layernorm", "identity", "attention"] if rest else ["attention"])
     with model.hooks(fwd_hooks=frozen):
         base = metric(model(batch.corrupted), batch)
     n_pos = batch.corrupted.shape[1]
@@ -121,8 +102,8 @@ def study(n: int) -> list[dict[str, Any]]:
                 atp = attribution_patch(model, batch, metric, **kw).scores
                 relp = relevance_patch(model, batch, metric, **kw).scores
                 relp_ah = relevance_patch(model, batch, metric, rules=ALL_RULES, **kw).scores
-                fz = frozen_patch(model, batch, fn, grid, patterns=True, rest=True)
-                pf = frozen_patch(model, batch, fn, grid, patterns=True, rest=False)
+                fz = frozen_patch(model, batch, fn, grid, rest=True)
+                pf = frozen_patch(model, batch, fn, grid, rest=False)
                 rows.append(
                     {
                         "model": model_name,

@@ -163,3 +163,43 @@ def test_half_rule_conserves_through_a_gated_mlp(tokens):
     f, R, _, _ = _relevance(model, tokens, cuts, ["layernorm", "identity", "half", "attention"])
     for n in cuts:
         assert R[n] == pytest.approx(f, rel=1e-6), (n, R[n], f)
+
+
+@pytest.mark.parametrize("grid", ["resid_pre", "mlp_out"])
+def test_relp_is_exactly_activation_patching_of_the_frozen_model(toy_mixed, grid):
+    """RelP with the LN-, Identity- and AH-rules is the exact effect of patching the model whose LayerNorm
+    scales, attention patterns and activation coefficients are held at the corrupted run (linear in each cell),
+    computed here by forward passes with :func:`frozen_hooks`; plain AtP is not."""
+    import mechwork
+    from mechwork.patching import attribution_patch, relevance_patch
+    from mechwork.patching.lrp import frozen_hooks, frozen_names
+
+    model, task = toy_mixed, mechwork.tasks.get("ioi")
+    batch = task.prompts(8, seed=5)
+    names = set(frozen_names(model))
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(batch.corrupted, names_filter=lambda n: n in names)
+        hooks = frozen_hooks(model, dict(cache.items()))
+        hook = {"resid_pre": "hook_resid_pre", "mlp_out": "hook_mlp_out"}[grid]
+        sites = [f"blocks.{i}.{hook}" for i in range(model.cfg.n_layers)]
+        _, clean = model.run_with_cache(batch.clean, names_filter=lambda n: n in sites)
+        with model.hooks(fwd_hooks=hooks):
+            base = task.metric(model(batch.corrupted), batch)
+        frozen = torch.zeros(model.cfg.n_layers, batch.clean.shape[1])
+        for layer, name in enumerate(sites):
+            for pos in range(batch.clean.shape[1]):
+
+                def patch(t, hook, v=clean[name], pos=pos):
+                    t = t.clone()
+                    t[:, pos] = v[:, pos]
+                    return t
+
+                with model.hooks(fwd_hooks=[*hooks, (name, patch)]):
+                    frozen[layer, pos] = (task.metric(model(batch.corrupted), batch) - base).mean()
+    rules = ["layernorm", "identity", "attention"]
+    relp = relevance_patch(model, batch, task, sites=grid, per="position", rules=rules).scores
+    scale = float(frozen.abs().max())
+    assert scale > 0.1
+    torch.testing.assert_close(relp, frozen, atol=1e-5 * scale, rtol=0)
+    atp = attribution_patch(model, batch, task, sites=grid, per="position").scores
+    assert float((atp - frozen).abs().max()) > 1e-3 * scale
