@@ -123,12 +123,41 @@ def study(n: int) -> list[dict[str, Any]]:
     return rows
 
 
+def rule_ablation(n: int) -> list[dict[str, Any]]:
+    """resid_pre x pos on the two induction settings: which LRP rule moves RelP away from activation patching."""
+    rows = []
+    for model_name, task_name, opts in SETUPS[:2]:
+        model = mechwork.load_model(model_name)
+        task = mechwork.tasks.get(task_name, **opts)
+        batch = task.prompts(n, seed=0)
+        for metric_name, metric in (("task", task), ("linear", centred_target_logit)):
+            kw = dict(sites="resid_pre", per="position")
+            ap = activation_patch(model, batch, metric, **kw).scores
+            row = {"model": model_name, "task": task_name, "metric": metric_name, "grid": "resid_pre x pos"}
+            row["r_AtP"] = _r(attribution_patch(model, batch, metric, **kw).scores, ap)
+            for label, rules in (("LN", ["layernorm"]), ("Identity", ["identity"]), ("AH", ["attention"])):
+                row[f"r_RelP_{label}_only"] = _r(relevance_patch(model, batch, metric, rules=rules, **kw).scores, ap)
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=32, help="prompts per setting (default 32)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--ablation-only", action="store_true", help="only the per-rule table (adds it to the JSON)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.ablation_only:
+        from benchmarks._common import RESULTS_DIR, load_json
+
+        old = load_json(RESULTS_DIR / "relp_study.json")
+        payload = {k: v for k, v in old.items() if k not in ("benchmark", "environment")}
+        payload["rule_ablation"] = rule_ablation(args.n)
+        if not args.no_write:
+            write_results("relp_study", payload)
+        return 0
     rows = study(args.n)
     print_table(
         rows,
@@ -136,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         title="Pearson r with activation patching",
     )
     if not args.no_write:
-        write_results("relp_study", {"n_prompts": args.n, "rows": rows, "note": "shared 2-core machine"})
+        payload = {"n_prompts": args.n, "rows": rows, "rule_ablation": rule_ablation(args.n)}
+        write_results("relp_study", {**payload, "note": "shared 2-core machine"})
     return 0
 
 
