@@ -231,8 +231,9 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path) -> tuple[lis
         for name, (sites, stop, seqs) in configs.items():
             toks = tokens[:seqs]
             t = times[name]
-            fwd = lambda toks=toks, stop=stop: bare_forward(model, toks, stop, args.batch, dev, args.autocast)  # noqa: E731
-            t["forward"].append(timed(fwd, dev))
+            t["forward"].append(
+                timed(lambda toks=toks, stop=stop: bare_forward(model, toks, stop, args.batch, dev, args.autocast), dev)
+            )
             out = work / f"{shape}_{name.replace(' ', '_')}"
             t["collect"].append(
                 timed(
@@ -275,7 +276,7 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path) -> tuple[lis
 
     rows: list[dict[str, Any]] = []
     res: dict[str, Any] = {"model": f"random-init {shape}: {SHAPES[shape]}, context {CONTEXT}"}
-    for name, (sites, stop, seqs) in configs.items():
+    for name, (_sites, _stop, seqs) in configs.items():
         n, t = seqs * CONTEXT, times[name]
         f, c = statistics.median(t["forward"]), statistics.median(t["collect"])
         paired = statistics.median(a / b for a, b in zip(t["forward"], t["collect"]))

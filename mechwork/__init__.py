@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any
 
 __version__ = "0.1.0"
@@ -12,28 +13,17 @@ from .core.errors import (  # noqa: E402
     ConfigError,
     DataError,
     MechworkError,
+    MechworkWarning,
     ModelNotFoundError,
     NonFiniteError,
     ShapeError,
     SiteError,
+    UnsupportedModelError,
 )
 from .core.sites import Site, site, sites  # noqa: E402
 
-_SUBMODULES = (
-    "core",
-    "data",
-    "tasks",
-    "models",
-    "cache",
-    "sae",
-    "projection",
-    "patching",
-    "circuits",
-    "steering",
-    "erasure",
-    "viz",
-    "cli",
-)
+# the capability subpackages that exist in this installation (a new folder appears here by itself)
+_SUBMODULES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg))
 _LAZY = {"load_model": ("models", "load_model")}
 
 
@@ -47,7 +37,7 @@ def __getattr__(name: str) -> Any:  # PEP 562: heavy capabilities import on firs
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+    return sorted(set(__all__) | set(_SUBMODULES))
 
 
 __all__ = [
@@ -64,4 +54,6 @@ __all__ = [
     "ModelNotFoundError",
     "NonFiniteError",
     "DataError",
+    "UnsupportedModelError",
+    "MechworkWarning",
 ]

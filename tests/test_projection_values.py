@@ -49,7 +49,10 @@ def test_ov_and_qk_projections_equal_dense_products(toy_induction, layer, head):
     ov = torch.einsum(
         "sd,dh,he,ev->sv", W_E, _w(m, "W_V", layer, head), _w(m, "W_O", layer, head), W_U
     )  # source token -> output logits
-    qk = torch.einsum("qd,dh,kf,fh->qk", W_E, _w(m, "W_Q", layer, head), W_E, _w(m, "W_K", layer, head))
+    # the QK form includes the query and key biases (they change which key wins; see mechwork.projection.weights)
+    q = W_E @ _w(m, "W_Q", layer, head) + _w(m, "b_Q", layer, head)
+    k = W_E @ _w(m, "W_K", layer, head) + _w(m, "b_K", layer, head)
+    qk = q @ k.T
     p_ov, p_qk = project(m, "ov", layer=layer, head=head), project(m, "qk", layer=layer, head=head)
     assert p_ov.matrix.shape == p_qk.matrix.shape == (m.cfg.d_vocab, m.cfg.d_vocab)
     scale_ov, scale_qk = float(ov.abs().max()), float(qk.abs().max())

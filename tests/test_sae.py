@@ -283,14 +283,13 @@ def test_geometric_median_is_robust_to_outliers():
 @pytest.fixture
 def registry_restored():
     """Architectures registered by a test are removed afterwards (the registry is global state)."""
-    from mechwork.sae import config as sae_config
-    from mechwork.sae import model as sae_model
+    from mechwork.sae import registry
 
-    classes, names = dict(sae_model.SAE_CLASSES), list(sae_config.ARCHITECTURES)
+    names = registry.names()
     yield
-    sae_model.SAE_CLASSES.clear()
-    sae_model.SAE_CLASSES.update(classes)
-    sae_config.ARCHITECTURES[:] = names
+    for name in registry.names():
+        if name not in names:
+            registry.unregister(name)
     with pytest.raises(ConfigError, match="test_grid"):
         ms.SAEConfig(architecture="test_grid", d_sae=32, k=4)
 

@@ -4,14 +4,18 @@ folders, and truncated / foreign folders fail with a message naming the file."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import mechwork.sae as ms
 from mechwork.core.errors import CheckpointError
+from mechwork.core.io import load_tensors, save_tensors
+from mechwork.sae import shipped
 from mechwork.sae.model import SAE
 
 SETTINGS = [("topk", "none"), ("topk", "scale"), ("topk", "layer_norm"), ("relu", "scale"), ("relu", "none")]
@@ -20,7 +24,7 @@ SETTINGS = [("topk", "none"), ("topk", "scale"), ("topk", "layer_norm"), ("relu"
 @pytest.fixture(scope="module")
 def sae_lens():
     sl = pytest.importorskip("sae_lens")
-    ms.register_saelens()
+    ms.register_saelens()  # for the folders that need it (portable=False, legacy names)
     return sl
 
 
@@ -54,7 +58,9 @@ def test_saelens_loads_mechwork_folders(sae_lens, arch, norm, portable, tmp_path
     sae, x = _trained(arch, norm, alpha=1.6 if arch == "topk" else 1.0)
     sae.save(tmp_path / "s", portable=portable)
     theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "s"))
-    expected = {"topk": "topk", "relu": "standard"}[arch] if portable else f"mechwork_{arch}"
+    expected = (
+        {"topk": "topk", "relu": "standard"}[arch] if portable else f"mechwork_{arch} (import mechwork.sae.saelens)"
+    )
     assert theirs.cfg.architecture() == expected
     with torch.no_grad():
         f_ours, f_theirs = sae.encode(x), theirs.encode(x)
@@ -140,25 +146,100 @@ def test_truncated_and_foreign_folders_name_the_file(tmp_path):
         ms.load(tmp_path / "s")
 
 
-def test_saelens_registration_after_a_later_import(tmp_path):
-    """`import mechwork.sae` first, `import sae_lens` later: the post-import hook registers the architectures."""
-    sae, x = _trained("topk", "scale")
-    sae.save(tmp_path / "s")
+def _fresh_python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_import_mechwork_sae_imports_no_saelens_and_installs_no_hook():
+    out = _fresh_python(
+        "import sys\nn = list(sys.meta_path)\nimport mechwork.sae\n"
+        "assert 'sae_lens' not in sys.modules, 'sae_lens imported'\n"
+        "assert sys.meta_path == n, sys.meta_path\nprint('ok')\n"
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_cli_trained_topk_loads_in_plain_saelens_and_encodes_identically(tmp_path):
+    """Issue 16 item 5: no mechwork import in the loading process; alpha-k and the input scale are folded."""
+    from mechwork.cli import main
+
+    out = tmp_path / "run"
+    argv = ["sae", "train", "--model", "toy-induction-2l", "--site", "resid_post.1", "--tokens", "3072"]
+    argv += ["--batch-size", "512", "--k", "4", "--width", "64", "--alpha", "1.5", "--normalize", "scale"]
+    assert main([*argv, "--lr", "3e-3", "--out", str(out), "--no-progress"]) == 0
+    folder = out / "saes" / "topk_k4_w64_s0"
+    card = ms.read_card(folder)
+    assert card["saelens"]["architecture"] == "topk" and card["saelens"]["loads_without_mechwork"] is True
+    sae = ms.load(folder)
+    torch.manual_seed(0)
+    x = torch.randn(64, sae.d_in) * 4
+    x2 = torch.randn(64, 128) * 3
+    save_tensors(tmp_path / "x.safetensors", {"x": x, "x2": x2})
     code = (
-        "import sys, torch, mechwork.sae\n"
-        "assert 'sae_lens' not in sys.modules\n"
-        "import sae_lens\n"
-        "from sae_lens.registry import SAE_CLASS_REGISTRY\n"
-        "assert 'mechwork_topk' in SAE_CLASS_REGISTRY and 'mechwork_relu' in SAE_CLASS_REGISTRY\n"
-        f"s = sae_lens.SAE.load_from_disk({str(tmp_path / 's')!r})\n"
+        "import sys, sae_lens\nfrom safetensors.torch import load_file, save_file\n"
+        f"s = sae_lens.SAE.load_from_disk({str(folder)!r})\n"
+        f"d = load_file({str(tmp_path / 'x.safetensors')!r})\nx, x2 = d['x'], d['x2']\n"
+        f"save_file({{'f': s.encode(x).detach(), 'y': s(x).detach()}}, {str(tmp_path / 'f.safetensors')!r})\n"
+        f"g = sae_lens.SAE.load_from_disk({str(shipped.path('toy-mixed', shipped.SITES[0]))!r})\n"
+        f"save_file({{'f': g.encode(x2).detach()}}, {str(tmp_path / 'g.safetensors')!r})\n"
+        "assert not [m for m in sys.modules if m.startswith('mechwork')], 'mechwork was imported'\n"
         "print(type(s).__name__)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])},
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().endswith("MechworkTopKSAE")
+    res = _fresh_python(code)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "TopKSAE"
+    theirs = load_tensors(tmp_path / "f.safetensors")
+    with torch.no_grad():
+        ours = sae.encode(x)
+        assert int((ours != 0).sum(-1).max()) == 6  # round(1.5 * 4)
+        assert torch.equal(ours != 0, theirs["f"] != 0)
+        assert torch.allclose(ours, theirs["f"], atol=1e-5, rtol=1e-5)
+        assert torch.allclose(sae(x), theirs["y"], atol=1e-5, rtol=1e-5)
+        # the shipped SAEs are portable folders too
+        f_shipped = ms.load(shipped.path("toy-mixed", shipped.SITES[0])).encode(x2)
+        assert torch.allclose(f_shipped, load_tensors(tmp_path / "g.safetensors")["f"], atol=1e-5, rtol=1e-5)
+
+
+def test_folders_needing_mechwork_say_which_import(tmp_path):
+    """A folder SAELens cannot load alone fails with a KeyError naming the import; after it, it loads."""
+    sae, x = _trained("topk", "scale")
+    sae.save(tmp_path / "s", portable=False)
+    res = _fresh_python(f"import sae_lens\nsae_lens.SAE.load_from_disk({str(tmp_path / 's')!r})\n")
+    assert res.returncode != 0 and "KeyError" in res.stderr and "import mechwork.sae.saelens" in res.stderr
+    import sae_lens
+
+    import mechwork.sae.saelens  # noqa: F401  (registers)
+
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "s"))
+    with torch.no_grad():
+        assert torch.allclose(theirs.encode(x), sae.encode(x), atol=1e-5, rtol=1e-5)
+
+
+def test_legacy_mechwork_topk_folders_still_load(sae_lens, tmp_path):
+    """Folders of mechwork <= 0.1 (``mechwork_topk``, unfolded ``norm_scale``, union config) keep loading."""
+    sae, x = _trained("topk", "scale", alpha=1.6)
+    cfg = {**sae.cfg.to_dict(), "l1_coefficient": 1.0, "l1_warmup": 0.05}
+    raw = {
+        "architecture": "mechwork_topk",
+        "d_in": 24,
+        "d_sae": 80,
+        "k": 5,
+        "alpha": 1.6,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "metadata": {"sae_lens_version": "6.54.12", "hook_name": "blocks.0.hook_resid_post"},
+        "mechwork": {"config": cfg, "meta": {"site": "blocks.0.hook_resid_post"}, "portable": False},
+    }
+    scale = 0.37
+    w = {"W_enc": sae.W_enc / scale, "b_enc": sae.b_enc, "W_dec": sae.W_dec * scale, "b_dec": sae.b_dec * scale}
+    (tmp_path / "s").mkdir()
+    save_tensors(tmp_path / "s" / "sae_weights.safetensors", {**w, "norm_scale": torch.tensor(scale)})
+    (tmp_path / "s" / "cfg.json").write_text(json.dumps(raw))
+    back = ms.load(tmp_path / "s")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "s"))
+    with torch.no_grad():
+        assert torch.allclose(back.encode(x), sae.encode(x), atol=1e-5, rtol=1e-5)
+        assert torch.allclose(theirs.encode(x), sae.encode(x), atol=1e-5, rtol=1e-5)

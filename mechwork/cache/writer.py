@@ -14,8 +14,6 @@ import dataclasses
 import errno
 import os
 import queue
-import shutil
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from torch import Tensor
 from ..core.errors import CheckpointError, MechworkError, NonFiniteError
 from ..core.io import fsync_dir, save_tensors
 from . import format as F
+from .background import Worker
 from .stats import Moments
 
 Payload = dict[str, Tensor]  # stream name (site or TOKENS) -> rows [n, *shape], CPU, contiguous
@@ -234,60 +233,45 @@ class MemorySink:
         self.chunks = {n: [] for n in self.chunks}
 
 
-_STOP = object()
-
-
 class Pipeline:
-    """Runs a sink's ``write`` / ``end_shard`` on a writer thread, ``depth`` batches behind the producer.
+    """Runs a sink's ``write`` / ``end_shard`` on a background :class:`~mechwork.cache.background.Worker`,
+    ``depth`` batches behind the producer.
 
     Errors raised on the thread are re-raised in the producer at its next call (or at :meth:`close`).
     """
 
     def __init__(self, sink: Any, depth: int = 3) -> None:
         self.sink = sink
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="mechwork-cache-writer", daemon=True)
-        self.thread.start()
+        self.worker = Worker(depth, name="mechwork-cache-writer")
 
-    def _run(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is _STOP:
-                return
-            fn, args, event, release = item
-            try:
-                if self.error is None:  # after a failure: drain, but still hand pinned buffers back
-                    if event is not None:
-                        event.synchronize()
-                    fn(*args)
-            except BaseException as e:  # noqa: BLE001 - handed to the producer
-                self.error = e
-            finally:
-                if release is not None:
-                    release()
+    def _run(self, fn: Callable[..., Any], args: tuple, event: Any, release: Callable[[], None] | None) -> None:
+        try:
+            if self.error is None:  # after a failure: drain, but still hand pinned buffers back
+                if event is not None:
+                    event.synchronize()
+                fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the producer
+            self.error = e
+        finally:
+            if release is not None:
+                release()
 
     def _check(self) -> None:
         if self.error is not None:
             raise self.error
 
-    def _put(self, item: Any) -> None:
-        while True:
-            self._check()
-            try:
-                self.q.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                if not self.thread.is_alive():
-                    raise MechworkError("the cache writer thread died") from self.error
+    def _put(self, fn: Callable[..., Any], args: tuple, event: Any = None, release: Any = None) -> None:
+        self._check()
+        self.worker.submit(self._run, fn, args, event, release, on_cancel=release)
 
     def write(
         self, shard: int, payload: Payload, *, event: Any = None, release: Callable[[], None] | None = None
     ) -> None:
-        self._put((self.sink.write, (shard, payload), event, release))
+        self._put(self.sink.write, (shard, payload), event, release)
 
     def end_shard(self, shard: int, rows: int, stats: dict[str, Moments]) -> None:
-        self._put((self.sink.end_shard, (shard, rows, stats), None, None))
+        self._put(self.sink.end_shard, (shard, rows, stats))
 
     @property
     def bytes_written(self) -> int:
@@ -295,22 +279,14 @@ class Pipeline:
 
     def close(self) -> None:
         """Wait until everything queued is written; re-raise a writer error."""
-        self._put(_STOP)
-        self.thread.join()
+        self.worker.drain()
+        self.worker.close(timeout=None)
         self._check()
 
     def abort(self) -> None:
         """Stop after the current item, drop the rest and remove partial files."""
         self.error = self.error or MechworkError("aborted")
-        try:
-            while True:
-                item = self.q.get_nowait()
-                if item is not _STOP and item[3] is not None:
-                    item[3]()
-        except queue.Empty:
-            pass
-        self.q.put(_STOP)
-        self.thread.join()
+        self.worker.close(timeout=None)
         self.sink.abort()
 
 
@@ -353,7 +329,3 @@ def clear_uncommitted(root: Path, streams: list[Stream], committed: int) -> None
                     continue
                 if idx >= committed:
                     p.unlink(missing_ok=True)
-
-
-def remove_store(root: Path) -> None:
-    shutil.rmtree(root, ignore_errors=True)

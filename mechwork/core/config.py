@@ -103,19 +103,26 @@ def _from_plain(cls: type, d: Any, *, ignore: tuple[str, ...] = (), source: str 
         raise ConfigError(f"{cls.__name__}{where}: {e}") from e
 
 
+def _nested(tp: type, value: Any, where: str) -> Any:
+    """A nested dataclass: a Config rebuilds through its own ``from_dict`` (which may pick a subclass)."""
+    if issubclass(tp, Config):
+        return tp.from_dict(value, source=where)
+    return _from_plain(tp, value, source=where)
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if value is None:
         return None
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return _from_plain(tp, value, source=where)
+        return _nested(tp, value, where)
     if origin in (typing.Union, types.UnionType):
         for a in args:
             if a is type(None):
                 continue
             if dataclasses.is_dataclass(a) and isinstance(value, dict):
-                return _from_plain(a, value, source=where)
+                return _nested(a, value, where)
         if isinstance(value, list) and any(typing.get_origin(a) is tuple or a is tuple for a in args):
             return tuple(value)
         return value
@@ -128,6 +135,33 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def check_choices(cfg: Any, *names: str) -> None:
+    """Check the ``Literal[...]``-annotated fields of a dataclass config (all of them, or ``names``): a value
+    outside the annotation's choices is a :class:`ConfigError` naming the field, the choices and the closest one.
+
+    Call it from ``__post_init__``; the annotation is then the one place that lists the allowed values (the CLI
+    derives its ``choices`` from it too, see :mod:`mechwork.cli.options`).
+    """
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        if names and f.name not in names:
+            continue
+        tp = hints.get(f.name)
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next((a for a in typing.get_args(tp) if typing.get_origin(a) is typing.Literal), tp)
+        if typing.get_origin(tp) is not typing.Literal:
+            continue
+        value, choices = getattr(cfg, f.name), typing.get_args(tp)
+        if value is None and type(None) in typing.get_args(hints.get(f.name)):
+            continue
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{type(cfg).__name__}.{f.name} must be one of {', '.join(map(repr, choices))}; got {value!r}{hint}"
+            )
 
 
 def save_config(path: PathLike, cfg: Config, **extra: Any) -> None:

@@ -14,13 +14,14 @@ scores per cell with named axes (``[component,] layer[, pos][, head]``), ``.to_d
 ``.plot()``, ``.normalized()``, ``.correlation(other)``, ``.save(path)``.
 """
 
-from .activation import activation_patch
+from .activation import activation_patch, default_rows, plan_chunks
 from .faithfulness import Faithfulness, faithfulness, faithfulness_curve, faithfulness_many
 from .gradients import QUADRATURES, attribution_patch, integrated_gradients, quadrature, relevance_patch
 from .grid import GROUPS, PER, Node
 from .lrp import DEFAULT_RULES, RULES, lrp, lrp_hooks, parse_rules
 from .plot import plot_comparison
 from .result import PatchResult
+from .runs import Context, eval_metric, forward_rows, prepare
 
 METHODS = {
     "activation": activation_patch,
@@ -54,4 +55,12 @@ __all__ = [
     "quadrature",
     "plot_comparison",
     "METHODS",
+    # building blocks for methods built on patching (mechwork.circuits): validated base/source runs with their
+    # caches, resumed forwards with hooks, chunk planning, metric checking
+    "Context",
+    "prepare",
+    "forward_rows",
+    "plan_chunks",
+    "default_rows",
+    "eval_metric",
 ]

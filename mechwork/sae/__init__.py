@@ -1,5 +1,5 @@
-"""Sparse autoencoders: TopK (k-sparse, AuxK) and ReLU+L1 SAEs, a fast sparse trainer, honest evaluation,
-SAELens interop, latent browsing.
+"""Sparse autoencoders: TopK (k-sparse, AuxK) and ReLU+L1 SAEs (one module per architecture, one registry), a fast sparse trainer, honest evaluation,
+SAELens interop, latent statistics and dashboards.
 
 Public API::
 
@@ -9,26 +9,46 @@ Public API::
     sae = load(path)                         # mechwork or SAELens folders
     evaluate(sae, model, source, site)       # FVU, L0, dead/dense fractions, CE-loss recovered, KL
     with splice(model, sae, site): ...       # the SAE's reconstruction replaces the activation
+    stats = latent_stats(sae, source, model=model); stats[406]; stats.to_html(path)   # what latents mean
 """
 
 from __future__ import annotations
 
+from . import registry
+from .base import SAE, StepOutput, geometric_median
 from .config import SAEConfig, TrainConfig, sweep
-from .dashboard import render_html, render_text, write_html
+from .dashboard import render_text, write_dashboard
 from .evaluate import evaluate, splice
 from .io import load, read_card, save
-from .latents import LatentScan, scan
-from .model import SAE, SAE_CLASSES, StepOutput, geometric_median, register_architecture
-from .saelens import install_hook as _install_hook
-from .saelens import register as register_saelens
+from .latents import LatentCard, LatentStats, latent_stats
+from .model import SAE_CLASSES, register_architecture
+from .relu import JumpReLUConfig, JumpReLUSAE, ReLUConfig, ReLUSAE
 from .synthetic import SyntheticDictionary, recovery
+from .topk import TopKConfig, TopKSAE
 from .trainer import JointLoss, TrainResult, train
 
-_install_hook()
+
+def register_saelens() -> list[str]:
+    """Register mechwork's architectures with SAELens (imports SAELens; same as ``import mechwork.sae.saelens``).
+
+    Only needed for folders of mechwork-only architectures (SAE neural operators), ``portable=False`` folders
+    and folders of mechwork <= 0.1: TopK / ReLU / MFR folders use SAELens's own names and load without it.
+    """
+    from .saelens import register
+
+    return register()
+
 
 __all__ = [
     "SAE",
     "SAEConfig",
+    "TopKSAE",
+    "TopKConfig",
+    "ReLUSAE",
+    "ReLUConfig",
+    "JumpReLUSAE",
+    "JumpReLUConfig",
+    "registry",
     "TrainConfig",
     "TrainResult",
     "StepOutput",
@@ -42,11 +62,11 @@ __all__ = [
     "geometric_median",
     "evaluate",
     "splice",
-    "scan",
-    "LatentScan",
+    "latent_stats",
+    "LatentStats",
+    "LatentCard",
     "render_text",
-    "render_html",
-    "write_html",
+    "write_dashboard",
     "SyntheticDictionary",
     "recovery",
     "register_architecture",

@@ -78,6 +78,13 @@ def check_same_config(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> N
     except ConfigError as e:
         raise CheckpointError(f"cannot read the config stored in {where}: {e}") from e
     diff = {k: v for k, v in old.diff(cfg).items() if k not in RESUMABLE_FIELDS}
+    if "saes" in diff and len(old.saes) == len(cfg.saes):  # name the SAE fields, not the whole tuple
+        del diff["saes"]
+        for i, (a, b) in enumerate(zip(old.saes, cfg.saes)):
+            da, db = a.to_dict(), b.to_dict()
+            for k in sorted(set(da) | set(db)):
+                if da.get(k) != db.get(k):
+                    diff[f"saes[{i}].{k}"] = (da.get(k, "(absent)"), db.get(k, "(absent)"))
     if diff:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise ConfigError(

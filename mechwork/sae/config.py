@@ -2,60 +2,88 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from ..core.config import Config
+from ..core.config import Config, check_choices
 from ..core.errors import ConfigError
 
-#: architectures a config may name; :func:`mechwork.sae.model.register_architecture` adds more
-ARCHITECTURES: list[str] = ["topk", "relu"]
-NORMALIZE = ("none", "scale", "layer_norm")
-B_DEC_INIT = ("geometric_median", "mean", "zeros")
+Normalize = Literal["none", "scale", "layer_norm"]
+BDecInit = Literal["geometric_median", "mean", "zeros"]
 
 
-def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ConfigError(f"{name} must be one of {options}, got {value!r}")
+class _ByArchitecture(type):
+    """``SAEConfig(architecture=name, **fields)`` builds the config class registered for ``name``.
+
+    The generic constructor is the pre-registry spelling (one config class for every architecture): it keeps
+    the fields of the named architecture and ignores fields that belong only to other built-in architectures
+    (``k`` given to a ReLU SAE, ``l1_coefficient`` to a TopK SAE: they have no effect there). An unknown field
+    is an error naming the closest known one. Subclasses construct as plain dataclasses.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is not SAEConfig or args:
+            return super().__call__(*args, **kwargs)
+        target = _config_class(kwargs.get("architecture", "topk"))
+        return target(**_own_fields(target, kwargs, "SAEConfig(...)"))
+
+
+def _config_class(name: Any) -> type:
+    from . import registry
+
+    if not isinstance(name, str):
+        raise ConfigError(f"architecture must be a string, got {name!r}")
+    return registry.config_for(name)
+
+
+def _own_fields(target: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """The entries of ``values`` that are fields of ``target``; others of built-in configs are dropped."""
+    from . import registry
+
+    own = {f.name for f in dataclasses.fields(target) if f.init}
+    foreign: set[str] = set()
+    for name in registry.BUILTIN_TRAINABLE:
+        foreign |= {f.name for f in dataclasses.fields(registry.config_for(name)) if f.init}
+    unknown = [k for k in values if k not in own and k not in foreign]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, sorted(own), n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(hints)} for architecture {values.get('architecture', 'topk')!r}; "
+            f"its fields: {', '.join(sorted(own))}"
+        )
+    return {k: v for k, v in values.items() if k in own}
 
 
 @dataclass(frozen=True)
-class SAEConfig(Config):
-    """One SAE: architecture, size, sparsity and the hyper-parameters of its own loss.
+class SAEConfig(Config, metaclass=_ByArchitecture):
+    """One SAE: the fields every architecture shares. Each architecture subclasses it with its own fields
+    (:class:`~mechwork.sae.topk.TopKConfig`, :class:`~mechwork.sae.relu.ReLUConfig`, ...), registered in
+    :mod:`mechwork.sae.registry`; ``SAEConfig(architecture="relu", ...)`` builds the registered subclass.
 
     Parameters
     ----------
     d_sae : int
-        Number of latents (dictionary width).
+        Number of latents (dictionary width; for operator SAEs, the number of concept channels).
     d_in : int or None
-        Input width; ``None`` lets the trainer fill it in from the data.
-    architecture : {"topk", "relu"}
-        ``topk``: k-sparse autoencoder (Makhzani & Frey; Gao et al.) with AuxK. ``relu``: ReLU + L1 baseline.
-    k : int
-        Active latents per token (TopK) at the end of training.
-    alpha : float
-        Inference-time multiplier: :meth:`SAE.encode` keeps ``round(alpha * k)`` latents (Makhzani & Frey's
-        alpha-k encoding). 1.0 reproduces the training sparsity.
-    k_start : int or None
-        Start of the k schedule: k decreases linearly from ``k_start`` to ``k`` over the first
-        ``k_anneal`` fraction of training, then stays at ``k``. ``None`` trains at ``k`` throughout.
-    k_anneal : float
-        Fraction of the training steps over which k decreases.
-    k_aux : int or None
-        Dead latents used by the AuxK loss per token (default ``d_in // 2``, Gao et al. App. B.1).
-    aux_coefficient : float
-        Weight of the AuxK loss (Gao et al.: 1/32), on a residual-variance-normalised MSE.
-    dead_tokens : int
-        A latent that has not fired for this many training tokens counts as dead (feeds AuxK).
-    l1_coefficient : float
-        ReLU baseline: weight of ``sum_j f_j`` (decoder rows have unit norm) on a variance-normalised MSE.
-    l1_warmup : float
-        ReLU baseline: fraction of training over which the L1 weight rises linearly from 0.
+        Input width (the product of the per-token shape); ``None`` lets the trainer fill it in from the data.
+    architecture : str
+        Registry name (:data:`mechwork.sae.registry.Architecture`): ``topk`` (k-sparse, AuxK), ``relu``
+        (ReLU + L1), ``mfr`` (TopK trained with mutual feature regularisation), ``lifted`` / ``cnn`` / ``fno``
+        (SAE neural operators on ``[channels, grid]`` inputs), ``jumprelu`` (SAELens folders, inference only).
     normalize : {"none", "scale", "layer_norm"}
         Input normalisation. ``scale``: one constant so that the mean input norm is ``sqrt(d_in)``
-        (estimated from data before training). ``layer_norm``: per token (as SAELens's ``layer_norm``).
+        (estimated from data before training and folded into the weights after it, as SAELens does).
+        ``layer_norm``: per token (as SAELens's ``layer_norm``).
     b_dec_init : {"geometric_median", "mean", "zeros"}
         Initial decoder bias, estimated from a data sample.
+    dead_tokens : int
+        A latent that has not fired for this many training tokens counts as dead.
     seed : int
         Seed of the weight initialisation.
     lr : float or None
@@ -63,33 +91,33 @@ class SAEConfig(Config):
     name : str or None
         Folder name of the trained SAE; default derived from the settings (``topk_k32_w2048_s0``).
     input_shape : tuple of int or None
-        Per-token shape of the input when it is not flat (``hook_z``: ``(n_heads, d_head)``); its product is
-        ``d_in``. ``None``: ``(d_in,)``.
+        Per-token shape of the input when it is not flat (``hook_z``: ``(n_heads, d_head)``; operator SAEs:
+        ``(channels, grid)``); its product is ``d_in``. ``None``: ``(d_in,)``.
     """
 
     d_sae: int = 4096
     d_in: int | None = None
     architecture: str = "topk"
-    k: int = 32
-    alpha: float = 1.0
-    k_start: int | None = None
-    k_anneal: float = 0.5
-    k_aux: int | None = None
-    aux_coefficient: float = 1 / 32
+    normalize: Normalize = "none"
+    b_dec_init: BDecInit = "geometric_median"
     dead_tokens: int = 1_000_000
-    l1_coefficient: float = 1.0
-    l1_warmup: float = 0.05
-    normalize: str = "none"
-    b_dec_init: str = "geometric_median"
     seed: int = 0
     lr: float | None = None
     name: str | None = None
     input_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        _choice("architecture", self.architecture, tuple(ARCHITECTURES))
-        _choice("normalize", self.normalize, NORMALIZE)
-        _choice("b_dec_init", self.b_dec_init, B_DEC_INIT)
+        if type(self) is SAEConfig:
+            raise ConfigError(
+                "SAEConfig is the shared base; build an architecture's config (SAEConfig(architecture=...))"
+            )
+        own = type(self).__dataclass_fields__["architecture"].default
+        if self.architecture != own:
+            raise ConfigError(
+                f"{type(self).__name__} is the config of architecture {own!r}, got architecture={self.architecture!r}; "
+                f"use cfg.replace(architecture={self.architecture!r}) or SAEConfig(architecture=...) to switch"
+            )
+        check_choices(self, "normalize", "b_dec_init")
         if self.d_sae < 1:
             raise ConfigError(f"d_sae must be >= 1, got {self.d_sae}")
         if self.d_in is not None and self.d_in < 1:
@@ -99,23 +127,30 @@ class SAEConfig(Config):
                 raise ConfigError(
                     f"input_shape {self.input_shape} has {math.prod(self.input_shape)} elements but d_in is {self.d_in}"
                 )
-        if self.architecture != "relu":  # every other architecture selects k latents
-            if not 1 <= self.k <= self.d_sae:
-                raise ConfigError(f"k must be between 1 and d_sae={self.d_sae}, got k={self.k}")
-            if self.k_start is not None and not self.k <= self.k_start <= self.d_sae:
-                raise ConfigError(f"k_start must be between k={self.k} and d_sae={self.d_sae}, got {self.k_start}")
-            if self.alpha < 1.0 or round(self.alpha * self.k) > self.d_sae:
-                raise ConfigError(
-                    f"alpha must be >= 1 with round(alpha*k) <= d_sae, got alpha={self.alpha}, k={self.k}"
-                )
-        if not 0.0 <= self.k_anneal <= 1.0 or not 0.0 <= self.l1_warmup <= 1.0:
-            raise ConfigError("k_anneal and l1_warmup are fractions of training between 0 and 1")
-        if self.k_aux is not None and self.k_aux < 0:
-            raise ConfigError(f"k_aux must be >= 0, got {self.k_aux}")
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.dead_tokens < 1:
             raise ConfigError(f"dead_tokens must be >= 1, got {self.dead_tokens}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, ignore: tuple[str, ...] = (), source: str = "") -> Any:
+        """Rebuild the registered config class named by ``d["architecture"]`` (default ``topk``)."""
+        if cls is not SAEConfig:
+            return super().from_dict(d, ignore=ignore, source=source)
+        if not isinstance(d, dict):
+            raise ConfigError(
+                f"SAEConfig{' in ' + source if source else ''}: expected a JSON object, found {type(d).__name__}"
+            )
+        target = _config_class(d.get("architecture", "topk"))
+        kept = _own_fields(target, {k: v for k, v in d.items() if k not in ignore}, source or "SAEConfig")
+        return target.from_dict(kept, source=source)
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes``; changing ``architecture`` rebuilds the config class of the new one."""
+        if "architecture" in changes and changes["architecture"] != self.architecture:
+            values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+            return SAEConfig(**{**values, **changes})
+        return dataclasses.replace(self, **changes)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -127,30 +162,16 @@ class SAEConfig(Config):
         return (self.d_in,)
 
     @property
-    def k_infer(self) -> int:
-        """Latents kept by :meth:`SAE.encode` at inference: ``round(alpha * k)``."""
-        return int(round(self.alpha * self.k))
-
-    @property
-    def k_aux_eff(self) -> int:
-        return (self.d_in or 0) // 2 if self.k_aux is None else self.k_aux
+    def sparsity_label(self) -> str:
+        """The sparsity part of :attr:`label` (``k32``, ``l1-1``)."""
+        return "dense"
 
     @property
     def label(self) -> str:
-        """Folder name: ``name`` or ``topk_k32_w2048_s0`` / ``relu_l1-1.0_w2048_s0``."""
+        """Folder name: ``name`` or ``<architecture>_<sparsity>_w<d_sae>_s<seed>``."""
         if self.name:
             return self.name
-        sparsity = f"k{self.k}" if self.architecture != "relu" else f"l1-{self.l1_coefficient:g}"
-        return f"{self.architecture}_{sparsity}_w{self.d_sae}_s{self.seed}"
-
-    def k_at(self, step: int, total_steps: int) -> int:
-        """k used at training ``step`` (the k-sparse schedule)."""
-        if self.k_start is None or self.k_start == self.k or total_steps <= 0:
-            return self.k
-        n = max(1, int(self.k_anneal * total_steps))
-        if step >= n:
-            return self.k
-        return int(round(self.k_start + (self.k - self.k_start) * step / n))
+        return f"{self.architecture}_{self.sparsity_label}_w{self.d_sae}_s{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -175,6 +196,10 @@ class TrainConfig(Config):
         Seed of the shuffling (store / tensor) or of the streamed corpus.
     stream_buffer : int
         Streaming: tokens held in the shuffling buffer.
+    source : str or None
+        Streaming: the tokens the model reads: None (the generated corpus, ``data_seed``), ``"corpus"``, a
+        ``.txt`` (one document per line) or ``.jsonl`` file (``text`` / ``tokens`` fields), or ``"task:NAME"``;
+        tokenised with the model's own tokenizer. ``train(..., source=texts)`` takes any token source in Python.
     lr : float or None
         Adam learning rate (per-SAE ``lr`` overrides); ``None``: ``2e-4 / sqrt(d_sae / 2**14)`` per SAE.
     warmup_steps : int
@@ -208,6 +233,7 @@ class TrainConfig(Config):
     batch_size: int = 2048
     data_seed: int = 0
     stream_buffer: int = 32768
+    source: str | None = None
     lr: float | None = None
     warmup_steps: int = 100
     decay_fraction: float = 0.2
@@ -278,6 +304,6 @@ def sweep(base: SAEConfig, **axes: list) -> tuple[SAEConfig, ...]:
 
     names = list(axes)
     for n in names:
-        if n not in SAEConfig.__dataclass_fields__:
-            raise ConfigError(f"sweep over unknown SAEConfig field {n!r}")
+        if n not in type(base).__dataclass_fields__:
+            raise ConfigError(f"sweep over unknown {type(base).__name__} field {n!r}")
     return tuple(base.replace(**dict(zip(names, vals))) for vals in itertools.product(*(axes[n] for n in names)))

@@ -1,16 +1,20 @@
 """SAE folders in SAELens's format, written atomically; mechwork loads its own and SAELens's folders.
 
 A folder holds ``cfg.json`` (SAELens's fields at the top level, mechwork's config and provenance under
-``"mechwork"``), ``sae_weights.safetensors`` (``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec [d_sae, d_in]``,
-``b_dec``, ``norm_scale``) and optionally ``card.json`` (metrics). The architecture names are
-``mechwork_topk`` / ``mechwork_relu`` (registered with SAELens by :mod:`mechwork.sae.saelens`); with
-``portable=True`` the input scale is folded into the weights and the folder uses SAELens's own ``topk`` /
-``standard`` names, so SAELens loads it without mechwork.
+``"mechwork"``), ``sae_weights.safetensors`` and optionally ``card.json`` (metrics).
+
+Portable by default: an SAE whose architecture SAELens has (TopK, ReLU, JumpReLU; MFR SAEs are TopK) is
+written under SAELens's **own** name (``topk``, ``standard``, ``jumprelu``) with SAELens's tensors
+(``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec``), the constant input scale folded
+into them and ``k = round(alpha * k)``: plain ``sae_lens.SAE.load_from_disk(path)`` loads it, with mechwork
+not even installed, and encodes identically. mechwork reads its exact config (``k``, ``alpha``, the k
+schedule ...) back from the ``"mechwork"`` section. Only mechwork-specific architectures (the SAE neural
+operators) are written under a registered name, ``"mechwork_<arch> (import mechwork.sae.saelens)"``: SAELens
+without mechwork then fails with ``KeyError`` quoting that name, which says which import registers it.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +24,32 @@ from ..core.config import _version
 from ..core.devices import parse_device, parse_dtype
 from ..core.errors import CheckpointError, ConfigError
 from ..core.io import atomic_dir, atomic_write_json, load_tensors, read_json, save_tensors
+from . import registry
+from .base import SAE
 from .config import SAEConfig
-from .model import SAE, SAE_CLASSES
 
 WEIGHTS = "sae_weights.safetensors"
 CFG = "cfg.json"
 CARD = "card.json"
+FORMAT = 2  # the "mechwork" section's layout; 1 (absent) = mechwork <= 0.1 folders
 SAELENS_FALLBACK_VERSION = "6.54.12"
-_SUPPORTED = ("mechwork_topk", "mechwork_relu", "topk", "standard", "jumprelu")
+REGISTER_HINT = " (import mechwork.sae.saelens)"
+_SAELENS_NAMES = ("topk", "standard", "jumprelu")
+_LEGACY = ("mechwork_topk", "mechwork_relu")
+
+
+def saelens_architecture(sae: SAE, *, portable: bool = True) -> str:
+    """The ``architecture`` written to ``cfg.json`` for ``sae`` (see the module docstring)."""
+    if portable and sae.saelens_name is not None:
+        return sae.saelens_name
+    return f"mechwork_{sae.architecture}{REGISTER_HINT}"
+
+
+def mechwork_name(saelens_arch: str) -> str | None:
+    """The mechwork architecture behind a registered SAELens name (``None`` for SAELens's own names)."""
+    if saelens_arch.startswith("mechwork_"):
+        return saelens_arch.removeprefix("mechwork_").removesuffix(REGISTER_HINT)
+    return None
 
 
 def _saelens_version() -> str:
@@ -39,13 +61,20 @@ def _saelens_version() -> str:
         return SAELENS_FALLBACK_VERSION
 
 
-def _folded(sae: SAE) -> dict[str, torch.Tensor]:
-    """Weights with the constant input scale folded in (exact up to rounding): same f, same x_hat."""
-    s = float(sae.norm_scale)
-    return {"W_enc": (sae.W_enc_T * s).t(), "b_enc": sae.b_enc, "W_dec": sae.W_dec / s, "b_dec": sae.b_dec / s}
+def saelens_note(sae: SAE, *, portable: bool = True) -> dict[str, Any]:
+    """What a card says about SAELens: the architecture name and whether SAELens alone loads the folder."""
+    arch = saelens_architecture(sae, portable=portable)
+    alone = mechwork_name(arch) is None
+    return {
+        "architecture": arch,
+        "loads_without_mechwork": alone,
+        "how": "sae_lens.SAE.load_from_disk(path)"
+        if alone
+        else "import mechwork.sae.saelens, then sae_lens.SAE.load_from_disk(path)",
+    }
 
 
-def save(sae: SAE, path: str | Path, *, card: dict[str, Any] | None = None, portable: bool = False) -> Path:
+def save(sae: SAE, path: str | Path, *, card: dict[str, Any] | None = None, portable: bool = True) -> Path:
     """Write ``sae`` to the folder ``path`` (replaced atomically if it exists).
 
     Parameters
@@ -53,45 +82,26 @@ def save(sae: SAE, path: str | Path, *, card: dict[str, Any] | None = None, port
     card : dict, optional
         Metrics and notes written to ``card.json``.
     portable : bool
-        Fold the input scale into the weights and use SAELens's built-in architecture names, so that
-        SAELens loads the folder without mechwork installed (mechwork then loads it as a SAELens folder).
+        ``True`` (default): SAELens's own architecture name where SAELens has the architecture (see the module
+        docstring). ``False``: the registered ``mechwork_<arch>`` name (SAELens then needs
+        ``import mechwork.sae.saelens``).
     """
     cfg = sae.cfg
-    if sae.jumprelu:
-        arch = "jumprelu"
-    elif portable:
-        arch = "topk" if sae.activation == "topk" else "standard"
-    else:
-        arch = f"mechwork_{cfg.architecture}"
-    tensors = (
-        _folded(sae)
-        if portable
-        else {
-            "W_enc": sae.W_enc,
-            "b_enc": sae.b_enc,
-            "W_dec": sae.W_dec,
-            "b_dec": sae.b_dec,
-            "norm_scale": sae.norm_scale,
-        }
-    )
-    if sae.jumprelu:
-        tensors["threshold"] = sae.threshold
+    arch = saelens_architecture(sae, portable=portable)
+    tensors = sae.export_tensors()
     d: dict[str, Any] = {
         "architecture": arch,
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
-        "dtype": str(sae.W_dec.dtype).removeprefix("torch."),
+        "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
         "device": "cpu",
         "apply_b_dec_to_input": sae.apply_b_dec_to_input,
         "normalize_activations": "layer_norm" if cfg.normalize == "layer_norm" else "none",
         "reshape_activations": "hook_z"
         if len(sae.input_shape) == 2 and str(sae.site or "").endswith("hook_z")
         else "none",
+        **sae.saelens_fields(),
     }
-    if sae.activation == "topk":
-        d.update(k=cfg.k_infer if portable else cfg.k, rescale_acts_by_decoder_norm=False)
-        if not portable:
-            d["alpha"] = cfg.alpha
     meta = sae.meta
     d["metadata"] = {
         "sae_lens_version": _saelens_version(),
@@ -106,10 +116,16 @@ def save(sae: SAE, path: str | Path, *, card: dict[str, Any] | None = None, port
         "training_architecture_details": cfg.to_dict(),
     }
     d["mechwork_version"] = _version()
-    d["mechwork"] = {"config": cfg.to_dict(), "meta": meta, "portable": portable, "jumprelu": sae.jumprelu}
+    d["mechwork"] = {
+        "format": FORMAT,
+        "architecture": cfg.architecture,
+        "config": cfg.to_dict(),
+        "meta": meta,
+        "saelens": saelens_note(sae, portable=portable),
+    }
     path = Path(path)
     with atomic_dir(path) as tmp:
-        save_tensors(tmp / WEIGHTS, {k: v.detach() for k, v in tensors.items()})
+        save_tensors(tmp / WEIGHTS, {k: v.detach().contiguous() for k, v in tensors.items()})
         atomic_write_json(tmp / CFG, d)
         if card is not None:
             atomic_write_json(tmp / CARD, card)
@@ -122,8 +138,19 @@ def read_card(path: str | Path) -> dict[str, Any] | None:
     return read_json(p, what="SAE card") if p.is_file() else None
 
 
-def load(path: str | Path, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> SAE:
+def load(
+    path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    architecture: str | None = None,
+) -> SAE:
     """Load a mechwork SAE folder or a SAELens folder (``topk``, ``standard``, ``jumprelu``).
+
+    Parameters
+    ----------
+    architecture : str, optional
+        The architecture you expect; a folder of another one is refused (naming both).
 
     Raises
     ------
@@ -138,10 +165,10 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: s
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path / CFG} is not a JSON object; not an SAE config")
     arch = raw.get("architecture", "standard")
-    if arch not in _SUPPORTED and not (arch.startswith("mechwork_") and arch.removeprefix("mechwork_") in SAE_CLASSES):
-        raise CheckpointError(
-            f"{path / CFG}: architecture {arch!r} is not supported; mechwork loads {', '.join(_SUPPORTED)}"
-        )
+    mw_arch = mechwork_name(arch) if isinstance(arch, str) else None
+    if not isinstance(arch, str) or (arch not in _SAELENS_NAMES and mw_arch not in registry.names()):
+        known = ", ".join([*_SAELENS_NAMES, *(f"mechwork_{n}" for n in registry.names())])
+        raise CheckpointError(f"{path / CFG}: architecture {arch!r} is not supported; mechwork loads {known}")
     for key in ("d_in", "d_sae"):
         if not isinstance(raw.get(key), int) or raw[key] < 1:
             raise CheckpointError(f"{path / CFG}: field {key!r} must be a positive integer, found {raw.get(key)!r}")
@@ -149,29 +176,31 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: s
     dt = parse_dtype(dtype, default=torch.float32)
     weights = load_tensors(path / WEIGHTS)
     mw = raw.get("mechwork") if isinstance(raw.get("mechwork"), dict) else None
-    if mw is not None and not mw.get("portable") and arch.startswith("mechwork_"):
+    legacy_portable = mw is not None and "format" not in mw and mw.get("portable")
+    if mw is not None and "config" in mw and not legacy_portable and (mw.get("format") or mw_arch is not None):
         try:
             cfg = SAEConfig.from_dict(mw["config"], source=str(path / CFG))
-        except (ConfigError, KeyError) as e:
+        except ConfigError as e:
             raise CheckpointError(f"{path / CFG}: the mechwork config is invalid ({e})") from e
         meta = dict(mw.get("meta") or {})
-        jumprelu = False
     else:
-        cfg, meta, jumprelu = _from_saelens(raw, path)
+        cfg, meta = _from_saelens(raw, path)
         if mw is not None:
             meta = {**meta, **(mw.get("meta") or {})}
     if (cfg.d_in, cfg.d_sae) != (raw["d_in"], raw["d_sae"]):
         raise CheckpointError(
             f"{path / CFG}: d_in/d_sae {raw['d_in']}/{raw['d_sae']} disagree with the mechwork config {cfg.d_in}/{cfg.d_sae}"
         )
-    sae = SAE_CLASSES.get(cfg.architecture, SAE)(
-        cfg, dtype=dt, meta=meta, jumprelu=jumprelu, apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True))
-    )
-    _fill(sae, weights, raw, path)
+    if architecture is not None and cfg.architecture != architecture:
+        raise CheckpointError(
+            f"{path} holds a {cfg.architecture!r} SAE, not {architecture!r} (cfg.json architecture {arch!r})"
+        )
+    sae = SAE(cfg, dtype=dt, meta=meta, apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)))
+    sae.import_tensors(weights, raw, path / WEIGHTS)
     return sae.to(dev)
 
 
-def _from_saelens(raw: dict[str, Any], path: Path) -> tuple[SAEConfig, dict[str, Any], bool]:
+def _from_saelens(raw: dict[str, Any], path: Path) -> tuple[SAEConfig, dict[str, Any]]:
     arch = raw["architecture"]
     norm = raw.get("normalize_activations", "none")
     if norm not in ("none", "layer_norm"):
@@ -197,40 +226,11 @@ def _from_saelens(raw: dict[str, Any], path: Path) -> tuple[SAEConfig, dict[str,
         k = raw.get("k")
         if not isinstance(k, int):
             raise CheckpointError(f"{path / CFG}: a topk SAE needs an integer 'k', found {k!r}")
-        cfg = SAEConfig(architecture="topk", k=k, alpha=float(raw.get("alpha", 1.0)), **base)
-    else:
-        cfg = SAEConfig(architecture="relu", **base)
-    return cfg, meta, arch == "jumprelu"
-
-
-def _fill(sae: SAE, w: dict[str, torch.Tensor], raw: dict[str, Any], path: Path) -> None:
-    d, m = sae.d_in, sae.d_sae
-    expected = {"W_enc": (d, m), "b_enc": (m,), "W_dec": (m, d), "b_dec": (d,)}
-    if sae.jumprelu:
-        expected["threshold"] = (m,)
-    for name, shape in expected.items():
-        if name not in w:
-            raise CheckpointError(f"{path / WEIGHTS} has no tensor {name!r}; the file is truncated or foreign")
-        if tuple(w[name].shape) != shape:
-            raise CheckpointError(
-                f"{path / WEIGHTS}: {name} has shape {tuple(w[name].shape)}, expected {shape} (d_in={d}, d_sae={m})"
-            )
-        if not torch.isfinite(w[name]).all():
-            raise CheckpointError(f"{path / WEIGHTS}: {name} contains NaN or inf")
-    W_enc, b_enc, W_dec = w["W_enc"].float(), w["b_enc"].float(), w["W_dec"].float()
-    if raw.get("rescale_acts_by_decoder_norm"):
-        # SAELens's topk with rescaling: fold the decoder norms in (same codes, same reconstruction)
-        norms = W_dec.norm(dim=-1).clamp_min(1e-8)
-        W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
-    scale = w.get("norm_scale")
-    if scale is not None and (scale.numel() != 1 or not math.isfinite(float(scale)) or float(scale) <= 0):
-        raise CheckpointError(f"{path / WEIGHTS}: norm_scale must be one positive number, found {scale.tolist()}")
-    with torch.no_grad():
-        sae.W_enc_T.copy_(W_enc.t())
-        sae.b_enc.copy_(b_enc)
-        sae.W_dec.copy_(W_dec)
-        sae.b_dec.copy_(w["b_dec"])
-        if scale is not None:
-            sae.norm_scale.fill_(float(scale))
-        if sae.jumprelu:
-            sae.threshold.copy_(w["threshold"])
+        return SAEConfig(architecture="topk", k=k, alpha=float(raw.get("alpha", 1.0)), **base), meta
+    if arch == "jumprelu":
+        return SAEConfig(architecture="jumprelu", **base), meta
+    if arch in ("standard", "mechwork_relu"):
+        return SAEConfig(architecture="relu", **base), meta
+    raise CheckpointError(
+        f"{path / CFG}: architecture {arch!r} needs the 'mechwork' section of cfg.json, which is missing"
+    )

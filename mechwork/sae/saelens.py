@@ -1,142 +1,101 @@
-"""mechwork's architectures in SAELens's registry, so ``sae_lens.SAE.load_from_disk`` loads mechwork folders.
+"""mechwork's SAE architectures in SAELens's registry: ``import mechwork.sae.saelens`` registers them.
 
-Two inference architectures are registered (``sae_lens.registry.register_sae_class``):
+SAELens needs nothing of mechwork for the folders mechwork writes by default: TopK, ReLU, JumpReLU and MFR
+SAEs are saved under SAELens's own architecture names (:mod:`mechwork.sae.io`). This module is for the rest:
+mechwork-only architectures (the SAE neural operators), folders written with ``portable=False`` and folders of
+mechwork <= 0.1 (``mechwork_topk``, ``mechwork_relu``). Importing it imports SAELens and registers, for every
+name in :mod:`mechwork.sae.registry`, ``"mechwork_<arch> (import mechwork.sae.saelens)"`` (the name such a
+folder's ``cfg.json`` carries, so SAELens's ``KeyError`` without this import names the import) plus the two
+old names. ``import mechwork.sae`` imports neither this module nor SAELens and installs no import hook.
 
-``mechwork_topk``
-    SAELens's ``topk`` plus a stored input scale ``norm_scale`` (mechwork's ``normalize="scale"``) and the
-    alpha-k inference rule (``round(alpha * k)`` latents kept).
-``mechwork_relu``
-    SAELens's ``standard`` (ReLU) plus ``norm_scale``.
-
-Registration needs SAELens imported, which takes seconds, so ``import mechwork.sae`` does not import it. It
-registers at once if SAELens is already imported, and otherwise installs a post-import hook that registers
-right after the first ``import sae_lens``. Either way, after ``import mechwork.sae`` a plain
-``sae_lens.SAE.load_from_disk(folder)`` works. :func:`register` does it explicitly.
+The registered inference class wraps the mechwork module: ``encode``/``decode`` run mechwork's code through
+SAELens's hook points (``hook_sae_input``, ``hook_sae_acts_post``, ``hook_sae_recons``), so
+``HookedSAETransformer.add_sae`` and the SAELens analysis tools work on it.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-ARCHS = ("mechwork_topk", "mechwork_relu")
-_REGISTERED = False
+_REGISTERED: set[str] = set()
+LEGACY = ("mechwork_topk", "mechwork_relu")
 
 
-def _classes() -> dict[str, tuple[type, type]]:
+def _make(key: str) -> tuple[type, type]:
+    """A SAELens (SAE class, config class) pair for one registry key."""
     import torch
-    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.topk_sae import TopK, TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAE as SaeLensSAE
+    from sae_lens.saes.sae import SAEConfig as SaeLensConfig
 
-    class _NormScale:
-        """Mixin: a stored constant input scale, applied on the way in and undone on the way out."""
-
-        def _add_norm_scale(self) -> None:
-            self.register_buffer("norm_scale", torch.ones((), dtype=self.dtype, device=self.device))
-
-        def _setup_activation_normalization(self) -> None:
-            super()._setup_activation_normalization()  # type: ignore[misc]
-            if self.cfg.normalize_activations == "none":
-                self.run_time_activation_norm_fn_in = lambda x: x * self.norm_scale
-                self.run_time_activation_norm_fn_out = lambda x: x / self.norm_scale
+    from .base import SAE
+    from .config import SAEConfig
 
     @dataclass
-    class MechworkTopKSAEConfig(TopKSAEConfig):
-        """``topk`` with ``alpha`` (inference keeps ``round(alpha * k)`` latents) and a stored input scale."""
+    class MechworkSAEConfig(SaeLensConfig):
+        """SAELens config of a mechwork SAE; ``mechwork`` is cfg.json's ``"mechwork"`` section."""
 
-        alpha: float = 1.0
+        mechwork: dict[str, Any] = field(default_factory=dict)
 
         @classmethod
         def architecture(cls) -> str:
-            return "mechwork_topk"
+            return key
 
-    class MechworkTopKSAE(_NormScale, TopKSAE):
-        """SAELens inference class of mechwork's TopK SAE."""
+    class MechworkSAE(SaeLensSAE):
+        """SAELens inference class that runs a mechwork SAE (``self.inner``)."""
 
-        def initialize_weights(self) -> None:
-            super().initialize_weights()
-            self._add_norm_scale()
+        cfg: MechworkSAEConfig
 
-        def get_activation_fn(self) -> Any:
-            return TopK(int(round(self.cfg.alpha * self.cfg.k)), use_sparse_activations=False)
-
-    @dataclass
-    class MechworkReLUSAEConfig(StandardSAEConfig):
-        """``standard`` (ReLU) with a stored input scale."""
-
-        @classmethod
-        def architecture(cls) -> str:
-            return "mechwork_relu"
-
-    class MechworkReLUSAE(_NormScale, StandardSAE):
-        """SAELens inference class of mechwork's ReLU SAE."""
+        def _inner_config(self) -> SAEConfig:
+            mw = self.cfg.mechwork or {}
+            if "config" not in mw:
+                raise ValueError(f"cfg.json of this {key!r} folder has no 'mechwork' section with the SAE's config")
+            return SAEConfig.from_dict(mw["config"])
 
         def initialize_weights(self) -> None:
-            super().initialize_weights()
-            self._add_norm_scale()
+            self.inner = SAE(self._inner_config(), meta=dict((self.cfg.mechwork or {}).get("meta") or {})).to(
+                self.device
+            )
 
-    return {
-        "mechwork_topk": (MechworkTopKSAE, MechworkTopKSAEConfig),
-        "mechwork_relu": (MechworkReLUSAE, MechworkReLUSAEConfig),
-    }
+        def process_state_dict_for_loading(self, state_dict: dict[str, torch.Tensor]) -> None:
+            inner = SAE(self._inner_config(), meta=dict((self.cfg.mechwork or {}).get("meta") or {}))
+            raw = {"rescale_acts_by_decoder_norm": False}
+            inner.import_tensors({k: v.cpu() for k, v in state_dict.items()}, raw, "sae_weights.safetensors")
+            self.inner = inner
+            state_dict.clear()
+            state_dict.update({f"inner.{k}": v for k, v in inner.state_dict().items()})
+
+        def encode(self, x: torch.Tensor) -> torch.Tensor:
+            return self.hook_sae_acts_post(self.inner.encode(self.hook_sae_input(x)))
+
+        def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+            return self.hook_sae_recons(self.inner.decode(feature_acts))
+
+    MechworkSAE.__name__ = MechworkSAE.__qualname__ = f"Mechwork{key.split()[0].title().replace('_', '')}SAE"
+    return MechworkSAE, MechworkSAEConfig
 
 
-def register() -> None:
-    """Register mechwork's architectures with SAELens (idempotent; imports SAELens)."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
+def register() -> list[str]:
+    """Register every mechwork architecture with SAELens (idempotent; imports SAELens). Returns the new keys."""
     from sae_lens.registry import SAE_CLASS_REGISTRY, register_sae_class
 
-    for name, (cls, cfg_cls) in _classes().items():
-        if name not in SAE_CLASS_REGISTRY:
-            register_sae_class(name, cls, cfg_cls)
-    _REGISTERED = True
+    from . import registry
+    from .io import REGISTER_HINT
+
+    keys = [f"mechwork_{n}{REGISTER_HINT}" for n in registry.names()] + list(LEGACY)
+    new = []
+    for key in keys:
+        if key in _REGISTERED or key in SAE_CLASS_REGISTRY:
+            continue
+        register_sae_class(key, *_make(key))
+        _REGISTERED.add(key)
+        new.append(key)
+    return new
 
 
-class _RegisteringLoader(importlib.abc.Loader):
-    """Wraps SAELens's loader: run the module, then register (every other attribute is the original's)."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def create_module(self, spec: Any) -> Any:
-        return self._inner.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self._inner.exec_module(module)
-        try:
-            register()
-        except Exception as e:  # never break `import sae_lens` because of mechwork
-            import warnings
-
-            warnings.warn(f"mechwork could not register its SAE architectures with SAELens: {e}", stacklevel=2)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-class _AfterImport(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != "sae_lens":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _RegisteringLoader(spec.loader)
-        return spec
-
-
-def install_hook() -> None:
-    """Register now if SAELens is imported, else right after it is."""
-    if "sae_lens" in sys.modules:
-        try:
-            register()
-        except Exception:  # a half-imported or broken SAELens: explicit register() will say why
-            pass
-        return
-    if not any(isinstance(f, _AfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport())
+try:
+    register()
+except ImportError as e:  # pragma: no cover - SAELens not installed
+    raise ImportError(
+        f"mechwork.sae.saelens registers mechwork's SAEs with SAELens, which is not installed ({e})"
+    ) from e
