@@ -4,7 +4,8 @@ Data: 1-D functions on the periodic interval ``[0, 1)``, ``x(s) = sum_c sum_i a_
 each concept ``phi_c`` is a continuous function (unit L2 norm), each sample activates every concept with
 probability ``p_active`` at one random position ``t`` (continuous) with amplitude ``U[0.5, 1.5]``, and the
 same sample can be evaluated on any grid (``sample(n_samples, n=...)``). Half the concepts are smooth
-(Gaussian bumps, a Gabor wavelet, a Mexican hat), half are not (boxes, a signed box pair, a ramp).
+(Gaussian bumps, a Gabor wavelet, a Mexican hat; their spectra are negligible beyond ~12 modes), half are not
+(boxes, a signed box pair, a ramp, a signed step pair: discontinuities, spectra decaying like 1/k).
 
 Metrics (:func:`dictionary_recovery`, :func:`coherence`, :func:`support_recovery`, :func:`nmse`):
 concepts are compared on a common fine grid up to circular shift (a convolutional dictionary is defined up to
@@ -38,13 +39,13 @@ def concept(name: str, u: Tensor) -> Tensor:
     """Concept ``name`` evaluated at offsets ``u`` from its centre (periodic, before normalisation)."""
     u = _periodic(u)
     if name == "gauss_narrow":
-        return torch.exp(-0.5 * (u / 0.02) ** 2)
+        return torch.exp(-0.5 * (u / 0.03) ** 2)
     if name == "gauss_wide":
-        return torch.exp(-0.5 * (u / 0.05) ** 2)
+        return torch.exp(-0.5 * (u / 0.06) ** 2)
     if name == "gabor":
-        return torch.exp(-0.5 * (u / 0.04) ** 2) * torch.cos(2 * math.pi * 12 * u)
+        return torch.exp(-0.5 * (u / 0.05) ** 2) * torch.cos(2 * math.pi * 5 * u)
     if name == "mexican_hat":
-        v = (u / 0.03) ** 2
+        v = (u / 0.04) ** 2
         return (1 - v) * torch.exp(-0.5 * v)
     if name == "box":
         return (u.abs() < 0.05).to(u.dtype)

@@ -230,7 +230,7 @@ class MutualFeaturePenalty(nn.Module):
         if self.cfg.matching == "max":
             return max_mmcs(a, b)
         if self.cfg.matching == "cached":
-            cols = self._cols[f"mfr/cols/{i}-{j}"]
+            cols = self.state(saes)[f"mfr/cols/{i}-{j}"]
             if int(cols[0]) < 0:  # not assigned yet (penalty still at 0 weight): assign now
                 cols.copy_(hungarian(a, b))
         else:

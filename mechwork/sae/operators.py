@@ -174,13 +174,14 @@ class ConvConfig(SAEConfig):
     Parameters
     ----------
     l1_coefficient : float
-        Weight of the L1 penalty on the code density (``mean over grid of sum over channels``), in units of the
-        RMS input value.
+        Weight of the L1 penalty on the codes as a measure on [0, 1) (their integral: the grid mean of a density
+        for the FNO, the sum of point masses for the CNN, so one value means the same for both), in units of
+        the RMS input value.
     l1_warmup : float
         Fraction of training over which the L1 weight rises linearly from 0.
     """
 
-    l1_coefficient: float = 0.3
+    l1_coefficient: float = 0.005
     l1_warmup: float = 0.05
 
     def __post_init__(self) -> None:
@@ -197,6 +198,7 @@ class _ConvSAE(SAE):
     activation: ClassVar[str] = "relu"
     saelens_name: ClassVar[str | None] = None
     resolution_free: ClassVar[bool] = True
+    densities: ClassVar[bool] = False  # codes are densities (integrated by the decoder) or point masses
 
     def _grid(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         c, n = _grid_shape(self.cfg)
@@ -247,7 +249,8 @@ class _ConvSAE(SAE):
         rms = (total_var / x3[:, :1].numel()).sqrt()  # RMS over samples and grid, summed over channels
         warm = max(1, int(self.cfg.l1_warmup * total_steps))
         coef = self.cfg.l1_coefficient * min(1.0, (step + 1) / warm)
-        l1 = z.sum(1).mean() / rms
+        # L1 of the code as a measure (its integral): densities (FNO) average over the grid, point masses sum
+        l1 = (z.sum(1).mean(-1) if self.densities else z.sum((1, 2))).mean() / rms
         active = z > 0
         l0 = active.float().sum(1).mean()  # active (channel, point) pairs per grid point
         fired = active.any(2).any(0)
@@ -392,6 +395,7 @@ class FNOSAE(_ConvSAE):
     """Spectral-convolution encoder and decoder on the first ``modes`` modes; runs at any resolution."""
 
     cfg: FNOConfig
+    densities: ClassVar[bool] = True
 
     def init_parameters(self, *, device: Any, dtype: torch.dtype) -> None:
         super().init_parameters(device=device, dtype=dtype)
