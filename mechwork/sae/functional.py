@@ -215,4 +215,51 @@ __all__ = [
     "coherence",
     "nmse",
     "support_recovery",
+    "evaluate_tensor",
 ]
+
+
+@torch.no_grad()
+def evaluate_tensor(sae: object, x: Tensor, *, batch_size: int = 4096) -> dict[str, float]:
+    """Reconstruction and sparsity of any SAE on activations given as a tensor (``[n, d]`` or
+    ``[n, channels, grid]``): ``fvu`` (residual over total variance), ``nmse`` (residual over the energy),
+    ``l0`` (active latents per sample; for convolutional SAEs active (channel, point) pairs per grid point),
+    ``dead_fraction`` (latents or channels that never fire), ``n``."""
+    from .base import SAE
+
+    if not isinstance(sae, SAE):
+        raise ConfigError(f"expected a mechwork SAE, got {type(sae).__name__}")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ShapeError(f"expected a non-empty [n, d] or [n, channels, grid] tensor, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        from ..core.errors import NonFiniteError
+
+        raise NonFiniteError("the evaluation tensor contains NaN or inf")
+    dev = next(sae.parameters()).device
+    err = energy = l0 = 0.0
+    fired = None
+    mean = x.double().mean(0)
+    total = float((x.double() - mean).pow(2).sum())
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i : i + batch_size].to(dev)
+        f = sae.encode(xb)
+        y = sae.decode(f)
+        err += float((y.double() - xb.double()).pow(2).sum())
+        energy += float(xb.double().pow(2).sum())
+        active = f > 0
+        if active.ndim == 3:  # [batch, channels, grid]
+            l0 += float(active.float().sum(1).mean(-1).sum())
+            on = active.any(2).any(0)
+        else:
+            l0 += float(active.float().sum(-1).sum())
+            on = active.any(0)
+        fired = on if fired is None else fired | on
+    n = x.shape[0]
+    assert fired is not None
+    return {
+        "fvu": err / max(total, 1e-12),
+        "nmse": err / max(energy, 1e-12),
+        "l0": l0 / n,
+        "dead_fraction": float((~fired).float().mean()),
+        "n": n,
+    }

@@ -179,15 +179,18 @@ class ConvConfig(SAEConfig):
         the RMS input value.
     l1_warmup : float
         Fraction of training over which the L1 weight rises linearly from 0.
+    iterations : int
+        Unrolled ISTA refinements of the codes after the encoder (0: a one-pass encoder, as an SAE).
     """
 
     l1_coefficient: float = 0.005
     l1_warmup: float = 0.05
+    iterations: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.l1_coefficient < 0 or not 0.0 <= self.l1_warmup <= 1.0:
-            raise ConfigError("l1_coefficient must be >= 0 and l1_warmup in [0, 1]")
+        if self.l1_coefficient < 0 or not 0.0 <= self.l1_warmup <= 1.0 or self.iterations < 0:
+            raise ConfigError("l1_coefficient must be >= 0, l1_warmup in [0, 1] and iterations >= 0")
         if self.normalize != "none":
             raise ConfigError("operator SAEs take normalize='none' (normalise the functions beforehand)")
 
@@ -220,7 +223,13 @@ class _ConvSAE(SAE):
         self.b_dec = nn.Parameter(torch.zeros(c, dtype=dtype, device=device))
 
     def codes(self, x3: Tensor) -> Tensor:
-        return (self.encode_pre(x3) + self.b_enc[:, None]).relu()
+        """ReLU codes; with ``iterations`` > 0, that many unrolled ISTA refinements
+        ``z <- relu(z + E(x - D z - b_dec) + b_enc)`` (the encoder as the step, the bias as the threshold)."""
+        z = (self.encode_pre(x3) + self.b_enc[:, None]).relu()
+        for _ in range(self.cfg.iterations):
+            r = x3 - self.decode_codes(z) - self.b_dec[:, None]
+            z = (z + self.encode_pre(r) + self.b_enc[:, None]).relu()
+        return z
 
     def encode(self, x: Float[Tensor, "... c n"], *, k: int | None = None) -> Float[Tensor, "... d_sae n"]:
         """Codes: one non-negative function per concept channel, ``[..., d_sae, n]``."""
@@ -403,11 +412,16 @@ class FNOSAE(_ConvSAE):
         K, m, L = self.cfg.d_sae, self.cfg.modes, self.cfg.lift
         width = L or c
         gen = torch.Generator().manual_seed(self.cfg.seed)
-        r = torch.randn(K, width, m, 2, generator=gen, dtype=torch.float64)
-        r = r / math.sqrt(width * m)
-        self.enc_weight = nn.Parameter(r.to(dtype).to(device))
-        dec = r.clone()
-        dec[..., 1] *= -1  # conjugate: the adjoint of the encoder
+        # start from random kernels localised on a third of the training grid (as a CNN's), in Fourier form
+        n = _grid_shape(self.cfg)[1]
+        w = max(3, n // 3)
+        ker = torch.zeros(K, width, n, dtype=torch.float64)
+        ker[..., :w] = torch.randn(K, width, w, generator=gen, dtype=torch.float64)
+        ker = ker.roll(-(w // 2), dims=-1)
+        dec = torch.view_as_real(torch.fft.rfft(ker, norm="forward")[..., :m])  # [K, width, m, 2]
+        enc = dec.clone()
+        enc[..., 1] *= -1  # conjugate: the encoder starts as the decoder's adjoint (a matched filter)
+        self.enc_weight = nn.Parameter(enc.to(dtype).to(device))
         self.dec_weight = nn.Parameter(dec.transpose(0, 1).contiguous().to(dtype).to(device))  # [width, K, m, 2]
         if self.cfg.local:
             self.enc_local = nn.Parameter(torch.zeros(K, width, dtype=dtype, device=device))
