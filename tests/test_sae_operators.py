@@ -37,7 +37,9 @@ def test_full_mode_fno_emulates_a_full_width_cnn_exactly():
         assert torch.allclose(fno(x), cnn(x), atol=1e-4)
         # one mode fewer is no longer the same operator
         fewer = _sae("fno", n, c, d_sae=K, modes=n // 2, local=False)
-        fewer.load_state_dict({k: v[..., : n // 2, :] if k.endswith("weight") else v for k, v in fno.state_dict().items()})
+        fewer.load_state_dict(
+            {k: v[..., : n // 2, :] if k.endswith("weight") else v for k, v in fno.state_dict().items()}
+        )
         assert not torch.allclose(fewer(x), cnn(x), atol=1e-3)
 
 
@@ -73,10 +75,19 @@ def test_function_dictionary_and_recovery_metric():
     assert float(cos) == pytest.approx(1.0, abs=1e-6) and int(shift) == 57
 
 
-@pytest.mark.parametrize("arch,kw", [("lifted", dict(d_sae=24, k=2, lift=2)), ("cnn", dict(d_sae=3, kernel=5)), ("fno", dict(d_sae=3, modes=5, lift=2))])
+@pytest.mark.parametrize(
+    "arch,kw",
+    [
+        ("lifted", dict(d_sae=24, k=2, lift=2)),
+        ("cnn", dict(d_sae=3, kernel=5)),
+        ("fno", dict(d_sae=3, modes=5, lift=2)),
+    ],
+)
 def test_operator_folders_round_trip_and_load_in_saelens_after_the_import(arch, kw, tmp_path):
     x = torch.randn(256, 2, 16)
-    sae = ms.train(ms.TrainConfig(saes=(ms.SAEConfig(architecture=arch, **kw),), batch_size=64, lr=3e-3), x, progress=False).sae
+    sae = ms.train(
+        ms.TrainConfig(saes=(ms.SAEConfig(architecture=arch, **kw),), batch_size=64, lr=3e-3), x, progress=False
+    ).sae
     sae.save(tmp_path / "s", card={"note": "x"})
     back = ms.load(tmp_path / "s")
     assert type(back) is type(sae) and back.cfg == sae.cfg
@@ -98,7 +109,9 @@ def test_operator_folders_round_trip_and_load_in_saelens_after_the_import(arch, 
 
 
 def test_operator_bad_input():
-    with pytest.raises(ConfigError, match=r"take functions, \[batch, channels, grid\]; the per-sample shape is \(64,\)"):
+    with pytest.raises(
+        ConfigError, match=r"take functions, \[batch, channels, grid\]; the per-sample shape is \(64,\)"
+    ):
         ms.train(ms.TrainConfig(saes=(ms.SAEConfig(architecture="fno", d_sae=4),), batch_size=8), torch.randn(64, 64))
     with pytest.raises(ConfigError, match="modes=40 needs a grid of at least 78 points; the grid has n=64"):
         ms.train(

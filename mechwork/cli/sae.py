@@ -12,7 +12,8 @@ from ..core.errors import ConfigError
 from . import sae_family as family
 from .options import Opt, add_options, command, given, group, int_arg, shared
 
-TRAIN_EXAMPLES = """examples:
+TRAIN_EXAMPLES = (
+    """examples:
   # stream activations of the shipped model (no cache needed), sweep k over one pass:
   mechwork sae train --model toy-mixed --site resid_post.2 --tokens 2000000 --k 16,32 --width 2048 --out runs/l2
   # from an activation cache written by `mechwork cache collect`:
@@ -21,7 +22,9 @@ TRAIN_EXAMPLES = """examples:
   mechwork sae train --config run.json --out runs/l2
   # continue an interrupted run (same config):
   mechwork sae train --config runs/l2/cfg.json --resume
-""" + family.FAMILY_EXAMPLES
+"""
+    + family.FAMILY_EXAMPLES
+)
 EVAL_EXAMPLES = """examples:
   mechwork sae eval runs/l2/saes/topk_k32_w2048_s0
   mechwork sae eval sae_checkpoints/toy-mixed/blocks.2.hook_resid_post --tokens 50000 --json

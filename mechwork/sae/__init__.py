@@ -20,7 +20,7 @@ from .dashboard import render_html, render_text, write_html
 from .evaluate import evaluate, splice
 from .io import load, read_card, save
 from .latents import LatentScan, scan
-from .mfr import MFRConfig, MFRSAE, mfr_saes
+from .mfr import MFRSAE, MFRConfig, mfr_saes
 from .model import SAE_CLASSES, register_architecture
 from .relu import JumpReLUConfig, JumpReLUSAE, ReLUConfig, ReLUSAE
 from .synthetic import GroupedSynthetic, SyntheticDictionary, recovery

@@ -330,7 +330,9 @@ class TrainConfig(Config):
             if not_topk:
                 raise ConfigError(f"MFR couples TopK SAEs (Marks et al.); {not_topk} are not TopK")
             if len(widths - {None}) > 1:
-                raise ConfigError(f"the SAEs of an MFR run see the same data; their d_in differ: {sorted(widths - {None})}")
+                raise ConfigError(
+                    f"the SAEs of an MFR run see the same data; their d_in differ: {sorted(widths - {None})}"
+                )
 
     def lr_for(self, sae: SAEConfig) -> float:
         """Learning rate of one SAE (its own, the run's, or the width-scaled default)."""

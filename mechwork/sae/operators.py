@@ -143,7 +143,9 @@ class LiftedSAE(TopKSAE):
         active = vals > 0
         fired = torch.zeros(self.d_sae, dtype=torch.bool, device=idx.device)
         fired[idx[active]] = True
-        return StepOutput(loss, fvu.detach(), active.sum(-1).float().mean(), aux.detach(), fired, x_hat if keep else None)
+        return StepOutput(
+            loss, fvu.detach(), active.sum(-1).float().mean(), aux.detach(), fired, x_hat if keep else None
+        )
 
     @torch.no_grad()
     def init_from_data(self, sample: Tensor) -> None:
