@@ -124,7 +124,7 @@ class FunctionDictionary:
 
 # ------------------------------------------------------------------------------------------------ metrics
 def _unit(x: Tensor) -> Tensor:
-    x = x.reshape(x.shape[0], -1).double()
+    x = x.detach().reshape(x.shape[0], -1).double().cpu()
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from ..core.errors import ConfigError, DataError
 from ..core.hooks import capture
-from .evaluate import _site_for, token_batches
+from ..core.sites import site as resolve_site
+from .evaluate import token_batches
 
 
 @torch.no_grad()
@@ -33,7 +34,9 @@ def position_windows(
         raise ConfigError(
             f"window >= 2, stride >= 1 and n_windows >= 1 are required, got {window}, {stride}, {n_windows}"
         )
-    s = _site_for(model, None, site, strict=False)
+    s = resolve_site(model, site)
+    if s.d is None:
+        raise DataError(f"site {s.name} has no fixed width per position; windows need [batch, pos, d] activations")
     xs: list[Tensor] = []
     tags: list[list[str]] = []
     have = 0
