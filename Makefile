@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.mechwork-installed
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup demo lint test bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +21,13 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/mechwork demo --out out/demo
 
-test: setup
+# ruff (lint + format) and pyright (the packages listed in pyproject's [tool.pyright]) before the tests
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pyright --pythonpath $(BIN)/python
+
+test: lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 bench: setup

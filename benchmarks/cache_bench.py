@@ -228,11 +228,13 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path) -> tuple[lis
         for name, (sites, stop, seqs) in configs.items():
             toks = tokens[:seqs]
             t = times[name]
-            t["forward"].append(timed(lambda: bare_forward(model, toks, stop, args.batch, dev, args.autocast), dev))
+            t["forward"].append(
+                timed(lambda toks=toks, stop=stop: bare_forward(model, toks, stop, args.batch, dev, args.autocast), dev)
+            )
             out = work / f"{shape}_{name.replace(' ', '_')}"
             t["collect"].append(
                 timed(
-                    lambda: stores.__setitem__(
+                    lambda name=name, toks=toks, sites=sites, out=out: stores.__setitem__(
                         name,
                         collect(
                             model,
@@ -263,7 +265,7 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path) -> tuple[lis
 
     rows: list[dict[str, Any]] = []
     res: dict[str, Any] = {"model": f"random-init {shape}: {SHAPES[shape]}, context {CONTEXT}"}
-    for name, (sites, stop, seqs) in configs.items():
+    for name, (_sites, _stop, seqs) in configs.items():
         n, t = seqs * CONTEXT, times[name]
         f, c = statistics.median(t["forward"]), statistics.median(t["collect"])
         paired = statistics.median(a / b for a, b in zip(t["forward"], t["collect"]))
@@ -475,7 +477,7 @@ def main() -> None:
     results["disk_write_gb_s"] = bw
     rows.append({"measure": "disk write bandwidth (1 GiB, fsync)", "GB/s": bw})
     for shape in args.shapes.split(","):
-        for name, res in results[shape].items():
+        for res in results[shape].values():
             if isinstance(res, dict) and "bytes_per_token" in res:
                 ceiling = min(res["forward_tok_s"], bw * 1e9 / res["bytes_per_token"])
                 res["ceiling_tok_s"], res["ratio_to_ceiling"] = ceiling, res["collect_tok_s"] / ceiling

@@ -65,7 +65,6 @@ def method_table(
 ) -> list[dict[str, Any]]:
     from concept_erasure import LeaceEraser
 
-    d = Xtr.shape[1]
     rows: list[dict[str, Any]] = []
     before = judge(lambda x: x, Xte, yte)
     rows.append({"method": "no erasure", "rank": 0, "fit_s": 0.0, **before})
@@ -197,7 +196,8 @@ def toy_mixed_sweep(quick: bool) -> list[dict[str, Any]]:
     from concept_erasure import LeaceEraser
 
     import mechwork
-    from mechwork.erasure import EraserConfig, behaviour, collect, labelled, layer_sweep, residual_sites
+    from mechwork.erasure import EraserConfig, behaviour, labelled, layer_sweep, residual_sites
+    from mechwork.erasure import labelled_activations as collect
 
     model = mechwork.load_model("toy-mixed", device="cpu")
     n_fit, n_eval, n_beh = (800, 400, 200) if quick else (2000, 800, 400)

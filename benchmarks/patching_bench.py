@@ -127,7 +127,7 @@ def speed(model: Any, task: Any, batch: Any, repeat: int) -> list[dict]:
             continue
         fn = getattr(tlp, fn_name)
 
-        def tl_run() -> torch.Tensor:
+        def tl_run(fn: Any = fn) -> torch.Tensor:
             _, cache = model.run_with_cache(batch.clean)
             with torch.no_grad():
                 m_corr = task.metric(model(batch.corrupted), batch).mean().item()
@@ -137,9 +137,9 @@ def speed(model: Any, task: Any, batch: Any, repeat: int) -> list[dict]:
         ours = activation_patch(model, batch, task, sites=sites, per=per)
         plain = activation_patch(model, batch, task, sites=sites, per=per, resume=False)
         t_tl = timeit(tl_run, repeat=repeat, warmup=0)
-        t_ours = timeit(lambda: activation_patch(model, batch, task, sites=sites, per=per), repeat=repeat)
+        t_ours = timeit(lambda s=sites, p=per: activation_patch(model, batch, task, sites=s, per=p), repeat=repeat)
         t_plain = timeit(
-            lambda: activation_patch(model, batch, task, sites=sites, per=per, resume=False), repeat=repeat
+            lambda s=sites, p=per: activation_patch(model, batch, task, sites=s, per=p, resume=False), repeat=repeat
         )
         rows.append(
             {

@@ -13,10 +13,12 @@ from .core.errors import (  # noqa: E402
     ConfigError,
     DataError,
     MechworkError,
+    MechworkWarning,
     ModelNotFoundError,
     NonFiniteError,
     ShapeError,
     SiteError,
+    UnsupportedModelError,
 )
 from .core.sites import Site, site, sites  # noqa: E402
 
@@ -52,4 +54,6 @@ __all__ = [
     "ModelNotFoundError",
     "NonFiniteError",
     "DataError",
+    "UnsupportedModelError",
+    "MechworkWarning",
 ]

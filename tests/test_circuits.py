@@ -151,7 +151,7 @@ def test_latent_graph(toy_mixed):
     assert {"latent", "error", "token", "logits"} <= kinds
     # splicing leaves the forward unchanged: the clean metric is the model's own
     assert g.metadata["clean"] == pytest.approx(
-        float(mechwork.tasks.logit_diff(toy_mixed(batch.clean), batch)), rel=1e-4
+        float(mechwork.tasks.logit_diff(toy_mixed(batch.clean).detach(), batch)), rel=1e-4
     )
     # at the last site, latents + error + b_dec carry exactly x . dm/dx (activation x gradient is additive)
     site = "blocks.2.hook_resid_post"
@@ -175,3 +175,48 @@ def test_latent_graph(toy_mixed):
         )
         expect = float((probe["x"][0, p] - b_dec) @ grad[0, p])
         assert into == pytest.approx(expect, rel=1e-3, abs=1e-4)
+
+
+def test_latent_graph_faithfulness_and_scan_labels(toy_mixed):
+    from mechwork.circuits.latents import parse_sae_args
+
+    task = mechwork.tasks.get("ioi")
+    batch = task.prompts(1, seed=0)
+    saes = parse_sae_args(
+        ["sae_checkpoints/toy-mixed/blocks.1.hook_resid_post", "sae_checkpoints/toy-mixed/blocks.2.hook_resid_post"]
+    )
+    scan = mechwork.sae.latent_stats(saes["blocks.2.hook_resid_post"], model=toy_mixed, n_tokens=2000)
+    g = attribute_latents(toy_mixed, batch, task, saes=saes, max_targets=8, scans={"blocks.2.hook_resid_post": scan})
+    tags = {r["latent"]: r["tag"] for r in scan.tag_table()}
+    labelled = [n for n in g.nodes if n.kind == "latent" and n.site == "blocks.2.hook_resid_post"]
+    assert labelled and all(n.label.startswith(tags[n.index]) for n in labelled if n.index in tags)
+    full = g.faithfulness(toy_mixed, batch, task, saes=saes)
+    assert full.value == pytest.approx(1.0, abs=1e-4)  # every clean-active latent and error kept = the clean run
+    small = g.prune(influence=0.5).faithfulness(toy_mixed, batch, task, saes=saes)
+    big = g.prune(influence=0.95).faithfulness(toy_mixed, batch, task, saes=saes)
+    assert full.empty < big.metric and small.metric <= big.metric + 1e-3
+    with pytest.raises(mechwork.ConfigError, match="SAEs"):
+        g.faithfulness(toy_mixed, batch, task)
+
+
+@pytest.mark.parametrize("backend_name", ["hooked", "bridge"])
+def test_per_position_edges(request, induction_batch, backend_name, tmp_path):
+    import jsonschema
+
+    model = request.getfixturevalue("toy_induction" if backend_name == "hooked" else "toy_induction_bridge")
+    gp = attribute_edges(model, induction_batch, method="eap", per_position=True)
+    assert all("@" in n.id for n in gp.nodes)
+    # summed over positions, the per-position edges are exactly the EAP edges
+    agg, ref = gp.aggregate().edge_dict(), attribute_edges(model, induction_batch, method="eap").edge_dict()
+    scale = max(abs(v) for v in ref.values())
+    assert max(abs(agg.get(k, 0.0) - ref[k]) for k in ref) < 1e-5 * scale
+    assert set(agg) <= set(ref)
+    # K-composition runs across positions: the top key edge into a layer-1 head comes from an earlier position
+    top = max((e for e in gp.edges if e.dst.startswith("a1.") and e.kind == "k"), key=lambda e: abs(e.weight))
+    src_pos, dst_pos = (int(x.rsplit("@", 1)[1]) for x in (top.src, top.dst))
+    assert top.src.startswith(f"a0.h{_prev_token_head(model, induction_batch)}@") and src_pos < dst_pos, top
+    circuit = gp.prune(influence=0.9)
+    d = __import__("json").loads(circuit.save(tmp_path / "pp.json").read_text())
+    jsonschema.validate(d, mechwork.circuits.NEURONPEDIA_SCHEMA)
+    assert Graph.load(tmp_path / "pp.json").equals(circuit)
+    assert 0 < circuit.faithfulness(model, induction_batch).value <= 1.05  # on its component edges

@@ -192,7 +192,7 @@ def test_rlace_reference_schedule_and_sal_start_run():
 @pytest.mark.parametrize("method", [LEACE(), INLP(n_iter=2), RLACE(max_steps=25)])
 def test_eraser_roundtrip_and_shapes(tmp_path, method):
     X, y = classification(2, n=400, d=8, seed=8)
-    eraser = method.fit(X.float(), y)
+    eraser = method.fit_eraser(X.float(), y)  # a configured instance (fit is the classmethod)
     x = torch.randn(3, 5, 8)
     out = eraser(x)
     assert out.shape == x.shape and out.dtype == x.dtype

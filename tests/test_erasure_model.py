@@ -10,7 +10,8 @@ import torch
 
 import mechwork
 from mechwork.cli import main
-from mechwork.erasure import LEACE, behaviour, causal_order, collect, evaluate, fit, fit_store, labelled, scrub
+from mechwork.erasure import LEACE, behaviour, causal_order, evaluate, fit, fit_store, labelled, scrub
+from mechwork.erasure import labelled_activations as collect
 
 torch.set_num_threads(1)
 

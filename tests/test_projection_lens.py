@@ -123,3 +123,11 @@ def test_lens_bad_input(toy_mixed):
         logit_lens(toy_mixed, torch.ones(1, 100, dtype=torch.long))
     with pytest.raises(ConfigError, match="steps"):
         train_tuned_lens(toy_mixed, steps=0)
+
+
+def test_logit_lens_position_tensor(toy_mixed):
+    b = mechwork.tasks.get("ioi").prompts(4, seed=2)
+    r = logit_lens(toy_mixed, b.clean, pos=b.pos - 1)
+    assert torch.equal(r.positions[:, 0], b.pos - 1)
+    r = logit_lens(toy_mixed, b, pos="answer")
+    assert torch.equal(r.positions[:, 0], b.pos)

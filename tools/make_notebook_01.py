@@ -72,6 +72,47 @@ cells = [
         "effects = {(l, h): round(ablate(l, h) - base, 2) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)}\n"
         "sorted(effects.items(), key=lambda kv: kv[1])[:4]"
     ),
+    nbf.v4.new_markdown_cell(
+        "## Your own prompts\n\n`mechwork.tasks.from_pairs` turns your clean/corrupted prompts (text, through the "
+        "model's own tokenizer) into a `PromptBatch` that every capability takes; with `answers`/`wrong` the metric is "
+        "their logit difference. Pairs must tokenise to the same length (the error shows both tokenisations)."
+    ),
+    nbf.v4.new_code_cell(
+        "mine = mechwork.tasks.from_pairs(\n"
+        "    model,\n"
+        "    clean=['When Mary and John went to the store , John gave a drink to',\n"
+        "           'When Tom and Anna went to the park , Anna gave a book to'],\n"
+        "    corrupted=['When Mary and John went to the store , Mary gave a drink to',\n"
+        "               'When Tom and Anna went to the park , Tom gave a book to'],\n"
+        "    answers=['Mary', 'Tom'], wrong=['John', 'Anna'])\n"
+        "result = mechwork.patching.activation_patch(model, mine, sites='resid_pre', per='position')\n"
+        "print(mine)\n"
+        "result"
+    ),
+    nbf.v4.new_markdown_cell(
+        "## Any model, any tokenizer\n\n`load_model` also takes local Hugging Face folders (GPT-2, Pythia, LLaMA ...) "
+        "and the real all-MiniLM-L6-v2 encoder. MiniLM's checkpoint has no language-model head, so it loads "
+        "*headless*: its output is the last hidden state, logit-based capabilities refuse it, and `from_pairs` "
+        "without answers measures the cosine similarity of the mean-pooled sentence embedding with the clean one. "
+        "Tasks render through the model's tokenizer (`[CLS] ... [SEP]` here)."
+    ),
+    nbf.v4.new_code_cell(
+        "encoder = mechwork.load_model('all-MiniLM-L6-v2')\n"
+        "print(mechwork.core.model_kind(encoder).name)\n"
+        "pairs = mechwork.tasks.from_pairs(encoder, clean=['the cat sat on the mat'], corrupted=['the dog sat on the mat'])\n"
+        "emb = mechwork.patching.activation_patch(encoder, pairs, sites='resid_pre', per='position')\n"
+        "print(mechwork.core.str_tokens(encoder, pairs.clean[0]))\n"
+        "print('corrupted similarity', round(emb.corrupted, 3), '| restored by patching position 2 of layer 0:',\n"
+        "      round(float(emb.scores[0, 2]), 3))\n"
+        "gender = mechwork.tasks.get('gender').prompts(4, seed=0, model=encoder)\n"
+        "[mechwork.core.str_tokens(encoder, gender.clean[i][gender.mask[i]]) for i in range(2)]"
+    ),
+    nbf.v4.new_code_cell(
+        "try:\n"
+        "    mechwork.projection.logit_lens(encoder, 'the cat sat')\n"
+        "except mechwork.MechworkError as e:\n"
+        "    print(type(e).__name__, str(e)[:160], '...')"
+    ),
 ]
 nb = nbf.v4.new_notebook(
     cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}

@@ -65,35 +65,39 @@ cells = [
         "{k: round(card['eval'][k], 4) for k in ('fvu', 'l0', 'dead_fraction', 'ce_loss_recovered', 'kl_sae')}"
     ),
     nbf.v4.new_markdown_cell(
-        "## What do latents mean?\n\n`scan` encodes held-out tokens once; then every latent has a firing frequency, "
-        "top-activating contexts and a best-matching ground-truth tag (precision = P(tag | fires), recall = "
-        "P(fires | tag))."
+        "## What do latents mean?\n\n`sae.latents(...)` (or `ms.latent_stats`) describes every latent from **one "
+        "streamed pass** over held-out text: firing frequency, activation quantiles and histogram, the top-activating "
+        "contexts (identical contexts shown once), a uniform sample of firing events by quantile band, and the tokens "
+        "its decoder direction promotes and suppresses through the unembedding. Special tokens (`<bos>`, `<eos>`, "
+        "padding) are left out by default (`include_special=True` counts them): the residual stream at `<bos>` is a "
+        "near-constant vector that several latents fire on, which says nothing about text."
+    ),
+    nbf.v4.new_code_cell("stats = big.latents(model=model, n_tokens=20_000)\nstats"),
+    nbf.v4.new_markdown_cell(
+        "Every token of the generated language carries a ground-truth tag, so labels can be honest: a latent's label "
+        "is the tag carried by (at least a third of) **the contexts its card shows**, chosen by F1 on those documents, "
+        "and then scored on **held-out documents** (every other document is kept aside for this): precision = "
+        "P(tag | fires), recall = P(fires | tag). Below F1 0.5 the label says `weak:`, `part of` (precise but "
+        "narrow) or `unlabelled`. The label F1 table: the best latent per ground-truth tag."
     ),
     nbf.v4.new_code_cell(
-        "sc = ms.scan(big, model=model, n_tokens=8000)\n"
-        "table = sc.tag_table()\n"
-        "print(sum(r['tag'] == 'bos' for r in table), 'latents match <bos> best')\n"
-        "best = sorted((r for r in table if r['tag'] != 'bos'), key=lambda r: -r['f1'])[:8]\n"
-        "[(r['latent'], r['tag'], round(r['precision'], 2), round(r['recall'], 2)) for r in best]"
+        "[(r['tag'], r['latent'], r['level'], round(r['precision'], 2), round(r['recall'], 2), round(r['f1'], 2))\n"
+        " for r in sorted(stats.tag_coverage(), key=lambda r: -r['f1'])]"
     ),
-    nbf.v4.new_markdown_cell(
-        "The residual stream at `<bos>` is one constant, large vector, so a TopK SAE spends several latents on it "
-        "(all of them fire together on every `<bos>`); the list above leaves them out."
-    ),
-    nbf.v4.new_code_cell("print(ms.render_text(sc, [r['latent'] for r in best[:3]], n=3))"),
-    nbf.v4.new_markdown_cell(
-        "Which ground-truth roles does some single latent capture well? (best latent per tag, by F1)"
-    ),
+    nbf.v4.new_markdown_cell("One latent's card (it renders inline; `print(card.text())` in a terminal):"),
     nbf.v4.new_code_cell(
-        "[(r['tag'], r['latent'], round(r['f1'], 2)) for r in sorted(sc.tag_coverage(), key=lambda r: -r['f1'])[:12]]"
+        "pronoun = max((r for r in stats.table() if r['tag'] == 'gender:pronoun'), key=lambda r: r['f1'])['latent']\n"
+        "stats[pronoun]"
     ),
     nbf.v4.new_markdown_cell(
-        "A self-contained HTML dashboard (tokens shaded by activation, every string escaped) for sharing:"
+        "The dashboard of all latents is one self-contained HTML file (no CDN, works offline): a searchable, sortable "
+        "index and each latent's card on click. Every token string is escaped. `mechwork sae show SAE_DIR --html "
+        "out.html` writes the same file from the command line."
     ),
     nbf.v4.new_code_cell(
         "import tempfile, pathlib\n"
-        "out = ms.write_html(pathlib.Path(tempfile.mkdtemp()) / 'latents.html', sc, [r['latent'] for r in best])\n"
-        "print(out, out.stat().st_size, 'bytes')"
+        "out = stats.to_html(pathlib.Path(tempfile.mkdtemp()) / 'latents.html', title='toy-mixed layer 2')\n"
+        "print(out, f'{out.stat().st_size / 1e6:.1f} MB for {stats.d_sae} latents')"
     ),
     nbf.v4.new_markdown_cell(
         "## Splice into the model\n\nDoes the model still do IOI when the residual stream at layer 2 is replaced by "

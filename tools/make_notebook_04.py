@@ -18,7 +18,7 @@ cells = [
     ),
     code(
         "import torch, mechwork\n"
-        "from mechwork.erasure import LEACE, INLP, RLACE, fit, layer_sweep, plot_sweep, probe_report, collect, labelled\n"
+        "from mechwork.erasure import LEACE, INLP, RLACE, fit, layer_sweep, plot_sweep, probe_report, labelled_activations, labelled\n"
         "torch.set_num_threads(1)\n"
         "model = mechwork.load_model('toy-mixed')\n"
         "task = mechwork.tasks.get('gender')\n"
@@ -95,8 +95,8 @@ cells = [
         "print('site', site)\n"
         "fit_data = labelled('gender', n=500, seed=0)\n"
         "held = labelled('gender', n=300, seed=1, split='test', positions='last')\n"
-        "X, z = collect(model, fit_data, site)\n"
-        "Xh, zh = collect(model, held, site)\n"
+        "X, z = labelled_activations(model, fit_data, site)\n"
+        "Xh, zh = labelled_activations(model, held, site)\n"
         "erasers = {'LEACE': LEACE.fit(X, z), 'INLP (10 rounds)': INLP.fit(X, z, n_iter=10), 'R-LACE rank 1': RLACE.fit(X, z)}\n"
         "table = []\n"
         "for name, e in erasers.items():\n"

@@ -6,10 +6,6 @@
 ...     ...
 >>> store = mechwork.cache.ActivationStore.open("acts/")
 
-Status: the first working version of this API (``collect``, ``ActivationStore.open``, ``store[site]``,
-``store.tokens``, ``store.stats``, ``store.batches``, ``store.row_indices``) is commit ``f6b565b`` on branch
-``cache``; ``git merge cache`` to use it. Later commits add to the API without changing it.
-
 See ``mechwork/cache/README.md`` for the on-disk format and the guarantees (atomic shards, resume, checks).
 """
 

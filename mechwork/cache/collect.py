@@ -13,12 +13,14 @@ from torch import Tensor
 from .. import __version__
 from ..core.devices import dtype_name, parse_device, parse_dtype
 from ..core.errors import CheckpointError, ConfigError, DataError, ShapeError
-from ..core.hooks import check_tokens, model_device, model_dtype
+from ..core.hooks import capture, check_tokens, model_device, model_dtype
 from ..core.io import PathLike, save_tensors
-from ..data.sources import TokenSource, Windows, pack, pad_windows
+from ..core.kind import is_causal
+from ..core.prompts import bos_id
+from ..data.sources import Windows, pack, pad_windows, token_source
 from . import format as F
 from .background import Background
-from .plan import autocast_dtype, check_int, fingerprint, forward, make_plan, rows_of, shard_tokens_for
+from .plan import autocast_dtype, check_int, fingerprint, make_plan, rows_of, shard_tokens_for
 from .stats import Moments, scalar_summary
 from .store import ActivationStore, check_store, load_manifest, merge_shard_stats
 from .writer import DiskSink, MemorySink, PinnedPool, Pipeline, Stream, clear_uncommitted
@@ -36,13 +38,13 @@ def collect(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     resume: bool = False,
-    bos: bool = True,
+    bos: bool | None = None,
     progress: bool = True,
     overwrite: bool = False,
     shard_tokens: int | None = None,
     seed: int = 0,
     autocast: bool | str | torch.dtype | None = None,
-    packing: str = "concat",
+    packing: str | None = None,
 ) -> ActivationStore:
     """Run ``model`` over ``source`` once and store the activations of every site in ``sites``.
 
@@ -74,8 +76,10 @@ def collect(
         ``store.batches(..., device=...)``.
     resume : bool
         Continue an interrupted collection into ``out``; the result is identical to an uninterrupted run.
-    bos : bool
-        Start every document and every window with the BOS token (``False``: plain concatenation).
+    bos : bool, optional
+        Start every document and every window with the BOS token (``False``: plain concatenation). Default: the
+        model family's convention (``model.cfg.default_prepend_bos``: GPT-2, LLaMA and the shipped models
+        prepend BOS, Pythia does not); encoders take ``[CLS]``/``[SEP]`` from their tokenizer instead.
     progress : bool
         Show a progress bar with tokens/s and gigabytes written.
     overwrite : bool
@@ -86,12 +90,15 @@ def collect(
         Seed of generated sources (task prompts).
     autocast : bool or str, optional
         Run the forward pass under ``torch.autocast`` (``True``: bfloat16).
-    packing : {"concat", "pad"}
+    packing : {"concat", "pad"}, optional
         ``"concat"`` packs documents back to back into full windows (no padding: what SAE training wants).
-        ``"pad"`` puts each document alone in a right-padded window, so its activations are exactly those of
-        the document run by itself (what probes and erasers fitted on task prompts want); padding rows have
-        ``store.docs == -1``, are left out of the statistics, and ``batches(..., rows=store.docs >= 0)`` skips
-        them. A document longer than ``context`` is then an error.
+        ``"pad"`` puts each document alone in a right-padded window, run with an attention mask, so its
+        activations are exactly those of the document run by itself (what probes and erasers fitted on task
+        prompts want); padding rows have ``store.docs == -1``, are left out of the statistics, and
+        ``batches(..., rows=store.docs >= 0)`` skips them. A document longer than ``context`` is then an error.
+        Default: ``"concat"`` for causal models, ``"pad"`` for encoders (bidirectional attention would mix
+        packed documents, so ``"concat"`` is refused for them; their documents carry ``[CLS] ... [SEP]`` as
+        the tokenizer defines them, and ``bos`` does not apply).
 
     Returns
     -------
@@ -152,7 +159,7 @@ class _Run:
         dtype: Any,
         device: Any,
         resume: bool,
-        bos: bool,
+        bos: bool | None,
         overwrite: bool,
         shard_tokens: int | None,
         seed: int,
@@ -166,13 +173,23 @@ class _Run:
         check_int("shard_tokens", shard_tokens, none=True)
         n_ctx = int(model.cfg.n_ctx)
         context = n_ctx if context is None else context
+        causal = is_causal(model)
+        if bos is None:  # the model family's convention (GPT-2, LLaMA and the shipped models: yes; Pythia: no)
+            bos = causal and bool(getattr(model.cfg, "default_prepend_bos", True))
         check_int("context", context, lo=2 if bos else 1)
         if context > n_ctx:
             raise ConfigError(f"context {context} exceeds the model's n_ctx {n_ctx}")
         if not isinstance(bos, bool):
             raise ConfigError(f"bos must be True or False, got {bos!r}")
+        if packing is None:
+            packing = "concat" if causal else "pad"
         if packing not in ("concat", "pad"):
             raise ConfigError(f"packing must be 'concat' or 'pad', got {packing!r}")
+        if packing == "concat" and not causal:
+            raise ConfigError(
+                "packing='concat' would put several documents in one window of a bidirectional encoder, where they "
+                "attend to each other; use packing='pad' (one document per window, attention mask on the padding)"
+            )
         self.packing = packing
         self.dtype = parse_dtype(dtype, default=model_dtype(model))
         if self.dtype not in F.STORAGE_DTYPES:
@@ -185,10 +202,8 @@ class _Run:
         self.autocast = autocast_dtype(autocast)
         tokenizer = getattr(model, "tokenizer", None)
         self.bos_id = None
-        if bos:
-            self.bos_id = getattr(tokenizer, "bos_token_id", None)
-            if self.bos_id is None:
-                self.bos_id = getattr(tokenizer, "eos_token_id", None)  # GPT-2 style: BOS and EOS share an id
+        if bos and causal:
+            self.bos_id = bos_id(model)  # GPT-2 style: BOS and EOS share an id
             if self.bos_id is None:
                 raise ConfigError("bos=True but the model's tokenizer has no BOS (or EOS) token; pass bos=False")
         self.pad_id = next(
@@ -199,7 +214,7 @@ class _Run:
             ),
             0,
         )
-        self.source = TokenSource(source, tokenizer=tokenizer, seed=seed)
+        self.source = token_source(model, source, seed=seed)
         if self.source.finite is False and n_tokens is None:
             raise ConfigError(f"the source ({self.source.description}) never ends: pass n_tokens")
         self.n_tokens, self.batch_size, self.context = n_tokens, batch_size, context
@@ -339,7 +354,8 @@ class _Run:
                 break
             tokens = check_tokens(self.model, w.tokens, what="source tokens").to(self.device, non_blocking=True)
             keep = w.tokens.numel() if self.n_tokens is None else min(w.tokens.numel(), self.n_tokens - row)
-            acts = forward(self.model, tokens, self.plan.sites, self.plan.stop, self.autocast)
+            am = (w.doc >= 0).long().to(self.device) if self.packing == "pad" else None
+            acts = capture(self.model, tokens, self.plan.sites, attention_mask=am, clone=False, autocast=self.autocast)
             payload: dict[str, Tensor] = {}
             taken: list[tuple[str, Tensor]] = []
             real = (w.doc.reshape(-1)[:keep] >= 0).to(self.device) if self.packing == "pad" else None

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,8 +11,8 @@ import torch
 from torch import Tensor
 
 from ..core.devices import parse_dtype
-from ..core.errors import ConfigError, DataError, ShapeError, SiteError
-from ..core.hooks import model_device, run_with_hooks
+from ..core.errors import ConfigError, ShapeError, SiteError
+from ..core.hooks import capture, model_device
 from ..core.sites import Site, enable, resolve, stop_at_layer
 from ..core.sites import sites as all_sites
 from . import format as F
@@ -90,9 +88,7 @@ def make_plan(model: Any, sites: Any, context: int, dtype: torch.dtype) -> Plan:
     shapes = {s.name: row_shape(s, context) for s in site_list}
     unknown = [s for s in site_list if shapes[s.name] is None]
     if unknown:  # backend-specific hook points: learn their shapes from one short forward pass
-        probe = forward(
-            model, torch.zeros((1, min(context, 2)), dtype=torch.long, device=model_device(model)), unknown, None
-        )
+        probe = capture(model, torch.zeros((1, min(context, 2)), dtype=torch.long, device=model_device(model)), unknown)
         for s in unknown:
             t = probe[s.name]
             if t.ndim < 2 or t.shape[0] != 1 or t.shape[1] != min(context, 2):
@@ -105,44 +101,6 @@ def make_plan(model: Any, sites: Any, context: int, dtype: torch.dtype) -> Plan:
         Stream(F.TOKENS, F.TOKENS, torch.int64, (3,))
     ]
     return Plan(site_list, entries, streams, stop_at_layer(model, site_list))
-
-
-class Captured(Exception):
-    """Raised by the last hook that fires: every requested site is captured, the rest of the pass is skipped."""
-
-
-def forward(
-    model: Any, tokens: Tensor, sites: Sequence[Site], stop: int | None, autocast: torch.dtype | None = None
-) -> dict[str, Tensor]:
-    """Activations of ``sites`` for one batch, under inference mode.
-
-    The pass stops at ``stop_at_layer`` and, finer still, right after the last requested site: its hook raises
-    :class:`Captured` (on both backends; the bridge cleans up its stop-at-layer state in a ``finally``). A site
-    in the last block thus skips the final LayerNorm and the unembedding, which ``stop_at_layer`` cannot.
-    """
-    acts: dict[str, Tensor] = {}
-    wanted = len(sites)
-
-    def hook_for(name: str) -> Any:
-        def hook(t: Tensor, hook: Any = None) -> None:
-            acts[name] = t
-            if len(acts) == wanted:
-                raise Captured
-
-        return hook
-
-    ac = torch.autocast(tokens.device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
-    try:
-        with torch.inference_mode(), ac:
-            run_with_hooks(
-                model, tokens, [(s.name, hook_for(s.name)) for s in sites], stop_at_layer=stop, return_type=None
-            )
-    except Captured:
-        pass
-    missing = [s.name for s in sites if s.name not in acts]
-    if missing:
-        raise DataError(f"hooks did not fire for {missing}; the model's forward pass does not reach these sites")
-    return acts
 
 
 FINGERPRINT_SAMPLE = 4096  # values per parameter entering the weight fingerprint

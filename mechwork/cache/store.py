@@ -131,6 +131,11 @@ class ActivationStore:
             f"{self.manifest.dtype}, context {self.context})"
         )
 
+    def _repr_html_(self) -> str:
+        from ..viz.cards import store_card
+
+        return store_card(self)
+
     def site_name(self, site: SiteName) -> str:
         """The full hook name of ``site`` (a full name, an alias ``resid_post.2``, ``2.resid_post`` or ``("resid_post", 2)``)."""
         entry = self._entry(site)

@@ -14,7 +14,6 @@ import dataclasses
 import errno
 import os
 import queue
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -330,7 +329,3 @@ def clear_uncommitted(root: Path, streams: list[Stream], committed: int) -> None
                     continue
                 if idx >= committed:
                     p.unlink(missing_ok=True)
-
-
-def remove_store(root: Path) -> None:
-    shutil.rmtree(root, ignore_errors=True)

@@ -184,8 +184,14 @@ def check_against(graph: Graph, model: Any, *, source: str = "graph") -> None:
             )
     H, N = int(cfg.n_heads), int(cfg.n_layers)
     for n in graph.nodes:
-        bad = (n.kind == "head" and not (0 <= n.layer < N and n.index is not None and 0 <= n.index < H)) or (
-            n.kind == "mlp" and not 0 <= n.layer < N
+        head = re.fullmatch(r"a(\d+)\.h(\d+)(@\d+)?", n.id)
+        mlp = re.fullmatch(r"m(\d+)(@\d+)?", n.id)
+        bad = (
+            (n.kind == "head" and not (head and int(head[1]) == n.layer and int(head[2]) == n.index))
+            or (n.kind == "mlp" and not (mlp and int(mlp[1]) == n.layer))
+            or (n.kind == "head" and not (0 <= n.layer < N and n.index is not None and 0 <= n.index < H))
+            or (n.kind == "mlp" and not 0 <= n.layer < N)
+            or (n.kind in ("latent", "error") and not (0 <= n.layer < N and n.site in model.hook_dict))
         )
         if bad:
             raise DataError(f"{source}: node {n.id!r} does not exist in {spec!r} ({N} layers, {H} heads)")
@@ -208,7 +214,7 @@ def summary(graph: Graph, n: int = 12) -> str:
             f"({100 * p.get('edge_fraction', 0):.1f}%), {p.get('n_nodes')} of {p.get('n_nodes_before')} nodes"
         )
     if m.get("faithfulness") is not None:
-        lines.append(f"  faithfulness {m['faithfulness']:.3f}")
+        lines.append(f"  faithfulness {m['faithfulness']:.3f} ({m.get('faithfulness_ablation', 'corrupt')} ablation)")
     lines.append(f"  {'edge':<34} {'weight':>10}")
     for e in graph.top_edges(n):
         lines.append(f"  {e.id:<34} {e.weight:>+10.4f}")

@@ -45,11 +45,20 @@ class CircuitFaithfulness:
     n_edges_total: int
     ablation: str = "corrupt"
     seconds: float = 0.0
+    n_nodes: int | None = None
 
     def __repr__(self) -> str:
+        nodes = "" if self.n_nodes is None else f"{self.n_nodes} latent/error nodes, "
         return (
-            f"CircuitFaithfulness({self.value:.3f} with {self.n_edges} of {self.n_edges_total} edges, "
+            f"CircuitFaithfulness({self.value:.3f} with {nodes}{self.n_edges} of {self.n_edges_total} edges, "
             f"{self.ablation} ablation; m(C)={self.metric:.4g}, clean={self.clean:.4g}, corrupted={self.corrupted:.4g})"
+        )
+
+    def _repr_html_(self) -> str:
+        return (
+            f"<b>Circuit faithfulness</b> {self.value:.3f} ({self.ablation} ablation): "
+            f"{self.n_edges} of {self.n_edges_total} edges; metric {self.metric:.4g} "
+            f"(clean {self.clean:.4g}, corrupted {self.corrupted:.4g}, empty circuit {self.empty:.4g})"
         )
 
 
@@ -99,27 +108,30 @@ class FaithfulnessCurve:
 
 
 def plot_curves(curves: Sequence[FaithfulnessCurve], *, title: str | None = None) -> Any:
-    """Plotly lines of faithfulness against the number of edges kept (log x axis)."""
-    import plotly.graph_objects as go
+    """Plotly lines of faithfulness against the number of edges (nodes) kept, log x axis (via mechwork.viz)."""
+    from ..viz import Line, lines
 
-    from ..viz import escape_tokens
-
-    fig = go.Figure()
-    for c in curves:
-        name = escape_tokens([c.label or "circuit"])[0]
-        fig.add_trace(go.Scatter(x=c.sizes, y=c.values, mode="lines+markers", name=name))
-    fig.add_hline(y=1.0, line_dash="dot", line_color="gray")
-    fig.add_hline(y=0.0, line_dash="dot", line_color="gray")
+    series = [
+        Line(
+            y=c.values,
+            x=[max(s, 0.5) for s in c.sizes],  # 0 kept is drawn at 0.5 on the log axis
+            name=c.label or "circuit",
+            mode="lines+markers",
+            hover=[f"{c.label}: top {s} of {c.n_total} {c.unit}" for s in c.sizes],
+        )
+        for c in curves
+    ]
     unit = curves[0].unit if curves else "edges"
-    fig.update_layout(
-        title=escape_tokens([title or "faithfulness vs circuit size"])[0],
-        xaxis_title=f"{unit} kept (top by |score|)",
-        yaxis_title="faithfulness (1 = clean, 0 = corrupted)",
-        xaxis_type="log",
-        template="plotly_white",
-        width=720,
+    fig = lines(
+        [series],
+        title=title or "faithfulness vs circuit size",
+        subtitle=f"{curves[0].ablation if curves else 'corrupt'} ablation; 1 = clean run, 0 = corrupted run",
+        xlabel=f"{unit} kept (top by |score|)",
+        ylabel="faithfulness",
         height=420,
+        width=720,
     )
+    fig.update_xaxes(type="log")
     return fig
 
 
@@ -131,10 +143,20 @@ def faithfulness(
     *,
     ablation: str = "corrupt",
     batch_size: int | None = None,
+    saes: dict[str, Any] | None = None,
 ) -> CircuitFaithfulness | Any:
-    """Faithfulness of ``graph`` as a circuit (edge graphs: its edges; node graphs: its nodes)."""
+    """Faithfulness of ``graph`` as a circuit (edge graphs: its edges; node graphs: its nodes; latent graphs:
+    its latents and error terms, with ``saes`` spliced; see :func:`~.latents.latent_faithfulness`)."""
     if graph.level == "node":
         return _node_faithfulness(graph, model, batch, metric, [graph], ablation, batch_size)[0]
+    if graph.metadata.get("per_position"):  # evaluated on its component edges (all positions of a kept edge)
+        graph = graph.aggregate()
+    if graph.level == "latent":
+        from .latents import latent_faithfulness
+
+        if saes is None:
+            raise ConfigError("faithfulness of an SAE-latent graph needs the SAEs: saes={site: sae}")
+        return latent_faithfulness(graph, model, batch, metric, saes=saes, ablation=ablation)
     return faithfulness_many(model, batch, metric, [graph.edges], ablation=ablation, batch_size=batch_size)[0]
 
 
@@ -150,6 +172,8 @@ def faithfulness_curve(
     label: str | None = None,
 ) -> FaithfulnessCurve:
     """Faithfulness of the top-``n`` edges (nodes, for node graphs) of ``graph`` by ``|weight|``, per ``n``."""
+    if graph.metadata.get("per_position"):  # ranked and evaluated on its component edges
+        graph = graph.aggregate()
     units = graph.edges if graph.level != "node" else [e for e in graph.edges if e.dst == "logits"]
     total = len(units)
     if total == 0:

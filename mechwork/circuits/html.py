@@ -168,50 +168,42 @@ _PAGE = """<!DOCTYPE html>
 
 
 def figure(graph: Graph, *, max_edges: int = 400) -> Any:
-    """A plotly figure of the graph (same layout as the HTML view)."""
-    import plotly.graph_objects as go
+    """A plotly figure of the graph (same layout as the HTML view), described through mechwork.viz."""
+    from ..viz import Line, lines
 
     pos = layout(graph)
-    fig = go.Figure()
     edges = graph.top_edges(max_edges)
     wmax = max((abs(e.weight) for e in edges), default=1.0) or 1.0
-    for e in edges:
-        (x1, y1), (x2, y2) = pos[e.src], pos[e.dst]
-        fig.add_trace(
-            go.Scatter(
-                x=[x1, x2],
-                y=[-y1, -y2],
-                mode="lines",
-                line={"width": 0.5 + 5 * abs(e.weight) / wmax, "color": "#2060c0" if e.weight >= 0 else "#c03020"},
-                opacity=0.5,
-                hoverinfo="text",
-                text=html.escape(f"{e.id} {e.weight:+.4g}"),
-                showlegend=False,
-            )
+    series = [
+        Line(
+            y=[-pos[e.src][1], -pos[e.dst][1]],
+            x=[pos[e.src][0], pos[e.dst][0]],
+            color="#2060c0" if e.weight >= 0 else "#c03020",
+            width=0.5 + 5 * abs(e.weight) / wmax,
+            hover=[f"{e.id} {e.weight:+.4g}"] * 2,
         )
-    fig.add_trace(
-        go.Scatter(
-            x=[pos[n.id][0] for n in graph.nodes],
+        for e in edges
+    ]
+    series.append(
+        Line(
             y=[-pos[n.id][1] for n in graph.nodes],
-            mode="markers+text",
-            text=[html.escape(_short(n)) for n in graph.nodes],
-            textposition="bottom center",
-            hovertext=[
-                html.escape(f"{n.id} score {n.score:+.4g} top: {', '.join(n.top_tokens[:5])}") for n in graph.nodes
-            ],
-            hoverinfo="text",
-            marker={"size": 14, "color": "#fde3a7", "line": {"width": 1, "color": "#555"}},
-            showlegend=False,
+            x=[pos[n.id][0] for n in graph.nodes],
+            mode="markers",
+            name="nodes",
+            color="#555555",
+            hover=[f"{n.id} score {n.score:+.4g} top: {', '.join(n.top_tokens[:5])}" for n in graph.nodes],
         )
     )
     m = graph.metadata
-    fig.update_layout(
-        title=html.escape(f"{m.get('model', '?')} {m.get('task') or ''} {m.get('method', '')} ({graph.n_edges} edges)"),
-        xaxis={"visible": False},
-        yaxis={"visible": False},
-        template="plotly_white",
+    fig = lines(
+        [series],
+        title=f"{m.get('model', '?')} {m.get('task') or ''} {m.get('method', '')} ({graph.n_edges} edges)",
+        subtitle="layers bottom to top; blue +, red -; hover for ids, scores and top tokens",
         height=max(300, 90 * (1 + len({n.layer for n in graph.nodes}))),
     )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(showlegend=False)
     return fig
 
 

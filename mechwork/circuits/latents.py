@@ -12,7 +12,7 @@ over the prompts (one prompt by default, as Neuronpedia graphs are). Attention p
 from every earlier position.
 
 Labels: the top tokens of each latent's decoder direction projected on the unembedding, and, when a
-:class:`mechwork.sae.LatentScan` is given for a site, the latent's best-matching ground-truth tag.
+:class:`mechwork.sae.LatentStats` is given for a site, the latent's best-matching ground-truth tag.
 """
 
 from __future__ import annotations
@@ -65,8 +65,11 @@ def _order(model: Any, saes: dict[str, Any]) -> list[tuple[Site, Any]]:
     out = []
     for name, s in saes.items():
         site = resolve_site(model, name)
-        if site.d is None or site.layer is None:
-            raise ConfigError(f"SAE site {site.name} is not a residual-width activation of a block")
+        if site.d is None or site.layer is None or len(site.shape or ()) != 1:
+            raise ShapeError(
+                f"SAE site {site.name} has per-token shape {site.shape}; latent graphs splice SAEs at sites of "
+                "shape [batch, pos, width] in a block (resid_pre/mid/post, attn_out, mlp_out, mlp_post)"
+            )
         width = _width(s)
         if width is not None and width != site.d:
             raise ShapeError(f"the SAE for {site.name} reads width {width}, but the site has width {site.d}")
@@ -95,7 +98,7 @@ def attribute_latents(
         Per downstream site, the latents (by |direct effect on the metric|) whose incoming edges are computed
         (one backward pass each).
     scans : dict, optional
-        ``{site: LatentScan}``: label latents with their best ground-truth tag.
+        ``{site: LatentStats}``: label latents with their best ground-truth tag.
     min_weight : float
         Drop edges with ``|weight| <= min_weight``.
     """
@@ -294,3 +297,93 @@ def _edges_from(
 
 
 __all__ = ["attribute_latents", "parse_sae_args"]
+
+
+def latent_faithfulness(
+    graph: Graph, model: Any, batch: Any, metric: Any = None, *, saes: dict[str, Any], ablation: str = "corrupt"
+) -> Any:
+    """Faithfulness of an SAE-latent graph: the clean run with the SAEs spliced, where every latent that is
+    active on the clean prompt but *not* a node of ``graph``, and every error term not in it, takes its value on
+    the corrupted prompt (``"corrupt"``) or its mean over the corrupted prompts (``"mean"``). The universe is
+    what the graph can contain (clean-active latents and the error terms): latents inactive on the clean prompt
+    keep their clean value 0, so the full graph scores 1 exactly, and ``empty`` (the whole universe ablated)
+    differs from the corrupted run by what corrupted-only latents carry.
+    ``value = (m(C) - m(corrupted)) / (m(clean) - m(corrupted))``."""
+    from .faithful import ABLATIONS, CircuitFaithfulness
+
+    t0 = time.perf_counter()
+    if ablation not in ABLATIONS:
+        raise ConfigError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+    batch = check_batch(model, batch)
+    metric_fn = resolve_metric(metric, batch)
+    spliced = _order(model, saes)
+    missing = sorted({n.site for n in graph.nodes if n.kind in ("latent", "error")} - {s.name for s, _ in spliced})
+    if missing:
+        raise ConfigError(f"the graph has latents at {missing}: pass their SAEs in saes=")
+    P = int(batch.clean.shape[1])
+    keep: dict[str, tuple[Tensor, Tensor]] = {}
+    for site, sae in spliced:
+        d_sae = int(getattr(sae, "d_sae", 0) or sae.encode(torch.zeros(1, site.d or 1)).shape[-1])
+        lat = torch.zeros(P, d_sae, dtype=torch.bool)
+        err = torch.zeros(P, dtype=torch.bool)
+        for n in graph.nodes:
+            if n.site == site.name and n.pos is not None and n.pos < P:
+                if n.kind == "latent" and n.index is not None:
+                    lat[n.pos, n.index] = True
+                elif n.kind == "error":
+                    err[n.pos] = True
+        keep[site.name] = (lat, err)
+    corr: dict[str, tuple[Tensor, Tensor]] = {}
+    clean_codes: dict[str, Tensor] = {}
+
+    def record(site: Site, sae: Any) -> Any:
+        def hook(x: Tensor, hook: Any = None) -> Tensor:
+            f = sae.encode(x)
+            r = sae.decode(f)
+            corr[site.name] = (f.detach(), (x - r).detach())
+            return r + (x - r)
+
+        return hook
+
+    def circuit(site: Site, sae: Any, kept: tuple[Tensor, Tensor] | None) -> Any:
+        def hook(x: Tensor, hook: Any = None) -> Tensor:
+            f = sae.encode(x)
+            err = x - sae.decode(f)
+            if kept is None:
+                clean_codes[site.name] = f.detach()
+                return sae.decode(f) + err
+            fc, ec = corr[site.name]
+            if ablation == "mean":
+                fc, ec = fc.mean(0, keepdim=True), ec.mean(0, keepdim=True)
+            lat, ek = kept[0].to(f.device), kept[1].to(f.device)
+            outside = ~lat[None] & (clean_codes[site.name] > 0)
+            f = torch.where(outside, fc.expand_as(f), f)
+            err = torch.where(ek[None, :, None], err, ec.expand_as(err))
+            return sae.decode(f) + err
+
+        return hook
+
+    def mean_metric(tokens: Tensor, make: Any, what: str) -> Tensor:
+        hooks = [(s.name, make(s, a)) for s, a in spliced]
+        return eval_metric(metric_fn, run_with_hooks(model, tokens, hooks), batch, what).mean()
+
+    empty = {k: (torch.zeros_like(v[0]), torch.zeros_like(v[1])) for k, v in keep.items()}
+    with torch.no_grad():
+        m_corr = mean_metric(batch.corrupted, record, "corrupted run")
+        m_clean = mean_metric(batch.clean, lambda s, a: circuit(s, a, None), "clean run")
+        m_c = mean_metric(batch.clean, lambda s, a: circuit(s, a, keep[s.name]), "circuit run")
+        m_e = mean_metric(batch.clean, lambda s, a: circuit(s, a, empty[s.name]), "empty-circuit run")
+    gap = float(m_clean - m_corr)
+    n_nodes = sum(int(v[0].sum() + v[1].sum()) for v in keep.values())
+    return CircuitFaithfulness(
+        value=float("nan") if gap == 0 else float(m_c - m_corr) / gap,
+        metric=float(m_c),
+        clean=float(m_clean),
+        corrupted=float(m_corr),
+        empty=float(m_e),
+        n_edges=graph.n_edges,
+        n_edges_total=int(graph.metadata.get("pruning", {}).get("n_edges_before", graph.n_edges)),
+        ablation=ablation,
+        seconds=time.perf_counter() - t0,
+        n_nodes=n_nodes,
+    )

@@ -74,8 +74,12 @@ def register(sub: Any) -> None:
         [
             Opt("batch_size", metavar="N"),
             Opt("context", metavar="N"),
-            Opt("packing", help="concat: documents back to back (default); pad: one document per padded window"),
-            Opt("bos", help="do not start documents and windows with BOS"),
+            Opt(
+                "packing",
+                help="concat: documents back to back (default for causal models); pad: one document per padded "
+                "window with an attention mask (the default and only choice for encoders such as MiniLM)",
+            ),
+            Opt("bos", help="start documents and windows with BOS (default: the model family's convention)"),
             Opt("shard_tokens", metavar="N", help="rows per shard file (default: about 256 MiB)"),
             Opt("progress", flag="quiet", help="no progress bar"),
         ],
@@ -99,19 +103,15 @@ def register(sub: Any) -> None:
 
 def _source(spec: str, seed: int) -> Any:
     from ..core.errors import ConfigError
+    from ..data.sources import named_source
 
-    if spec == "corpus":
-        from ..data import Corpus
-
-        return Corpus(seed=seed)
-    if spec.startswith("task:"):
-        from .. import tasks
-
-        return tasks.get(spec[5:])
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"--source {spec!r}: expected 'corpus', 'task:NAME' or an existing file")
-    return path
+    src = named_source(spec, seed)
+    if isinstance(src, str):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--source {spec!r}: expected 'corpus', 'task:NAME' or an existing file")
+        return path
+    return src
 
 
 def _collect(args: argparse.Namespace) -> int:

@@ -173,10 +173,10 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from ..core.errors import ConfigError
     from ..core.io import atomic_write_json
-    from ..erasure import evaluate, load
+    from ..erasure import Scrubber, evaluate, load
 
     eraser = load(args.dir)
-    cfg = eraser.erasers[-1][1].config if hasattr(eraser, "erasers") else eraser.config
+    cfg = eraser.erasers[-1][1].config if isinstance(eraser, Scrubber) else eraser.config
     spec, task = args.model or cfg.model, args.task or cfg.task
     if not spec or not task:
         raise ConfigError(f"{args.dir} does not record its model/task; pass --model and --task")

@@ -30,8 +30,13 @@ EVAL_EXAMPLES = """examples:
   mechwork sae eval sae_checkpoints/toy-mixed/blocks.2.hook_resid_post --tokens 50000 --json
 """
 SHOW_EXAMPLES = """examples:
-  mechwork sae show sae_checkpoints/toy-mixed/blocks.2.hook_resid_post            # the best-matching latents
-  mechwork sae show runs/l2/saes/topk_k32_w2048_s0 12 40 133 --top 8 --html latents.html
+  # the latents worth a first look (best held-out label F1 on the generated language), and the full dashboard:
+  mechwork sae show sae_checkpoints/toy-mixed/blocks.2.hook_resid_post --html l2.html
+  # chosen latents, more tokens, BOS/EOS/padding counted too:
+  mechwork sae show runs/l2/saes/topk_k32_w2048_s0 12 40 133 --tokens 100000 --include-special
+  # any model: read a text file (one document per line) with the model's tokenizer, or an activation cache:
+  mechwork sae show my_sae/ --model path/to/hf_folder --source corpus.txt --html my_sae.html
+  mechwork sae show my_sae/ --from-cache acts/ --html my_sae.html
 """
 
 
@@ -88,6 +93,7 @@ def _config_class(name: str) -> Any:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..sae.config import TrainConfig
+    from ..sae.latents import latent_stats
 
     _, ssub = group(
         sub,
@@ -143,17 +149,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the way to evaluate operator SAEs",
     )
 
-    sh = command(ssub, "show", help="top-activating contexts and best-matching tags of latents", examples=SHOW_EXAMPLES)
-    sh.set_defaults(func=run_show)
+    sh = command(
+        ssub,
+        "show",
+        help="what latents mean: statistics, labels with their evidence, logit effects, an HTML dashboard",
+        examples=SHOW_EXAMPLES,
+        description="One streamed pass over tokens gives every latent's firing frequency, activation quantiles and "
+        "histogram, top contexts (de-duplicated) and samples by quantile band; logit effects come from the decoder "
+        "directions. On the shipped models labels are ground-truth tags scored on held-out documents "
+        "(precision/recall/F1); elsewhere a top-token summary. Special tokens (BOS, EOS, padding, CLS, SEP) are "
+        "left out unless --include-special.",
+        func=run_show,
+    )
     sh.add_argument("sae", metavar="SAE_DIR")
     sh.add_argument(
-        "latents", nargs="*", type=int, metavar="LATENT", help="latent indices (default: the best-matching ones)"
+        "latents", nargs="*", type=int, metavar="LATENT", help="latents to print (default: the best-labelled ones)"
     )
     sh.add_argument("--model", help="model (default: the one the SAE was trained on)")
-    sh.add_argument("--from-cache", dest="store", help="browse the tokens of this activation store instead")
-    sh.add_argument("--tokens", type=int_arg, default=20000, help="tokens to scan (default 20000)")
-    sh.add_argument("--top", type=int, default=5, help="contexts per latent")
-    sh.add_argument("--html", help="also write a self-contained HTML dashboard here")
+    sh.add_argument("--from-cache", dest="store", help="read the rows of this activation store (no model run)")
+    sh.add_argument("--source", help="a token source file (.txt one document per line, .jsonl, .safetensors, .npy)")
+    sh.add_argument("--html", help="write the offline dashboard of all latents here")
+    sh.add_argument("--top", type=int_arg, default=5, help="contexts printed per latent (default 5)")
+    sh.add_argument("--n", type=int_arg, default=10, help="latents printed when none are given (default 10)")
+    sh.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_options(sh, latent_stats, [Opt("n_tokens", flag="tokens"), "include_special", "seed", "batch_size", "context"])
     sh.add_argument("--grid", type=int_arg, default=256, help="operator SAEs: grid on which concepts are shown")
 
 
@@ -262,21 +281,33 @@ def _open_store(path: str | None) -> Any:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from ..sae import load
-    from ..sae.dashboard import pick_latents, render_text, write_html
-    from ..sae.latents import scan
+    from ..sae import latent_stats, load
+    from ..sae.dashboard import render_text
 
     sae = load(args.sae)
     if family.is_operator(sae):
         return family.show_operator(sae, args.html, args.grid)
+    for j in args.latents:
+        if not 0 <= j < sae.d_sae:
+            raise ConfigError(f"latent {j} is out of range: the SAE has {sae.d_sae} latents (0..{sae.d_sae - 1})")
     store = _open_store(args.store)
-    model = None if store is not None else _model_for(sae, args.model)
-    sc = scan(sae, store, model=model, n_tokens=args.tokens)
-    latents = args.latents or pick_latents(sc, 10)
-    print(render_text(sc, latents, n=args.top))
+    if store is not None and args.source:
+        raise ConfigError("give either --from-cache or --source, not both")
+    model = None if store is not None and not args.model else _model_for(sae, args.model, store)
+    opts = given(args, latent_stats)
+    stats = latent_stats(
+        sae, store if store is not None else args.source, model=model, progress=not args.no_progress, **opts
+    )
+    latents = args.latents or stats.best(args.n)
+    print(f"{stats!r}; special tokens {'counted' if stats.meta['include_special'] else 'left out'}")
+    print(render_text(stats, latents, n=args.top))
     if args.html:
-        info = {"sae": args.sae, "site": sae.site, "tokens scanned": sc.n_tokens}
-        print(
-            f"wrote {write_html(args.html, sc, latents, title=f'SAE latents: {Path(args.sae).name}', n=max(args.top, 8), info=info)}"
-        )
+        info = {
+            "sae": args.sae,
+            "site": stats.meta.get("site"),
+            "model": stats.meta.get("model"),
+            "source": stats.meta.get("source"),
+        }
+        out = stats.to_html(args.html, title=f"SAE latents: {Path(args.sae).name}", info=info)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {stats.d_sae} latents)")
     return 0

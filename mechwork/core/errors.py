@@ -39,6 +39,16 @@ class DataError(MechworkError, ValueError):
     """Input data that cannot be used: empty prompt sets, mismatched batches, prompts longer than the context."""
 
 
+class UnsupportedModelError(MechworkError, TypeError):
+    """A capability the model cannot support: logits of a model without a trained LM head, a causal-only method
+    on a bidirectional encoder, a task whose words the model's tokenizer cannot render as single tokens."""
+
+
+class MechworkWarning(UserWarning):
+    """A result that is computed but may not mean what it seems: a near-zero metric gap, unknown words for a
+    word-level tokenizer, positions that differ across a batch, an SAE run looping over its data."""
+
+
 __all__ = [
     "MechworkError",
     "SiteError",
@@ -48,4 +58,6 @@ __all__ = [
     "ModelNotFoundError",
     "NonFiniteError",
     "DataError",
+    "UnsupportedModelError",
+    "MechworkWarning",
 ]

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import DataError
+from .errors import DataError, SiteError
+from .kind import is_causal, model_kind, require_logits
 from .sites import Site, enable, resolve, stop_at_layer
 
 HookFn = Callable[[Tensor, Any], Tensor | None]
@@ -59,20 +60,37 @@ def check_tokens(model: Any, tokens: Tensor, *, what: str = "tokens") -> Tensor:
     return tokens.long()
 
 
-def to_tokens(model: Any, text: str | Sequence[str] | Tensor, *, prepend_bos: bool = True) -> Tensor:
-    """Tokenise text (or pass token ids through) and validate against the model's context."""
-    if isinstance(text, Tensor):
-        return check_tokens(model, text)
-    if isinstance(text, str):
-        text = [text]
-    text = list(text)
-    if not text:
-        raise DataError("no prompts given (empty list)")
-    try:  # TransformerLens truncates to n_ctx by default: we want to say so instead
-        toks = model.to_tokens(text, prepend_bos=prepend_bos, truncate=False)
-    except TypeError:
-        toks = model.to_tokens(text, prepend_bos=prepend_bos)
-    return check_tokens(model, toks, what="prompt tokens")
+def to_tokens(model: Any, text: str | Sequence[str] | Tensor, *, prepend_bos: bool | None = None) -> Tensor:
+    """Token ids ``[batch, pos]`` of prompts (see :func:`mechwork.core.prompts.encode`, which also gives the
+    attention mask of padded rows)."""
+    from .prompts import encode
+
+    return encode(model, text, bos=prepend_bos).tokens
+
+
+def forward_kwargs(model: Any, attention_mask: Tensor | None) -> dict[str, Any]:
+    """Keyword arguments that pass an attention mask to a forward pass where it matters.
+
+    Rows are always right-padded, so a causal model computes every real token exactly as without padding
+    (it never attends to later positions): the mask is passed only to bidirectional models, which would
+    otherwise attend to the padding.
+    """
+    if attention_mask is None or is_causal(model) or bool(attention_mask.bool().all()):
+        return {}
+    return {"attention_mask": attention_mask}
+
+
+class HooksNotFiredError(SiteError, DataError):
+    """Requested hook points that did not fire in a forward pass (a site the model's computation never reaches)."""
+
+
+class _Done(Exception):
+    """Raised by the last capture hook: everything asked for is captured, the rest of the pass is skipped."""
+
+
+def output_site(model: Any) -> str:
+    """The hook whose value is a headless model's output (its last hidden state)."""
+    return f"blocks.{int(model.cfg.n_layers) - 1}.hook_resid_post"
 
 
 def run_with_hooks(
@@ -81,48 +99,124 @@ def run_with_hooks(
     fwd_hooks: Sequence[tuple[str, HookFn]] = (),
     *,
     stop_at_layer: int | None = None,
-    return_type: str | None = "logits",
+    return_type: str | None = "output",
+    attention_mask: Tensor | None = None,
 ) -> Any:
-    """Run a forward pass with temporary forward hooks on either backend."""
+    """Run a forward pass with temporary forward hooks on either backend.
+
+    ``return_type="output"`` (default) returns the model's output: logits ``[batch, pos, vocab]`` for a model
+    with a trained LM head, the last hidden state ``[batch, pos, d_model]`` for a headless one (an encoder
+    such as all-MiniLM-L6-v2; see :mod:`mechwork.core.kind`). ``"logits"`` refuses headless models.
+    """
+    kw = forward_kwargs(model, attention_mask)
+    if return_type == "logits":
+        require_logits(model, "this computation")
+    if return_type == "output" and stop_at_layer is None:
+        if not model_kind(model).lm_head:
+            got: dict[str, Tensor] = {}
+
+            def grab(t: Tensor, hook: Any = None) -> None:
+                got["h"] = t
+                raise _Done
+
+            try:
+                with model.hooks(fwd_hooks=list(fwd_hooks) + [(output_site(model), grab)]):
+                    model(tokens, return_type=None, **kw)
+            except _Done:
+                pass
+            return got["h"]
+        return_type = "logits"
     with model.hooks(fwd_hooks=list(fwd_hooks)):
         if stop_at_layer is not None:
-            return model(tokens, stop_at_layer=stop_at_layer)
-        return model(tokens, return_type=return_type)
+            return model(tokens, stop_at_layer=stop_at_layer, **kw)
+        return model(tokens, return_type=return_type, **kw)
 
 
 def capture(
     model: Any,
     tokens: Tensor,
-    site_names: str | Sequence[str | Site],
+    site_names: str | Site | Sequence[str | Site],
     *,
+    attention_mask: Tensor | None = None,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    output: bool = False,
     stop: bool = True,
     grad: bool = False,
-) -> dict[str, Tensor]:
-    """Activations at the given sites for one batch, in one forward pass that stops after the last needed layer.
+    clone: bool = True,
+    autocast: torch.dtype | None = None,
+) -> Any:
+    """Activations at the given sites for one batch of tokens: the one capture every capability uses.
 
-    Returns a dict keyed by full hook name. Without ``grad`` the pass runs under inference mode.
+    Parameters
+    ----------
+    model : HookedTransformer or TransformerBridge
+    tokens : Int[Tensor, "batch pos"]
+        Token ids (see :func:`mechwork.core.prompts.encode` for texts and prompt batches).
+    site_names : str, Site or sequence
+        Full hook names or aliases; gated sites are switched on.
+    attention_mask : Int[Tensor, "batch pos"], optional
+        Right padding of the rows; passed to encoders (see :func:`forward_kwargs`).
+    hooks : sequence of (site, fn)
+        Further forward hooks on during the pass (e.g. erasers, patches); they run before the capture hooks,
+        so a capture at a hooked site sees the modified value.
+    output : bool
+        Also return the model's output (logits, or a headless model's last hidden state): ``(output, acts)``.
+        The pass then runs to the end.
+    stop : bool
+        Without ``output``: stop the pass right after the last site is captured (no later layers, no final
+        LayerNorm or unembedding).
+    grad : bool
+        Keep the autograd graph (no inference mode, no detach).
+    clone : bool
+        Copy each captured tensor (``False`` saves memory when nothing in the pass writes to it afterwards).
+    autocast : torch.dtype, optional
+        Run the pass under ``torch.autocast`` with this dtype.
+
+    Returns
+    -------
+    dict of str to Tensor, or (Tensor, dict)
+        Keyed by full hook name.
     """
     tokens = check_tokens(model, tokens)
     site_list = resolve(model, site_names)
     for s in site_list:
         enable(model, s)
+    extra = [(resolve(model, n)[0].name, f) for n, f in hooks]
+    for n, _ in extra:
+        enable(model, resolve(model, n)[0])
     store: dict[str, Tensor] = {}
+    wanted = {s.name for s in site_list}
+    early = stop and not output
 
     def make_hook(name: str) -> HookFn:
         def hook(t: Tensor, hook: Any = None) -> None:
-            store[name] = t if grad else t.detach().clone()
+            store[name] = t if grad else (t.detach().clone() if clone else t.detach())
+            if early and len(store) == len(wanted):
+                raise _Done
 
         return hook
 
-    hooks = [(s.name, make_hook(s.name)) for s in site_list]
-    stop_layer = stop_at_layer(model, site_list) if stop else None
+    all_hooks = extra + [(s.name, make_hook(s.name)) for s in site_list]
+    stop_layer = stop_at_layer(model, site_list) if early else None
     ctx = contextlib.nullcontext() if grad else torch.inference_mode()
-    with ctx:
-        run_with_hooks(model, tokens, hooks, stop_at_layer=stop_layer, return_type=None)
+    ac = torch.autocast(tokens.device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    out = None
+    try:
+        with ctx, ac:
+            if output:
+                out = run_with_hooks(model, tokens, all_hooks, attention_mask=attention_mask)
+            else:
+                run_with_hooks(
+                    model, tokens, all_hooks, stop_at_layer=stop_layer, return_type=None, attention_mask=attention_mask
+                )
+    except _Done:
+        pass
     missing = [s.name for s in site_list if s.name not in store]
     if missing:
-        raise DataError(f"hooks did not fire for {missing}; the model's forward pass does not reach these sites")
-    return store
+        raise HooksNotFiredError(
+            f"hooks did not fire for {missing}; the model's forward pass does not reach these sites"
+        )
+    return (out, store) if output else store
 
 
 @contextlib.contextmanager

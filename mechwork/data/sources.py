@@ -7,10 +7,12 @@ that document, so that an activation can always be traced back to its text (and,
 
 Accepted sources
 ----------------
-- a list/tuple of strings: texts, tokenised with the model's tokenizer (no special tokens added);
+- a list/tuple of strings: texts, tokenised with the model's tokenizer (no special tokens added for a causal
+  model, whose BOS the packing adds; ``[CLS] ... [SEP]`` for an encoder, as its tokenizer defines);
 - a list of token-id lists or 1-D tensors, or a 2-D integer tensor: one document per row;
 - a :class:`mechwork.tasks.Task`: an endless stream of its prompts (seeded); a ``PromptBatch``: its prompts;
 - a :class:`mechwork.data.Corpus`: an endless stream of generated documents, each ending with the tokenizer's EOS;
+- ``"corpus"`` (the generated corpus) or ``"task:NAME"`` (a task's prompts), as on the command line;
 - a path (``str`` or ``Path``): ``.txt`` (one document per non-empty line), ``.jsonl`` (a string, a list of ids,
   or an object with ``text`` / ``tokens`` / ``input_ids``), ``.safetensors`` (a ``tokens`` / ``input_ids``
   tensor) or ``.npy`` (an integer array, loaded without pickle);
@@ -81,8 +83,11 @@ class TokenSource:
     source: Any
     tokenizer: Any = None
     seed: int = 0
+    special_tokens: bool = False
+    model: Any = None
 
     def __post_init__(self) -> None:
+        self.source = named_source(self.source, self.seed)
         self.kind, self.description, self.finite = self._classify(self.source)
 
     # ------------------------------------------------------------------------------------------------
@@ -129,7 +134,7 @@ class TokenSource:
     def documents(self) -> Iterator[Int[Tensor, " n"]]:
         """Iterate the source's documents as 1-D ``int64`` tensors (empty documents are skipped)."""
         it = getattr(self, f"_docs_{self.kind}")()
-        for i, d in enumerate(it):
+        for d in it:
             if d.numel():
                 yield d
 
@@ -141,12 +146,19 @@ class TokenSource:
 
     def _docs_prompts(self) -> Iterator[Tensor]:
         b = self.source
+        am = getattr(b, "attention_mask", None)
+        toy = getattr(b, "vocab", "mechwork-toy") == "mechwork-toy"
         for i in range(len(b)):
-            yield b.clean[i, : int(b.pos[i]) + 1].to(torch.long)
+            if am is not None:
+                yield b.clean[i][am[i].bool()].to(torch.long)
+            elif toy:  # toy batches pad with <pad> after the prediction position
+                yield b.clean[i, : int(b.pos[i]) + 1].to(torch.long)
+            else:  # rendered for a model: every token is real (an encoder's [SEP] comes after pos)
+                yield b.clean[i].to(torch.long)
 
     def _docs_task(self) -> Iterator[Tensor]:
         for chunk in itertools.count():
-            batch = self.source.prompts(TASK_CHUNK, seed=self.seed * 1_000_003 + chunk)
+            batch = self.source.prompts(TASK_CHUNK, seed=self.seed * 1_000_003 + chunk, model=self.model)
             yield from TokenSource(batch)._docs_prompts()
 
     def _docs_corpus(self) -> Iterator[Tensor]:
@@ -258,158 +270,104 @@ class TokenSource:
                         )
                     yield obj
 
-        yield from TokenSource(items(), tokenizer=self.tokenizer)._docs_iterable()
+        yield from TokenSource(items(), tokenizer=self.tokenizer, special_tokens=self.special_tokens)._docs_iterable()
 
     def _tokenize(self, texts: Sequence[str]) -> Iterator[Tensor]:
         if self.tokenizer is None:
             raise DataError("a text source needs a tokenizer, and the model has none; pass token ids instead")
-        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(list(texts), add_special_tokens=self.special_tokens)["input_ids"]
         for row in ids:
             yield torch.tensor(row, dtype=torch.long)
 
 
-@dataclass
-class Windows:
-    """A batch of packed context windows.
+def named_source(source: Any, seed: int = 0) -> Any:
+    """``"corpus"`` -> the generated corpus, ``"task:NAME"`` -> that task; anything else unchanged."""
+    if not isinstance(source, str) or Path(source).expanduser().is_file():
+        return source
+    if source == "corpus":
+        from .corpus import Corpus
 
-    Attributes
-    ----------
-    tokens : Int[Tensor, "batch pos"]
-        Token ids; every window has ``context`` positions except possibly the last window of a finite source.
-    doc : Int[Tensor, "batch pos"]
-        Index of the source document each token came from (``-1`` for a BOS inserted at a window start).
-    doc_pos : Int[Tensor, "batch pos"]
-        Position of the token in its document (``0`` is the document's BOS when one was prepended; ``-1`` for
-        inserted BOS tokens).
+        return Corpus(seed=seed)
+    if source.startswith("task:"):
+        from .. import tasks
+
+        return tasks.get(source[5:])
+    return source
+
+
+def token_source(model: Any, source: Any, *, seed: int = 0) -> TokenSource:
+    """The :class:`TokenSource` of ``source`` for ``model``: its tokenizer, its special tokens (an encoder's
+    texts get ``[CLS] ... [SEP]``), tasks rendered through its tokenizer. The one dispatch cache collection,
+    SAE streaming, SAE evaluation and erasure use."""
+    from ..core.kind import is_causal
+
+    if isinstance(source, TokenSource):
+        return source
+    return TokenSource(
+        source,
+        tokenizer=getattr(model, "tokenizer", None),
+        seed=seed,
+        special_tokens=not is_causal(model),
+        model=model,
+    )
+
+
+def model_rows(
+    model: Any, make_source: Any, *, loop: bool = False, what: str = "the token source"
+) -> Iterator[list[int]]:
+    """Token rows for ``model``, one document per row: BOS by the model family's convention (an encoder's
+    ``[CLS] ... [SEP]`` come from its tokenizer), a document longer than the context cut into context-sized
+    rows (causal; each further row starts with BOS again) or truncated with a warning (encoder).
+
+    ``make_source()`` returns a fresh :class:`TokenSource`; with ``loop`` a finite source is read again from its
+    start when it runs out, with a :class:`~mechwork.core.errors.MechworkWarning` (the data repeats).
     """
+    import warnings
 
-    tokens: Tensor
-    doc: Tensor
-    doc_pos: Tensor
+    from ..core.errors import MechworkWarning
+    from ..core.kind import is_causal
+    from ..core.prompts import bos_id, prepends_bos
 
-    def __len__(self) -> int:
-        return int(self.tokens.shape[0])
-
-
-def pack(
-    docs: Iterable[Tensor], context: int, *, bos_id: int | None, batch: int = 1, refill: int = 64
-) -> Iterator[Windows]:
-    """Pack documents into windows of ``context`` tokens, ``batch`` windows at a time.
-
-    Parameters
-    ----------
-    docs : iterable of Int[Tensor, "n"]
-        Documents in order.
-    context : int
-        Tokens per window.
-    bos_id : int or None
-        With an id, every document starts with BOS (prepended when its first token is not BOS) and every window
-        starts with BOS (inserted when the window begins inside a document, which then continues after it).
-        ``None`` concatenates documents as they are.
-    batch : int
-        Windows per yielded :class:`Windows`; the last yield may hold fewer, and a final window shorter than
-        ``context`` is yielded on its own.
-
-    Yields
-    ------
-    Windows
-    """
-    if context < (2 if bos_id is not None else 1):
-        raise DataError(f"context must be at least {2 if bos_id is not None else 1} tokens, got {context}")
-    tok_parts: list[Tensor] = []
-    doc_parts: list[Tensor] = []
-    pos_parts: list[Tensor] = []
-    have = 0
-    doc_iter = iter(docs)
-    n_doc = 0
-    exhausted = False
-    buf_t = buf_d = buf_p = torch.empty(0, dtype=torch.long)
-    out: list[tuple[Tensor, Tensor, Tensor]] = []
-
-    def flush() -> Iterator[Windows]:
-        if out:
-            yield Windows(
-                torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out]), torch.stack([o[2] for o in out])
-            )
-            out.clear()
-
+    ctx = int(model.cfg.n_ctx)
+    causal = is_causal(model)
+    bos = bos_id(model) if causal and prepends_bos(model) else None
+    step = ctx if bos is None else ctx - 1
+    passes = 0
     while True:
-        # refill the buffer so that at least one full window is available (or the source is exhausted)
-        if buf_t.numel() < context and not exhausted:
-            tok_parts, doc_parts, pos_parts = [buf_t], [buf_d], [buf_p]
-            have = buf_t.numel()
-            while have < context * refill:
-                d = next(doc_iter, None)
-                if d is None:
-                    exhausted = True
-                    break
-                if bos_id is not None and (d.numel() == 0 or int(d[0]) != bos_id):
-                    d = torch.cat([torch.tensor([bos_id], dtype=torch.long), d])
-                tok_parts.append(d)
-                doc_parts.append(torch.full_like(d, n_doc))
-                pos_parts.append(torch.arange(d.numel(), dtype=torch.long))
-                have += d.numel()
-                n_doc += 1
-            buf_t, buf_d, buf_p = torch.cat(tok_parts), torch.cat(doc_parts), torch.cat(pos_parts)
-        if buf_t.numel() == 0:
-            break
-        if bos_id is not None and int(buf_t[0]) != bos_id:
-            take = min(context - 1, buf_t.numel())
-            w_t = torch.cat([torch.tensor([bos_id]), buf_t[:take]])
-            w_d = torch.cat([torch.tensor([-1]), buf_d[:take]])
-            w_p = torch.cat([torch.tensor([-1]), buf_p[:take]])
-        else:
-            take = min(context, buf_t.numel())
-            w_t, w_d, w_p = buf_t[:take], buf_d[:take], buf_p[:take]
-        if w_t.numel() < context and not exhausted:
-            continue  # refill first (the buffer ran short of a full window)
-        buf_t, buf_d, buf_p = buf_t[take:], buf_d[take:], buf_p[take:]
-        if w_t.numel() < context:  # the last, short window goes out on its own
-            yield from flush()
-            out.append((w_t, w_d, w_p))
-            yield from flush()
-            break
-        out.append((w_t, w_d, w_p))
-        if len(out) == batch:
-            yield from flush()
-    yield from flush()
-
-
-def pad_windows(
-    docs: Iterable[Tensor], context: int, *, bos_id: int | None, pad_id: int, batch: int = 1
-) -> Iterator[Windows]:
-    """One document per window, right-padded to ``context`` tokens, ``batch`` windows at a time.
-
-    A causal model then computes every document's activations exactly as if it ran on that document alone
-    (what a probe or an eraser fitted on task prompts needs), at the cost of the padding rows. Padding rows
-    have ``doc == -1`` and ``doc_pos == -1``; with ``bos_id`` every document starts with BOS.
-
-    Raises
-    ------
-    DataError
-        A document longer than ``context`` (BOS included): it would have to be cut or split.
-    """
-    if context < 1:
-        raise DataError(f"context must be at least 1 token, got {context}")
-    rows: list[tuple[Tensor, Tensor, Tensor]] = []
-    for i, d in enumerate(docs):
-        if bos_id is not None and int(d[0]) != bos_id:
-            d = torch.cat([torch.tensor([bos_id], dtype=torch.long), d])
-        n = int(d.numel())
-        if n > context:
+        ts = make_source()
+        n = 0
+        for doc in ts.documents():
+            ids = doc.tolist()
+            if bos is not None and ids[0] != bos:
+                ids = [bos] + ids
+            if len(ids) > ctx and not causal:
+                warnings.warn(
+                    f"a document of {len(ids)} tokens was truncated to the context ({ctx})",
+                    MechworkWarning,
+                    stacklevel=2,
+                )
+                ids = ids[:ctx]
+            yield ids[:ctx]
+            n += 1
+            rest = ids[ctx:]
+            for lo in range(0, len(rest), step):
+                yield ([bos] if bos is not None else []) + rest[lo : lo + step]
+        if ts.finite is False or not loop:
+            return
+        if n == 0:
             raise DataError(
-                f"document {i} has {n} tokens{' (BOS included)' if bos_id is not None else ''} but packing='pad' puts one "
-                f"document in a window of context={context}; pass a larger context or packing='concat'"
+                f"{what} ({ts.description}) gave no documents"
+                + (" on a second pass (an iterator cannot be read twice)" if passes else "")
             )
-        tok = torch.full((context,), pad_id, dtype=torch.long)
-        tok[:n] = d
-        doc = torch.full((context,), -1, dtype=torch.long)
-        doc[:n] = i
-        pos = torch.full((context,), -1, dtype=torch.long)
-        pos[:n] = torch.arange(n)
-        rows.append((tok, doc, pos))
-        if len(rows) == batch:
-            yield Windows(*(torch.stack(c) for c in zip(*rows)))
-            rows = []
-    if rows:
-        yield Windows(*(torch.stack(c) for c in zip(*rows)))
+        passes += 1
+        warnings.warn(
+            f"{what} ({ts.description}) ran out; reading it again from the start (pass {passes + 1}): the data "
+            "repeats. Give more text or ask for fewer tokens",
+            MechworkWarning,
+            stacklevel=2,
+        )
+
+
+from .packing import Windows, pack, pad_windows  # noqa: E402  (re-exported: sources -> windows)
+
+__all__ = ["TokenSource", "token_source", "named_source", "model_rows", "Windows", "pack", "pad_windows"]

@@ -3,6 +3,7 @@
 >>> eraser = mechwork.erasure.LEACE.fit(X, z)            # or INLP / RLACE; options as keywords
 >>> eraser(X)                                            # any leading shape
 >>> eraser = mechwork.erasure.fit(model, "gender", "resid_pre.1", "leace")   # from the model's activations
+>>> eraser = mechwork.erasure.fit(model, (texts, labels), "resid_pre.1")      # your own labelled texts
 >>> with eraser.hook(model, "resid_pre.1"):              # inside the forward pass
 ...     logits = model(tokens)
 >>> mechwork.erasure.evaluate(eraser, model, "gender")   # probes, distortion, behaviour before/after
@@ -17,15 +18,16 @@ from typing import Any
 from ._data import ErasureWarning
 from .eraser import Eraser, EraserConfig, ErasureHook
 from .evaluate import behaviour, evaluate, probe_report
+from .from_model import causal_order, fit, scrub
 from .inlp import INLP
+from .labelled import Labelled, labelled, labelled_activations
 from .leace import LEACE, LeaceFitter
-from .model import Scrubber, causal_order, collect, fit, labelled, scrub
+from .methods import METHODS
 from .plots import plot_sweep
 from .rlace import RLACE
+from .scrubber import Scrubber
 from .store import fit_store
 from .sweep import layer_sweep, probe_grid, residual_sites
-
-METHODS = {"leace": LEACE, "inlp": INLP, "rlace": RLACE}
 
 
 def load(path: str | Path, *, device: Any = "cpu") -> Eraser | Scrubber:
@@ -54,8 +56,9 @@ __all__ = [
     "scrub",
     "Scrubber",
     "causal_order",
-    "collect",
+    "labelled_activations",
     "labelled",
+    "Labelled",
     "evaluate",
     "probe_report",
     "behaviour",

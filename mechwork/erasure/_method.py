@@ -1,15 +1,14 @@
 """The shared shape of the three fitting methods: a frozen config whose ``fit(X, z)`` returns an :class:`Eraser`.
 
-``LEACE.fit(X, z)`` (defaults), ``LEACE(shrinkage=True).fit(X, z)`` and ``LEACE.fit(X, z, shrinkage=True)``
-are the same call: ``fit`` works on the class and on an instance, and keyword overrides replace fields.
+``LEACE.fit(X, z, shrinkage=True)`` is a classmethod, as in concept-erasure (options as keywords);
+a configured instance fits with ``LEACE(shrinkage=True).fit_eraser(X, z)``. ``fit`` on an instance is refused
+(a classmethod would silently ignore the instance's options).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,18 +19,6 @@ from ..core.config import Config
 from ..core.errors import ConfigError
 from ._data import Concept, concept
 from .eraser import Eraser, EraserConfig
-
-
-class hybridmethod:
-    """A method that binds to a default instance when called on the class."""
-
-    def __init__(self, f: Callable[..., Any]) -> None:
-        self.f = f
-        functools.update_wrapper(self, f)  # type: ignore[arg-type]
-
-    def __get__(self, obj: Any, cls: type) -> Callable[..., Any]:
-        target = obj if obj is not None else cls()
-        return functools.wraps(self.f)(functools.partial(self.f, target))
 
 
 @dataclass(frozen=True)
@@ -63,9 +50,9 @@ class Method(Config):
             raise ConfigError(f"{type(self).__name__} has no option(s) {unknown}; valid options: {sorted(known)}")
         return dataclasses.replace(self, **overrides)
 
-    @hybridmethod
-    def fit(self, X: Any, z: Any, **overrides: Any) -> Eraser:
-        """Fit an eraser of the concept ``z`` from the representations ``X``.
+    @classmethod
+    def fit(cls, X: Any, z: Any, **options: Any) -> Eraser:
+        """Fit an eraser of the concept ``z`` from the representations ``X`` (``options``: the method's fields).
 
         Parameters
         ----------
@@ -74,16 +61,27 @@ class Method(Config):
         z : Tensor
             Class labels with ``X``'s leading shape (binary or multi-class), a one-hot matrix ``[..., k]``, or
             (LEACE only) continuous values.
-        **overrides
+        **options
             Options of the method (see its fields), e.g. ``rank=2``.
 
         Returns
         -------
         Eraser
         """
-        m = self.with_options(**overrides)
-        c = concept(X, z, continuous_ok=m.continuous_ok, warn_small=m.small_sample_note)
-        return m.fit_concept(c)
+        return cls().with_options(**options).fit_eraser(X, z)
+
+    def fit_eraser(self, X: Any, z: Any) -> Eraser:
+        """Fit with this instance's options (``RLACE(rank=2).fit_eraser(X, z)``)."""
+        c = concept(X, z, continuous_ok=self.continuous_ok, warn_small=self.small_sample_note)
+        return self.fit_concept(c)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "fit":  # on an instance the classmethod would drop the instance's options without a word
+            raise AttributeError(
+                f"{type(self).__name__}(...).fit is not available: use {type(self).__name__}.fit(X, z, **options) "
+                "or configured_instance.fit_eraser(X, z)"
+            )
+        return object.__getattribute__(self, name)
 
     def fit_concept(self, c: Concept) -> Eraser:
         t0 = time.perf_counter()

@@ -121,6 +121,11 @@ class Eraser:
         where = f", site={self.config.site!r}" if self.config.site else ""
         return f"Eraser(method={self.method!r}, d={self.d}, rank={self.rank}, affine={self.bias is not None}{where})"
 
+    def _repr_html_(self) -> str:
+        from ..viz.cards import eraser_card
+
+        return eraser_card(self)
+
     # --- applying it ------------------------------------------------------------------------------------
     def __call__(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
         """Erase the concept from ``x`` (any leading shape; computed in float32 or better, returned in x's dtype)."""

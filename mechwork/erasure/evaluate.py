@@ -13,6 +13,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..core.errors import ConfigError
+from ..core.kind import model_kind
 from ._data import concept
 from .eraser import Eraser
 from .linalg import whitening
@@ -119,10 +120,12 @@ def evaluate(
     Either give held-out ``X`` and ``z`` (probes and distortion only), or a ``model`` (and a labelled task,
     ``"gender"`` by default): held-out activations are collected at the eraser's site (prompts of the test split,
     ``seed``), probes are trained on them before and after erasure, and the model's behaviour is measured with the
-    eraser hooked in (``behaviour_n`` prompts per task). A :class:`~mechwork.erasure.Scrubber` is evaluated at
+    eraser hooked in (``behaviour_n`` prompts per task; not on a model without an LM head, whose tasks have no
+    logits to score). A :class:`~mechwork.erasure.Scrubber` is evaluated at
     its last site (the activations there have been erased at every site upstream, too).
     """
-    from .model import Scrubber, collect, labelled
+    from .labelled import labelled, labelled_activations
+    from .scrubber import Scrubber
 
     if model is None:
         if X is None or z is None:
@@ -133,14 +136,14 @@ def evaluate(
         raise ConfigError("the eraser does not record its site; pass site=")
     last_site, last = pairs[-1]
     pos = positions or (last.config.positions or "all").split("/")[0]
-    lab = labelled(data, n=n, seed=seed, split="test", positions=pos)
-    Xh, zh = collect(model, lab, last_site, upstream=pairs[:-1])
+    lab = labelled(data, model=model, n=n, seed=seed, split="test", positions=pos)
+    Xh, zh = labelled_activations(model, lab, last_site, upstream=pairs[:-1])
     report: dict[str, Any] = {
         "site": last_site,
         "method": last.method,
         "probes": probe_report(last, Xh, zh, probes=probes, seed=seed),
     }
-    if isinstance(data, str) or getattr(data, "name", None):
+    if (isinstance(data, str) or getattr(data, "name", None)) and model_kind(model).lm_head:
         task_name = data if isinstance(data, str) else data.name
         hook = eraser.hook(model) if isinstance(eraser, Scrubber) else eraser.hook(model, last_site)
         report["behaviour_before"] = behaviour(

@@ -81,9 +81,3 @@ def fantope_projection(
         hi = torch.where(above, hi, mid)
     lam = (L - (lo + hi) / 2).clamp(0.0, 1.0)
     return (U * lam) @ U.T, lam, U
-
-
-def top_eigenvectors(A: Float[Tensor, "d d"], k: int) -> Float[Tensor, "d k"]:
-    """The ``k`` eigenvectors of a symmetric matrix with the largest eigenvalues."""
-    _, U = torch.linalg.eigh((A + A.T) / 2)
-    return U[:, -k:]

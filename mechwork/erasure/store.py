@@ -60,7 +60,7 @@ def fit_store(
     rows : optional
         Restrict to these rows (slice, index tensor or boolean mask), e.g. a training split.
     """
-    from .model import _method
+    from .methods import method as _method
 
     m = _method(method, options)
     lab = row_labels(store, labels=labels, doc_labels=doc_labels)
@@ -85,6 +85,6 @@ def fit_store(
             sel = sel[rows]
         sel = sel[lab[sel] >= 0]
         X = store[site][sel].reshape(len(sel), -1).float()
-        eraser = m.fit(X, lab[sel])
+        eraser = m.fit_eraser(X, lab[sel])
     cfg = dataclasses.replace(eraser.config, model=store.model_spec, site=store.site_name(site))
     return dataclasses.replace(eraser, config=cfg)

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from .evaluate import behaviour, probe_report
-from .model import collect, fit, labelled
+from .from_model import fit
+from .labelled import labelled, labelled_activations
 from .probes import sklearn_probe_score
 
 
@@ -48,7 +49,7 @@ def layer_sweep(
     opts = method_options or {}
     clean = behaviour(model, None, concept_task=data, tasks=tasks, n=behaviour_n, seed=seed + 1)
     rows: list[dict[str, Any]] = [{"site": None, "method": "none", **_flat(clean)}]
-    held = labelled(data, n=n_eval, seed=seed + 1, split="test", positions=probe_positions)
+    held = labelled(data, model=model, n=n_eval, seed=seed + 1, split="test", positions=probe_positions)
     it = [(s, m) for s in sites for m in methods]
     if progress:
         from tqdm.auto import tqdm
@@ -60,7 +61,7 @@ def layer_sweep(
             model, data, s, m, n=n_fit, seed=seed, positions=fit_positions, stratify=stratify, **opts.get(m, {})
         )
         fit_wall = time.perf_counter() - t0
-        Xh, zh = collect(model, held, s)
+        Xh, zh = labelled_activations(model, held, s)
         rep = probe_report(eraser, Xh, zh, probes=probes, seed=seed)
         beh = behaviour(model, eraser.hook(model, s), concept_task=data, tasks=tasks, n=behaviour_n, seed=seed + 1)
         rows.append(
@@ -100,17 +101,17 @@ def probe_grid(
         ``accuracy`` ``Tensor [sites, positions]`` (each probe trained on half of the prompts, scored on the
         other half), ``majority`` per position, ``sites``, and ``positions`` labelled with the first prompt's words.
     """
-    from ..data.tokenizer import decode_ids
+    from ..core.prompts import str_tokens
 
     sites = list(sites or residual_sites(model))
-    lab = labelled(data, n=n, seed=seed, split=split, positions="all")
+    lab = labelled(data, model=model, n=n, seed=seed, split=split, positions="all")
     pos = lab.mask.nonzero()[:, 1]
     cols = sorted(int(j) for j in pos.unique())
-    words = decode_ids(lab.tokens[0].tolist())
+    words = str_tokens(model, lab.tokens[0])
     acc = torch.full((len(sites), len(cols)), float("nan"))
     majority = torch.full((len(cols),), float("nan"))
     for i, s in enumerate(sites):
-        X, z = collect(model, lab, s)
+        X, z = labelled_activations(model, lab, s)
         for k, j in enumerate(cols):
             sel = pos == j
             Xj, zj = X[sel].numpy(), z[sel].numpy()

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import CheckpointError, ConfigError, ModelNotFoundError
+from ..core.kind import is_causal
+from .heads import load_checked, mark_headless, warn_no_tokenizer
 
 #: HF architectures the HookedTransformer path converts (others go through the bridge)
 HOOKED_ARCHS = {
@@ -78,7 +80,6 @@ def _tl_config_from_folder(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
 
 def load_hf_hooked(path: Path, *, processing: bool = True) -> Any:
     """A HookedTransformer from a local HF causal-LM folder."""
-    import torch
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained import weight_conversions as W
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -94,10 +95,13 @@ def load_hf_hooked(path: Path, *, processing: bool = True) -> Any:
     cfg_dict.pop("tokenizer_prepends_bos", None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hf = AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=torch.float32, use_safetensors=True)
+        hf, has_head = load_checked(AutoModelForCausalLM, path)
+        has_tok = _has_tokenizer(path)
+        if not has_tok:
+            cfg_dict["tokenizer_name"] = None  # otherwise TransformerLens looks the folder's tokenizer up on the hub
         cfg = HookedTransformerConfig(**cfg_dict)
         state = getattr(W, f"convert_{HOOKED_ARCHS[arch]}_weights")(hf, cfg)
-        tokenizer = AutoTokenizer.from_pretrained(str(path)) if _has_tokenizer(path) else None
+        tokenizer = AutoTokenizer.from_pretrained(str(path)) if has_tok else None
         model = HookedTransformer(cfg, tokenizer=tokenizer)
         model.load_and_process_state_dict(
             state,
@@ -107,26 +111,47 @@ def load_hf_hooked(path: Path, *, processing: bool = True) -> Any:
             fold_value_biases=processing,
         )
     del hf
-    return model
+    if not has_tok:
+        warn_no_tokenizer(path)
+    return mark_headless(model, has_head, path)
 
 
-def load_hf_bridge(name_or_path: str, *, processing: bool = True) -> Any:
+def load_hf_bridge(name_or_path: str, *, processing: bool = True, quiet: bool = False) -> Any:
     """A TransformerBridge over the real HF module tree (local folder or hub name)."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    if Path(name_or_path).is_dir():
-        require_safetensors(Path(name_or_path))
+    folder = Path(name_or_path) if Path(name_or_path).is_dir() else None
+    if folder is not None:
+        require_safetensors(folder)
+        if not _has_tokenizer(folder):
+            raise CheckpointError(
+                f"{folder} has no tokenizer files, and the TransformerBridge backend cannot load a model without "
+                "one; load it with backend='hooked' (GPT-2, GPT-NeoX/Pythia, LLaMA, Mistral, Qwen2 folders) or add "
+                "the tokenizer files (tokenizer.json / tokenizer_config.json)"
+            )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = TransformerBridge.boot_transformers(str(name_or_path), device="cpu")
-        if processing and _is_causal(model):
+        if folder is None:
+            model = TransformerBridge.boot_transformers(str(name_or_path), device="cpu")
+            has_head = True
+        else:
+            model_class = _bridge_class(folder)
+            hf_model, has_head = load_checked(model_class, folder, attn_implementation="eager")
+            model = TransformerBridge.boot_transformers(
+                str(folder), device="cpu", hf_model=hf_model, model_class=model_class
+            )
+        if processing and is_causal(model) and has_head:
             model.enable_compatibility_mode(disable_warnings=True)
-    return model
+    return mark_headless(model, has_head, folder, quiet=quiet) if folder is not None else model
 
 
-def _is_causal(model: Any) -> bool:
-    arch = str(getattr(model.cfg, "original_architecture", None) or getattr(model.cfg, "architecture", None) or "")
-    return not arch.startswith(("Bert", "Roberta", "DistilBert"))
+def _bridge_class(folder: Path) -> Any:
+    """The Hugging Face model class TransformerBridge uses for a folder's architecture."""
+    from transformer_lens.model_bridge.sources import transformers as src
+    from transformers import AutoConfig
+
+    arch = src.determine_architecture_from_hf_config(AutoConfig.from_pretrained(str(folder)))
+    return src.get_hf_model_class_for_architecture(arch)
 
 
 def _has_tokenizer(path: Path) -> bool:

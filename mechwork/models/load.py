@@ -80,7 +80,7 @@ def load_model(
             "nor a Hugging Face model folder (config.json + model.safetensors)"
         )
     elif spec_str.lower() in hf.ENCODER_NAMES:
-        model = hf.load_hf_bridge(str(hf.encoder_path()), processing=False)
+        model = hf.load_hf_bridge(str(hf.encoder_path()), processing=False, quiet=True)  # headless, as documented
     elif _looks_like_path(spec_str):
         raise ModelNotFoundError(f"no such folder: {path}")
     else:

@@ -74,7 +74,7 @@ def activation_patch(
     per = normalize_per(per)
     site_list = expand_sites(model, sites, per)
     ctx = prepare(model, batch, metric, site_list, direction, skip_caches=resume)
-    grid = build_grid(model, site_list, per, ctx.n_pos, position_labels(model, ctx.batch))
+    grid = build_grid(model, site_list, per, ctx.n_pos, position_labels(model, ctx.batch, per))
     cells: list[Cell] = []
     spans: list[tuple[Site, int, int]] = []
     for s in site_list:

@@ -109,7 +109,7 @@ def _first_order(
                 "drop 'attention' from rules to score query/key/pattern sites"
             )
     ctx = prepare(model, batch, metric, site_list, direction, skip_caches=False, base_acts=False)
-    grid = build_grid(model, site_list, per, ctx.n_pos, position_labels(model, ctx.batch))
+    grid = build_grid(model, site_list, per, ctx.n_pos, position_labels(model, ctx.batch, per))
     before, after = lrp_hooks(model, rules) if rules else ([], [])
     per_prompt = grid.empty(ctx.n)
     metrics = torch.zeros(ctx.n, device=ctx.base_tokens.device)
@@ -120,7 +120,7 @@ def _first_order(
         acts: dict[str, Tensor] = {}
         hooks = before + [(s.name, _probe(s.name, probes, acts)) for s in site_list] + after
         with torch.enable_grad():
-            logits = run_with_hooks(model, ctx.base_tokens[ids], hooks)
+            logits = run_with_hooks(model, ctx.base_tokens[ids], hooks, attention_mask=ctx.rows_mask(ids))
             m = eval_metric(ctx.metric, logits, ctx.batch.select(ids), "base run")
             grads = torch.autograd.grad(m.sum(), [probes[s.name] for s in site_list], allow_unused=True)
         ctx.account(len(ids), None, 0, backward=True)
@@ -213,7 +213,7 @@ def integrated_gradients(
     start = expand_sites(model, "resid_pre.0", "layer")[0]
     capture = site_list + ([start] if path == "input" and start.name not in {x.name for x in site_list} else [])
     ctx = prepare(model, batch, metric, capture, direction, skip_caches=resume)
-    grid = build_grid(model, site_list, per, ctx.n_pos, position_labels(model, ctx.batch))
+    grid = build_grid(model, site_list, per, ctx.n_pos, position_labels(model, ctx.batch, per))
     per_prompt = grid.empty(ctx.n)
     completeness: dict[str, dict[str, float]] = {}
     max_rows = batch_size or max(1, default_rows(ctx) // 4)
@@ -276,7 +276,7 @@ def _ig_path(
         a = a_all[pts].to(device=dev, dtype=base.dtype).view(-1, *([1] * (base.ndim - 1)))
         x = (base[prompts] + a * (src[prompts] - base[prompts])).narrow(ax, p0, P - p0)
         probes: dict[str, Tensor] = {}
-        hooks = [(along.name, lambda t, hook=None: x)] + [(s.name, _probe(s.name, probes, {})) for s in scored]
+        hooks = [(along.name, lambda t, hook=None, x=x: x)] + [(s.name, _probe(s.name, probes, {})) for s in scored]
         with torch.enable_grad():
             logits = forward_rows(ctx, prompts, layer, p0, hooks)
             m = eval_metric(ctx.metric, logits, ctx.batch.select(prompts), "integrated-gradients path")

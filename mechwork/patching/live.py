@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from ..core.errors import SiteError
-from ..core.hooks import run_with_hooks
+from ..core.hooks import capture, run_with_hooks
+from ..core.kind import is_causal
 from ..core.sites import Site, is_bridge
 
 _LIVE: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
@@ -76,6 +77,8 @@ def _probe_reach(model: Any, sites: Sequence[Site], tokens: Tensor, seen: dict[s
 
 
 def _residual_check(model: Any, s: Site, tokens: Tensor) -> str:
+    if not is_causal(model):  # post-LN encoders (BERT): resid_mid = LN(resid_pre + attn_out), no additive identity
+        return ""
     rule = _RESIDUAL_CHECKS.get(s.kind)
     if s.kind == "resid_post":
         rule = ("hook_resid_pre", None) if s.layer + 1 < int(model.cfg.n_layers) else None  # type: ignore[operator]
@@ -87,14 +90,6 @@ def _residual_check(model: Any, s: Site, tokens: Tensor) -> str:
     if any(n not in model.hook_dict for n in names):
         return ""
     gen = torch.Generator(device="cpu").manual_seed(0)
-    store: dict[str, Tensor] = {}
-
-    def cap(name: str) -> Callable:
-        def hook(t: Tensor, hook: Any = None) -> None:
-            store[name] = t.detach().clone()
-
-        return hook
-
     delta: dict[str, Tensor] = {}
 
     def perturb(t: Tensor, hook: Any = None) -> Tensor:
@@ -102,10 +97,8 @@ def _residual_check(model: Any, s: Site, tokens: Tensor) -> str:
         delta["d"] = d
         return t + d
 
-    with torch.no_grad():
-        run_with_hooks(model, tokens, [(n, cap(n)) for n in names])
-        before = dict(store)
-        run_with_hooks(model, tokens, [(s.name, perturb)] + [(n, cap(n)) for n in names])
+    before = capture(model, tokens, names)
+    store = capture(model, tokens, names, hooks=[(s.name, perturb)])
     change = store[names[0]] - before[names[0]]
     if minus:
         change = change - (store[names[1]] - before[names[1]])

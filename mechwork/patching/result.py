@@ -182,6 +182,26 @@ class PatchResult:
             f"clean={self.clean:.4g}, corrupted={self.corrupted:.4g})"
         )
 
+    def _repr_html_(self) -> str:
+        from ..viz.cards import card
+
+        facts = {
+            "method": METHOD_NAMES.get(self.method, self.method),
+            "per": self.per,
+            "direction": self.direction,
+            "grid": " x ".join(f"{a} {len(self.labels[a])}" for a in self.axes),
+            "clean metric": self.clean,
+            "corrupted metric": self.corrupted,
+            "prompts": self.info.get("n_prompts"),
+            "task": self.info.get("task"),
+            "model": self.info.get("model"),
+        }
+        try:
+            top = [(_cell(n), n.score, n.score / self.gap if self.gap else float("nan")) for n in self.top(5)]
+        except Exception:  # noqa: BLE001 - display must not fail
+            top = []
+        return card("PatchResult", facts, table=(("top cell", "score", "of gap"), top) if top else None)
+
     # --- files ------------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {
@@ -236,6 +256,15 @@ class PatchResult:
     @classmethod
     def load(cls, path: str | Path) -> PatchResult:
         return cls.from_json(read_json(path), source=str(path))
+
+
+def _cell(n: Node) -> str:
+    parts = (
+        [n.alias or n.site]
+        + ([f"head {n.head}"] if n.head is not None else [])
+        + ([f"pos {n.pos}"] if n.pos is not None else [])
+    )
+    return " ".join(parts)
 
 
 def _nan_to_none(x: Any) -> Any:

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
-from ..core.errors import ConfigError, DataError, NonFiniteError, ShapeError, SiteError
-from ..core.hooks import check_tokens, model_device, run_with_hooks
+from ..core.errors import ConfigError, DataError, MechworkWarning, NonFiniteError, ShapeError
+from ..core.hooks import capture, check_tokens, model_device, run_with_hooks
+from ..core.kind import require_logits
+from ..core.prompts import check_batch_vocab, token_str
 from ..core.sites import Site, is_bridge
 from ..core.sites import site as resolve_site
 from .grid import to_canonical
@@ -119,6 +122,13 @@ class Context:
         m = self.base_metric if self.direction == "denoise" else self.src_metric
         return float(m.mean())  # type: ignore[union-attr]
 
+    def rows_mask(self, prompts: Tensor | None) -> Tensor | None:
+        """The attention mask of base-run rows ``prompts`` (all rows for None); None without padding."""
+        am = getattr(self.batch, "attention_mask", None)
+        if am is None:
+            return None
+        return am if prompts is None else am[prompts.to(am.device)]
+
     def changed(self, name: str, sources: dict[str, Tensor] | None = None) -> Tensor:
         """Canonical ``[batch, pos, head]``: where the source activation differs from the base one."""
         src = (sources or self.src_acts)[name]
@@ -157,17 +167,23 @@ def _layout(ctx: Context, name: str) -> str:
 # --- input validation ---------------------------------------------------------------------------------------
 
 
-def resolve_metric(metric: Any, batch: Any) -> Metric:
-    """A per-prompt metric ``(logits, batch) -> [batch]`` from a callable, a task, or None (the batch's task)."""
-    if metric is None:
-        from .. import tasks
+def resolve_metric(metric: Any, batch: Any, model: Any = None) -> Metric:
+    """A per-prompt metric ``(output, batch) -> [batch]`` from a callable, a task, or None (the batch's own metric,
+    else its task's). A task metric on logits is refused for a model without a trained LM head."""
+    from .. import tasks
 
-        return tasks.get(batch.task).metric
+    if metric is None:
+        own = getattr(batch, "metric_fn", None)
+        if own is not None:
+            return own
+        metric = tasks.get(batch.task)
     if callable(metric) and not hasattr(metric, "prompts"):
         _check_arity(metric)
-        return metric
+        return cast(Metric, metric)
     if hasattr(metric, "metric") and callable(metric.metric):
-        return metric.metric
+        if model is not None and getattr(metric, "needs_logits", False):
+            require_logits(model, f"the metric of task {getattr(metric, 'name', '?')!r}")
+        return cast(Metric, metric.metric)
     raise ConfigError(
         f"metric must be a callable (logits, batch) -> one value per prompt, or a task; got {type(metric).__name__}"
     )
@@ -194,9 +210,11 @@ def check_batch(model: Any, batch: Any) -> Any:
     for attr in ("clean", "corrupted", "select"):
         if not hasattr(batch, attr):
             raise DataError(
-                f"batch must be a PromptBatch (mechwork.tasks.get(name).prompts(n)) with clean and corrupted tokens; "
-                f"got {type(batch).__name__} without .{attr}"
+                "batch must be a PromptBatch with clean and corrupted tokens: your own prompts through "
+                "mechwork.tasks.from_pairs(model, clean=[...], corrupted=[...], answers=[...], wrong=[...]), or a "
+                f"task's through mechwork.tasks.get(name).prompts(n, model=model); got {type(batch).__name__} without .{attr}"
             )
+    check_batch_vocab(model, batch)
     clean, corrupted = batch.clean, batch.corrupted
     if not isinstance(clean, Tensor) or not isinstance(corrupted, Tensor):
         raise DataError("batch.clean and batch.corrupted must be token tensors")
@@ -211,6 +229,23 @@ def check_batch(model: Any, batch: Any) -> Any:
         raise ShapeError(f"batch tokens must be [batch, pos], got {tuple(clean.shape)}")
     dev = model_device(model)
     return batch.to(dev) if hasattr(batch, "to") else batch
+
+
+GAP_TOLERANCE = 1e-3
+
+
+def warn_small_gap(clean: float, corrupted: float) -> None:
+    """Warn when the clean and corrupted metrics nearly coincide: every score is then a fraction of almost
+    nothing, and normalised scores (``result.normalized()``) are noise."""
+    gap = abs(clean - corrupted)
+    if gap <= GAP_TOLERANCE * max(1.0, abs(clean), abs(corrupted)):
+        warnings.warn(
+            f"the clean and corrupted metrics nearly coincide (clean {clean:.4g}, corrupted {corrupted:.4g}, gap "
+            f"{gap:.2g}): the corruption barely changes the metric, so patching scores (and their fractions of the "
+            "gap) are noise. Check the prompts, answers and the model (an untrained model has no gap to explain)",
+            MechworkWarning,
+            stacklevel=4,
+        )
 
 
 def check_direction(direction: str) -> str:
@@ -240,24 +275,27 @@ def eval_metric(metric: Metric, logits: Tensor, batch: Any, what: str) -> Tensor
     return out
 
 
-def position_labels(model: Any, batch: Any) -> list[str]:
-    """``"i token"`` per position, from the token most prompts share there (``*`` marks positions that vary)."""
+def position_labels(model: Any, batch: Any, per: str | None = None) -> list[str]:
+    """``"i token"`` per position, from the token most prompts share there (``*`` marks positions that vary).
+
+    With a per-position ``per``, warns when positions do not mean the same across the batch (prompts of
+    different lengths or prediction positions): a cell then mixes different tokens.
+    """
     toks = batch.clean.cpu()
     out = []
     for i in range(toks.shape[1]):
         vals, counts = toks[:, i].unique(return_counts=True)
-        out.append(f"{i} {_token_str(model, int(vals[counts.argmax()]))}" + ("" if len(vals) == 1 else "*"))
+        out.append(f"{i} {token_str(model, int(vals[counts.argmax()]))}" + ("" if len(vals) == 1 else "*"))
+    aligned = getattr(batch, "aligned", True)
+    if per is not None and "position" in per and not aligned:
+        warnings.warn(
+            "per-position scores on prompts whose positions differ across the batch (different lengths or "
+            "prediction positions): each position cell averages over different tokens. Use prompts of one "
+            "template (e.g. tasks.get('ioi', template=0)) or per='layer'/'head'",
+            MechworkWarning,
+            stacklevel=3,
+        )
     return out
-
-
-def _token_str(model: Any, tok: int) -> str:
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        return str(tok)
-    try:
-        return str(tokenizer.decode([tok]))
-    except Exception:  # noqa: BLE001 - any tokenizer failure: fall back to the id
-        return str(tok)
 
 
 # --- runs ------------------------------------------------------------------------------------------------
@@ -288,22 +326,12 @@ def skip_support(model: Any) -> tuple[bool, bool]:
     return layer_ok, pos_ok
 
 
-def capture_run(model: Any, tokens: Tensor, names: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
-    """One full forward: logits and detached activations at ``names``."""
-    store: dict[str, Tensor] = {}
-
-    def make(name: str) -> Callable:
-        def hook(t: Tensor, hook: Any = None) -> None:
-            store[name] = t.detach().clone()
-
-        return hook
-
+def capture_run(
+    model: Any, tokens: Tensor, names: Sequence[str], attention_mask: Tensor | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One full forward: the output (logits, or a headless model's last hidden state) and activations at ``names``."""
     with torch.no_grad():
-        logits = run_with_hooks(model, tokens, [(n, make(n)) for n in dict.fromkeys(names)])
-    missing = [n for n in names if n not in store]
-    if missing:
-        raise SiteError(f"hook points {missing} did not fire in a forward pass of this model")
-    return logits, store
+        return capture(model, tokens, list(dict.fromkeys(names)), output=True, attention_mask=attention_mask)
 
 
 def prepare(
@@ -318,7 +346,7 @@ def prepare(
 ) -> Context:
     """Validate, then run the base and source passes (caching what resuming forwards need)."""
     batch = check_batch(model, batch)
-    metric_fn = resolve_metric(metric, batch)
+    metric_fn = resolve_metric(metric, batch, model)
     direction = check_direction(direction)
     base, src = (batch.corrupted, batch.clean) if direction == "denoise" else (batch.clean, batch.corrupted)
     check_live(model, sites, base[:1])
@@ -335,7 +363,9 @@ def prepare(
     what = ("corrupted", "clean") if direction == "denoise" else ("clean", "corrupted")
     # the base and source runs share one forward pass (stacked along the batch)
     tokens = torch.cat([base, src]) if base_acts else src
-    logits, acts = capture_run(model, tokens, names + (extra if base_acts else []))
+    am = ctx.rows_mask(None)
+    am = None if am is None else (torch.cat([am, am]) if base_acts else am)
+    logits, acts = capture_run(model, tokens, names + (extra if base_acts else []), am)
     if base_acts:
         ctx.base_logits = logits[:n]
         ctx.base_acts = {k: acts[k][:n] for k in names}
@@ -350,6 +380,8 @@ def prepare(
         ctx.base_metric = eval_metric(metric_fn, logits[:n], batch, f"{what[0]} run")
     ctx.src_acts = {k: acts[k][-n:] for k in names}
     ctx.src_metric = eval_metric(metric_fn, logits[-n:], batch, f"{what[1]} run")
+    if base_acts:
+        warn_small_gap(ctx.clean_metric, ctx.corrupted_metric)
     ctx.cost.forwards += 1
     ctx.cost.rows += int(tokens.shape[0])
     ctx.cost.full_equiv += 1 + int(base_acts)
@@ -374,13 +406,14 @@ def forward_rows(
     """
     model = ctx.model
     if layer is None:
-        return run_with_hooks(model, ctx.base_tokens[prompts], hooks)
+        return run_with_hooks(model, ctx.base_tokens[prompts], hooks, attention_mask=ctx.rows_mask(prompts))
     two_stage = p1 is not None and ctx.pos_skip and p1 < ctx.n_pos - 1
     with _direct_hooks(model, hooks):
         if not two_stage:
             resid = ctx.resid[layer][prompts, p0:]
             logits = model(resid, start_at_layer=layer, past_kv_cache=_kv_cache(ctx, prompts, layer, p0))
         else:
+            assert p1 is not None  # two_stage says so
             out = model(
                 ctx.resid[layer][prompts, p0 : p1 + 1],
                 start_at_layer=layer,

@@ -19,19 +19,21 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..core.errors import DataError, ShapeError
-from ..core.hooks import capture, check_tokens, model_device, to_tokens
+from ..core.hooks import capture, model_device
 from ._model import Tokens, require_lm_head
 
 
 def prompt_tokens(model: Any, prompts: Any) -> tuple[Tensor, Tensor | None]:
-    """Text, texts, token ids or a ``PromptBatch`` -> ``(tokens [batch, pos], per-prompt answer position or None)``."""
-    if hasattr(prompts, "clean") and hasattr(prompts, "pos"):
-        return check_tokens(model, prompts.clean), prompts.pos
-    if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and any(isinstance(x, str) for x in prompts)):
-        return to_tokens(model, prompts), None
-    if isinstance(prompts, (list, tuple)) and not prompts:
-        raise DataError("no prompts given (empty list)")
-    return check_tokens(model, prompts), None
+    """Text, texts, token ids or a ``PromptBatch`` -> ``(tokens [batch, pos], per-prompt answer position or None)``.
+
+    Through the one conversion in core (:func:`mechwork.core.prompts.encode`); prompts of different lengths are
+    right-padded, and their last real token is then the default read-out position (never a padding token).
+    """
+    from ..core.prompts import encode
+
+    enc = encode(model, prompts)
+    given = hasattr(prompts, "clean") and hasattr(prompts, "pos")
+    return enc.tokens, (enc.last if given or enc.attention_mask is not None else None)
 
 
 @dataclass
@@ -117,14 +119,19 @@ class LensResult:
         ce = -self.log_probs().gather(-1, tgt[None, ..., None].expand(len(self.labels), -1, -1, 1)).squeeze(-1)
         return ce.masked_fill(~ok[None], float("nan"))
 
-    def summary(self) -> Any:
-        """Per layer (pandas): mean KL to final, entropy, rank and probability of the final answer, next-token CE."""
+    def summary(self, mask: Tensor | None = None) -> Any:
+        """Per layer (pandas): mean KL to final, entropy, rank and probability of the final answer, next-token CE,
+        over every lens position (or those where ``mask [batch, pos]`` is true, e.g. not padding)."""
         import pandas as pd
 
         cols = {"kl_to_final": self.kl_to_final(), "entropy": self.entropy(), "answer_rank": self.rank().float()}
         cols["answer_prob"] = self.prob()
         if self.tokens is not None:
             cols["next_token_ce"] = self.cross_entropy()
+        if mask is not None:
+            if mask.shape != self.positions.shape:
+                raise ShapeError(f"mask must have shape {tuple(self.positions.shape)}, got {tuple(mask.shape)}")
+            cols = {k: v[:, mask.to(v.device)] for k, v in cols.items()}
         data = {k: [float(v[i].nanmean()) for i in range(len(self.labels))] for k, v in cols.items()}
         return pd.DataFrame({"layer": self.labels, **data}).assign(lens=self.kind)
 
@@ -222,7 +229,7 @@ def run_lens(
     require_lm_head(model, f"the {kind} lens")
     tokens, answer_pos = prompt_tokens(model, prompts)
     tokens = tokens.to(model_device(model))
-    if pos == -1 and answer_pos is not None:
+    if isinstance(pos, int) and pos == -1 and answer_pos is not None:
         pos = answer_pos
     names = resid_names(model)
     acts = capture(model, tokens, names, stop=False)

@@ -39,9 +39,28 @@ FORMAT = "mechwork-tuned-lens"
 class TunedLensConfig(Config):
     """How a tuned lens is trained.
 
-    ``optimizer="adam"`` (default: fast on small models) or ``"sgd"`` (Nesterov momentum 0.9, the paper's choice for
-    large ones). The learning rate warms up linearly over ``warmup`` steps, then decays linearly to 0.
-    ``batch_size`` counts context windows when streaming and rows (tokens) when reading a cache.
+    Parameters
+    ----------
+    steps : int
+        Optimiser steps.
+    batch_size : int
+        Context windows (documents for the toy corpus) per step when streaming; rows (tokens) when reading a cache.
+    context : int, optional
+        Tokens per streamed window (default: the model's context).
+    lr : float
+        Peak learning rate (linear warm-up over ``warmup`` steps, then linear decay to 0).
+    optimizer : {"adam", "sgd"}
+        Adam (fast on small models) or SGD with Nesterov momentum (the paper's choice for large ones).
+    momentum : float
+        SGD momentum.
+    weight_decay : float
+        Pulls the translators toward zero, i.e. toward the logit lens.
+    warmup : int
+        Warm-up steps.
+    grad_clip : float
+        Gradient-norm clip.
+    seed : int
+        Seed of the data order.
     """
 
     steps: int = 250
@@ -312,14 +331,41 @@ def _readout(model: Any, h: Tensor) -> Tensor:
     return model.unembed(model.ln_final(h[:, None, :]))[:, 0].float()
 
 
-def compare_lenses(model: Any, prompts: Any, tuned: TunedLens, *, pos: Any = None) -> Any:
-    """Per layer (pandas): KL to the final layer, entropy and next-token CE of the logit lens and the tuned lens."""
+def held_out_tokens(model: Any, source: Any = None, n: int = 16) -> tuple[Tensor, Tensor]:
+    """Evaluation tokens and their mask of real tokens: held-out generated documents for the shipped toys (test
+    split, another seed), else the first ``n`` windows of ``source``."""
+    from ..data.corpus import Corpus
+
+    if source is None or isinstance(source, Corpus):
+        _default_source(model)
+        from ..data import vocab as V
+        from ..data.tokenizer import word_to_id
+
+        tokens, _ = Corpus(seed=4321, split="test").batch(n, int(model.cfg.n_ctx))
+        return tokens, tokens != word_to_id()[V.PAD]  # every real token
+    from ..data.sources import TokenSource, pack
+
+    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    src = TokenSource(source, tokenizer=getattr(model, "tokenizer", None))
+    w = next(pack(src.documents(), int(model.cfg.n_ctx), bos_id=bos, batch=n), None)
+    if w is None:
+        raise DataError("the evaluation source yielded no tokens")
+    return w.tokens, torch.ones_like(w.tokens, dtype=torch.bool)
+
+
+def compare_lenses(model: Any, prompts: Any, tuned: TunedLens, *, pos: Any = None, mask: Tensor | None = None) -> Any:
+    """Per layer (pandas): KL to the final layer, entropy and next-token CE of the logit lens and the tuned lens.
+
+    ``prompts`` may be a ``(tokens, mask)`` pair as :func:`held_out_tokens` returns (statistics over the masked
+    positions only)."""
     import pandas as pd
 
     from .lens import logit_lens
 
-    a = logit_lens(model, prompts, pos=pos).summary()
-    b = tuned(model, prompts, pos=pos).summary()
+    if isinstance(prompts, tuple) and len(prompts) == 2 and isinstance(prompts[1], Tensor):
+        prompts, mask = prompts
+    a = logit_lens(model, prompts, pos=pos).summary(mask)
+    b = tuned(model, prompts, pos=pos).summary(mask)
     out = pd.DataFrame({"layer": lens_labels(model)})
     for col in ("kl_to_final", "entropy", "next_token_ce"):
         if col in a:

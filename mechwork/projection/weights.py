@@ -70,7 +70,8 @@ class Projection:
         return int(self.left.shape[1])
 
     def _chunk(self) -> int:
-        return max(1, CHUNK_BYTES // (4 * self.shape[1]))
+        """Rows computed at once (at most CHUNK_BYTES of fp32 per block)."""
+        return max(1, min(self.shape[0], CHUNK_BYTES // (4 * self.shape[1])))
 
     def _rows(self) -> Any:
         step = self._chunk()
@@ -132,9 +133,12 @@ class Projection:
         best_i = torch.empty(0, dtype=torch.long)
         cols = self.shape[1]
         for s, block in self._rows():
-            v, i = block.flatten().topk(min(k, block.numel()), largest=largest)
+            # the chunk's k best entries are among its rows' k best: a row-wise top-k first is much cheaper
+            rv, ri = block.topk(min(k, cols), dim=-1, largest=largest)
+            v, j = rv.flatten().topk(min(k, rv.numel()), largest=largest)
+            rows_of = j // rv.shape[1] + s
             best_v = torch.cat([best_v, v.cpu()])
-            best_i = torch.cat([best_i, i.cpu() + s * cols])
+            best_i = torch.cat([best_i, (rows_of * cols + ri.flatten()[j]).cpu()])
             order = best_v.topk(min(k, best_v.numel()), largest=largest).indices
             best_v, best_i = best_v[order], best_i[order]
         rows = self.row_names((best_i // cols).tolist())

@@ -1,5 +1,5 @@
 """Sparse autoencoders: TopK (k-sparse, AuxK) and ReLU+L1 SAEs (one module per architecture, one registry), a fast sparse trainer, honest evaluation,
-SAELens interop, latent browsing.
+SAELens interop, latent statistics and dashboards.
 
 Public API::
 
@@ -9,6 +9,7 @@ Public API::
     sae = load(path)                         # mechwork or SAELens folders
     evaluate(sae, model, source, site)       # FVU, L0, dead/dense fractions, CE-loss recovered, KL
     with splice(model, sae, site): ...       # the SAE's reconstruction replaces the activation
+    stats = latent_stats(sae, source, model=model); stats[406]; stats.to_html(path)   # what latents mean
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from __future__ import annotations
 from . import registry
 from .base import SAE, StepOutput, geometric_median
 from .config import MFRPenalty, SAEConfig, TrainConfig, sweep
-from .dashboard import render_html, render_text, write_html
+from .dashboard import render_text, write_dashboard
 from .evaluate import evaluate, splice
 from .io import load, read_card, save
-from .latents import LatentScan, scan
+from .latents import LatentCard, LatentStats, latent_stats
 from .mfr import MFRSAE, MFRConfig, mfr_saes
 from .model import SAE_CLASSES, register_architecture
 from .relu import JumpReLUConfig, JumpReLUSAE, ReLUConfig, ReLUSAE
@@ -67,11 +68,11 @@ __all__ = [
     "geometric_median",
     "evaluate",
     "splice",
-    "scan",
-    "LatentScan",
+    "latent_stats",
+    "LatentStats",
+    "LatentCard",
     "render_text",
-    "render_html",
-    "write_html",
+    "write_dashboard",
     "SyntheticDictionary",
     "recovery",
     "register_architecture",

@@ -354,5 +354,19 @@ class SAE(nn.Module):
 
         return load(path, device=device)
 
+    def latents(self, source: Any = None, **kwargs: Any) -> Any:
+        """Every latent described from one pass over ``source`` (see :func:`mechwork.sae.latent_stats`).
+
+        ``sae.latents(model=model)[406]`` is latent 406's card (it renders in Jupyter).
+        """
+        from .latents import latent_stats
+
+        return latent_stats(self, source, **kwargs)
+
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_sae={self.d_sae}, {self.activation}, normalize={self.cfg.normalize!r}, site={self.site!r}"
+
+    def _repr_html_(self) -> str:
+        from ..viz.cards import sae_card
+
+        return sae_card(self)

@@ -19,13 +19,15 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..core.errors import DataError, ShapeError, SiteError
-from ..core.hooks import check_tokens, hooked, model_device, n_ctx
+from ..core.hooks import capture, check_tokens, hooked, model_device, n_ctx
+from ..core.kind import is_causal, model_kind
 from ..core.sites import Site
 from ..core.sites import site as resolve_site
 from .model import SAE
@@ -115,6 +117,14 @@ def token_batches(
     Sources: ``None`` (held-out generated text, ``Corpus(seed, split="test")``), a ``Corpus``, a token
     tensor ``[b, pos]`` or ``(tokens, mask)``, a list of strings, or an ActivationStore (its windows).
     """
+    from ..core.prompts import vocab_id
+
+    if (source is None or type(source).__name__ == "Corpus") and vocab_id(model) != "mechwork-toy":
+        from ..data import Corpus
+
+        source = Corpus(seed, split="test") if source is None else source
+        yield from _rows_batches(model, source, n_tokens=n_tokens, batch_size=batch_size, seed=seed)
+        return
     if source is None or type(source).__name__ == "Corpus":
         from ..data import Corpus, docs_to_batch
 
@@ -137,15 +147,13 @@ def token_batches(
         for i in range(0, n_win, batch_size):
             yield toks[i : i + batch_size], mask[i : i + batch_size], None
         return
-    if isinstance(source, (list, tuple)) and source and all(isinstance(t, str) for t in source):
-        rows = [model.to_tokens(t, prepend_bos=True)[0] for t in source]
-        longest = max(len(r) for r in rows)
-        tokens = torch.zeros(len(rows), longest, dtype=torch.long)
-        mask = torch.zeros(len(rows), longest, dtype=torch.bool)
-        for i, r in enumerate(rows):
-            tokens[i, : len(r)] = r
-            mask[i, : len(r) - 1] = True
-        source = (tokens, mask)
+    if (
+        isinstance(source, (str, Path))
+        or (isinstance(source, (list, tuple)) and source and all(isinstance(t, str) for t in source))
+        or hasattr(source, "prompts")
+    ):
+        yield from _rows_batches(model, source, n_tokens=n_tokens, batch_size=batch_size, seed=seed)
+        return
     if isinstance(source, Tensor):
         source = (
             source,
@@ -159,8 +167,30 @@ def token_batches(
         return
     raise DataError(
         f"cannot evaluate on a {type(source).__name__}: pass a Corpus, token ids [batch, pos], (tokens, mask), "
-        "a list of texts or an ActivationStore"
+        "a list of texts, a text/JSONL file, a task or an ActivationStore"
     )
+
+
+def _rows_batches(
+    model: Any, source: Any, *, n_tokens: int, batch_size: int, seed: int
+) -> Iterator[tuple[Tensor, Tensor, None]]:
+    """Batches of documents from any token source, one per padded row; the mask marks the positions whose next
+    token is real (causal models) or the real tokens (encoders)."""
+    from ..core.prompts import pad_rows
+    from ..data.sources import model_rows, token_source
+
+    rows = model_rows(model, lambda: token_source(model, source, seed=seed), what="the evaluation source")
+    have = 0
+    while have < n_tokens:
+        group = [r for _, r in zip(range(batch_size), rows)]
+        if not group:
+            return
+        enc = pad_rows(model, group, last_offset=0)
+        mask = enc.mask.clone()
+        if is_causal(model):  # the last token predicts nothing here (encoders: every real token counts)
+            mask[torch.arange(len(group)), enc.last] = False
+        have += int(mask.sum())
+        yield enc.tokens, mask, None
 
 
 class _Acc:
@@ -260,20 +290,25 @@ def evaluate(
         return _evaluate_acts(sae, source, site, n_tokens=n_tokens, k=k, dense_threshold=dense_threshold)
     s = _site_for(model, sae, site, strict)
     acc = _Acc(sae.d_in, sae.d_sae)
+    if not model_kind(model).lm_head:  # an encoder without an LM head: reconstruction and sparsity only
+        for tokens, mask, _ in token_batches(model, source, n_tokens=n_tokens, batch_size=batch_size, seed=seed):
+            dev = model_device(model)
+            am = None if is_causal(model) else mask.long().to(dev)  # encoders: the mask marks the real tokens
+            x = capture(model, tokens.to(dev), [s], attention_mask=am)[s.name]
+            flat = x[mask.to(x.device)].reshape(-1, sae.d_in).to(sae.W_dec.device, sae.W_dec.dtype)
+            f = sae.encode(flat, k=k)
+            acc.add(flat, sae.decode(f).reshape(flat.shape), f)
+        out = acc.metrics(dense_threshold)
+        out.update(site=s.name, note="the model has no trained LM head: no CE-loss or KL metrics")
+        return out
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "mean": 0.0}
     kl = {"sae": 0.0, "zero": 0.0}
     n_pred = 0
     dev = model_device(model)
     for tokens, mask, _ in token_batches(model, source, n_tokens=n_tokens, batch_size=batch_size, seed=seed):
         tokens, mask = tokens.to(dev), mask.to(dev)
-        store: dict[str, Tensor] = {}
-
-        def grab(act: Tensor, hook: Any = None) -> None:
-            store["x"] = act.detach()
-
-        with hooked(model, [(s.name, grab)]):
-            clean = model(tokens)
-        x = store["x"]
+        clean, acts = capture(model, tokens, [s], output=True, clone=False)
+        x = acts[s.name]
         ref = clean[:, :-1].float().log_softmax(-1)
         flat = x[mask].reshape(-1, sae.d_in).to(sae.W_dec.device, sae.W_dec.dtype)
         f = sae.encode(flat, k=k)
@@ -283,7 +318,7 @@ def evaluate(
             "clean": (clean, None),
             "sae": (_run(model, tokens, s, lambda a: _replace(sae, a, k=k, error=False)), ref),
             "zero": (_run(model, tokens, s, torch.zeros_like), ref),
-            "mean": (_run(model, tokens, s, lambda a: mean_act.expand_as(a).clone()), None),
+            "mean": (_run(model, tokens, s, lambda a, m=mean_act: m.expand_as(a).clone()), None),
         }
         for name, (logits, r) in runs.items():
             c, kk = _ce_kl(logits, r, tokens, mask)

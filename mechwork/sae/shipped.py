@@ -60,7 +60,7 @@ def train_shipped(site: str, *, root: Path = ROOT, progress: bool = True) -> dic
 
     from ..models import load_model
     from .evaluate import evaluate
-    from .latents import scan
+    from .latents import latent_stats
     from .trainer import train
 
     torch.set_num_threads(1)
@@ -72,7 +72,7 @@ def train_shipped(site: str, *, root: Path = ROOT, progress: bool = True) -> dic
     sae = result.sae
     ev = evaluate(sae, model, n_tokens=CARD_TOKENS, seed=EVAL_SEED)
     freq = ev.pop("latent_freq")
-    sc = scan(sae, model=model, n_tokens=20_000, seed=EVAL_SEED + 1)
+    sc = latent_stats(sae, model=model, n_tokens=20_000, seed=EVAL_SEED + 1)
     coverage = sc.tag_coverage()
     card = {
         "model": MODEL,
@@ -87,7 +87,7 @@ def train_shipped(site: str, *, root: Path = ROOT, progress: bool = True) -> dic
         "latent_freq_hist": ev["latent_freq_hist"],
         "max_latent_freq": float(freq.max()),
         "tags": {
-            "n_latents_f1_over_0.5": sum(r["f1"] > 0.5 for r in sc.tag_table()),
+            "n_latents_f1_over_0.5": sum(r["f1"] > 0.5 for r in sc.tag_table()),  # held-out F1 of each label
             "best_latent_per_tag": [
                 {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in coverage
             ],

@@ -23,10 +23,10 @@ from torch import Tensor
 from ..core.config import save_config
 from ..core.devices import parse_device
 from ..core.errors import CheckpointError, ConfigError, NonFiniteError, ShapeError
+from .activations import make_source, total_steps
 from .base import SAE, StepOutput
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import make_source, total_steps
 
 JointLoss = Callable[[list[SAE], list[StepOutput], Tensor], Tensor]
 N_INIT = 32768
@@ -54,6 +54,15 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     out: Path | None = None
     stopped_early: bool = False
+
+    def __repr__(self) -> str:
+        names = ", ".join(s.cfg.label for s in self.saes[:4]) + (" ..." if len(self.saes) > 4 else "")
+        return f"TrainResult({len(self.saes)} SAE(s): {names}; {self.steps} steps, {self.tokens:,} tokens)"
+
+    def _repr_html_(self) -> str:
+        from ..viz.cards import train_result_card
+
+        return train_result_card(self)
 
     @property
     def sae(self) -> SAE:
@@ -268,6 +277,7 @@ def train(
     stop_at_step: int | None = None,
     progress: bool = True,
     joint_loss: JointLoss | None = None,
+    source: Any = None,
     callback: Callable[[int, list[SAE]], None] | None = None,
 ) -> TrainResult:
     """Train the SAEs of ``config`` on the same activations.
@@ -286,6 +296,9 @@ def train(
         Stop after this step and write a checkpoint (a time-sliced run; resume later).
     progress : bool
         Show a progress bar with loss, L0, dead fraction and FVU.
+    source : optional
+        Streaming from ``model``: any token source (texts, a file path, a task, token tensors, a generator); it
+        overrides ``config.source``. See :mod:`mechwork.data.sources`.
     joint_loss : callable, optional
         ``joint_loss(saes, outputs, x) -> Tensor`` added to the summed losses (e.g. a cross-SAE penalty); the
         outputs then carry each SAE's reconstruction and TopK codes.
@@ -307,7 +320,7 @@ def train(
         Invalid settings, or ``resume`` with a config that differs from the checkpoint's.
     """
     cfg = _as_config(config)
-    source = make_source(cfg, activations, model)
+    source = make_source(cfg, activations, model, source=source)
     where = (
         "the store"
         if cfg.store or hasattr(activations, "sites")

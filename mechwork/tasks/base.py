@@ -1,110 +1,25 @@
-"""Tasks over the generated language: seeded prompt batches with answers, corruptions, labels and a metric."""
+"""Tasks over the generated language: seeded prompt batches with answers, corruptions, labels and a metric.
+
+Without a model (or for a shipped model) prompts are encoded with the generated language's word-level
+vocabulary; with ``model=`` they are rendered as text through the model's own tokenizer
+(:mod:`mechwork.tasks.render`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from ..core.errors import DataError, ShapeError
-from ..data.tokenizer import decode_ids, encode_words
-
-
-@dataclass
-class PromptBatch:
-    """A batch of prompts for one task.
-
-    Attributes
-    ----------
-    clean, corrupted : Int[Tensor, "batch pos"]
-        Token ids (BOS first) of equal shape; ``corrupted`` removes the information the task needs.
-    answer, wrong : Int[Tensor, "batch"]
-        The correct next token at ``pos`` and the contrasting wrong one (IOI: indirect object vs subject).
-    pos : Int[Tensor, "batch"]
-        Position whose logits predict ``answer`` (the last prompt token).
-    labels : Int[Tensor, "batch"] or None
-        Class labels where the task has them (gender 0/1, style 0/1).
-    loss_mask, targets : Tensor or None
-        For multi-token metrics (induction): positions scored and their next-token targets.
-    """
-
-    task: str
-    clean: Int[Tensor, "batch pos"]
-    corrupted: Int[Tensor, "batch pos"]
-    answer: Int[Tensor, " batch"]
-    wrong: Int[Tensor, " batch"]
-    pos: Int[Tensor, " batch"]
-    labels: Int[Tensor, " batch"] | None = None
-    loss_mask: Bool[Tensor, "batch pos"] | None = None
-    targets: Int[Tensor, "batch pos"] | None = None
-    info: list[dict[str, Any]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.clean.shape != self.corrupted.shape:
-            raise ShapeError(
-                f"clean {tuple(self.clean.shape)} and corrupted {tuple(self.corrupted.shape)} differ in shape"
-            )
-        n = self.clean.shape[0]
-        if n == 0:
-            raise DataError("empty prompt batch")
-        for name in ("answer", "wrong", "pos", "labels"):
-            t = getattr(self, name)
-            if t is not None and t.shape != (n,):
-                raise ShapeError(f"{name} has shape {tuple(t.shape)}, expected ({n},)")
-
-    def __len__(self) -> int:
-        return int(self.clean.shape[0])
-
-    def to(self, device: str | torch.device) -> PromptBatch:
-        return dataclasses.replace(self, **{k: v.to(device) for k, v in self._tensors().items()})
-
-    def select(self, idx: Sequence[int] | slice | Tensor) -> PromptBatch:
-        """A sub-batch (rows ``idx``)."""
-        if isinstance(idx, slice):
-            rows = list(range(len(self)))[idx]
-        else:
-            rows = torch.as_tensor(idx).tolist()
-        t = torch.tensor(rows, dtype=torch.long)
-        return dataclasses.replace(
-            self,
-            **{k: v[t.to(v.device)] for k, v in self._tensors().items()},
-            info=[self.info[i] for i in rows] if self.info else [],
-        )
-
-    def _tensors(self) -> dict[str, Tensor]:
-        names = ("clean", "corrupted", "answer", "wrong", "pos", "labels", "loss_mask", "targets")
-        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
-
-    def str_tokens(self, i: int = 0, *, corrupted: bool = False) -> list[str]:
-        """The words of prompt ``i`` (with ``<bos>``), e.g. for axis labels."""
-        row = (self.corrupted if corrupted else self.clean)[i]
-        return decode_ids(row[: int(self.pos[i]) + 1])
-
-    def texts(self, *, corrupted: bool = False) -> list[str]:
-        return [" ".join(self.str_tokens(i, corrupted=corrupted)[1:]) for i in range(len(self))]
-
-
-def gather_last(logits: Float[Tensor, "batch pos vocab"], batch: PromptBatch) -> Float[Tensor, "batch vocab"]:
-    """Logits at each prompt's prediction position."""
-    if logits.ndim != 3 or logits.shape[0] != len(batch):
-        raise ShapeError(f"logits must be [batch={len(batch)}, pos, vocab], got {tuple(logits.shape)}")
-    idx = batch.pos.to(logits.device)
-    return logits[torch.arange(logits.shape[0], device=logits.device), idx]
-
-
-def logit_diff(logits: Float[Tensor, "batch pos vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:
-    """``logit[answer] - logit[wrong]`` at the prediction position, per prompt."""
-    last = gather_last(logits, batch)
-    a = batch.answer.to(last.device)[:, None]
-    w = batch.wrong.to(last.device)[:, None]
-    return (last.gather(1, a) - last.gather(1, w)).squeeze(1)
+from ..core.kind import require_logits
+from ..data.tokenizer import encode_words
+from .batch import TOY_VOCAB, PromptBatch, embedding_similarity, gather_last, logit_diff, mean_pool
 
 
 @dataclass
@@ -117,13 +32,36 @@ class Task:
     def _rng(self, seed: int, split: str) -> random.Random:
         return random.Random(zlib.crc32(f"{self.name}/{split}/{seed}".encode()))
 
-    def prompts(self, n: int, *, seed: int = 0, split: str = "test") -> PromptBatch:
-        """``n`` seeded prompts; the same ``(n, seed, split)`` gives the same batch everywhere."""
+    #: whether the metric reads logits (models without a trained LM head are refused)
+    needs_logits = True
+
+    def prompts(self, n: int, *, seed: int = 0, split: str = "test", model: Any = None) -> PromptBatch:
+        """``n`` seeded prompts; the same ``(n, seed, split)`` gives the same batch everywhere.
+
+        Parameters
+        ----------
+        model : optional
+            Render the prompts through this model's tokenizer (words joined into text, answers and names kept
+            only where they are single tokens for that tokenizer). Without a model, or for a model with the
+            shipped vocabulary, the prompts are the generated language's word-level token ids.
+
+        Raises
+        ------
+        UnsupportedModelError
+            The task cannot be rendered for the model's tokenizer (e.g. no single-token names).
+        """
         if n <= 0:
             raise DataError(f"n must be positive, got {n}")
         if split not in ("train", "test", "all"):
             raise DataError(f"split must be 'train', 'test' or 'all', got {split!r}")
         rng = self._rng(seed, split)
+        if model is not None:
+            from ..core.prompts import vocab_id
+
+            if vocab_id(model) != TOY_VOCAB:
+                from .render import render_task
+
+                return render_task(self, model, rng, n, split)
         items = self._items(rng, n, split)
         return self._collate(items)
 
@@ -157,6 +95,7 @@ class Task:
         labels = torch.tensor([it["label"] for it in items]) if "label" in items[0] else None
         return PromptBatch(
             task=self.name,
+            vocab=TOY_VOCAB,
             clean=C,
             corrupted=X,
             answer=ids("answer"),
@@ -175,15 +114,17 @@ class Task:
         self, model: Any, n: int = 256, *, seed: int = 0, split: str = "test", batch_size: int = 128
     ) -> dict[str, float]:
         """Run the model on ``n`` fresh prompts: mean metric, accuracy, and the corrupted-run metric."""
-        batch = self.prompts(n, seed=seed, split=split)
+        if self.needs_logits:
+            require_logits(model, f"task {self.name!r}")
+        batch = self.prompts(n, seed=seed, split=split, model=model)
         dev = next(model.parameters()).device
         ms, accs, mcs = [], [], []
         for lo in range(0, n, batch_size):
             b = batch.select(slice(lo, lo + batch_size)).to(dev)
-            logits = model(b.clean)
+            logits = _run(model, b.clean, b)
             ms.append(self.metric(logits, b).cpu())
             accs.append(self.accuracy(logits, b).cpu())
-            mcs.append(self.metric(model(b.corrupted), b).cpu())
+            mcs.append(self.metric(_run(model, b.corrupted, b), b).cpu())
         return {
             "metric": float(torch.cat(ms).mean()),
             "accuracy": float(torch.cat(accs).mean()),
@@ -192,4 +133,12 @@ class Task:
         }
 
 
+def _run(model: Any, tokens: Tensor, batch: PromptBatch) -> Tensor:
+    from ..core.hooks import run_with_hooks
+
+    return run_with_hooks(model, tokens, attention_mask=batch.attention_mask)
+
+
 Registry = dict[str, Callable[..., Task]]
+
+__all__ = ["Task", "PromptBatch", "gather_last", "logit_diff", "mean_pool", "embedding_similarity", "Registry"]

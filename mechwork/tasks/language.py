@@ -133,10 +133,18 @@ class Style(Task):
             )
         return out
 
+    def lexicons(self) -> dict[str, tuple[str, list[str]]]:
+        """The two adjective lexicons the metric compares, with a context in which each word is rendered."""
+        return {"positive_ids": ("it was", list(V.POSITIVE_ADJ)), "negative_ids": ("it was", list(V.NEGATIVE_ADJ))}
+
     def metric(self, logits: Float[Tensor, "batch pos vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:
         last = gather_last(logits, batch).float()
-        pos_ids = torch.tensor(encode_words(V.POSITIVE_ADJ, bos=False), device=last.device)
-        neg_ids = torch.tensor(encode_words(V.NEGATIVE_ADJ, bos=False), device=last.device)
+        if "positive_ids" in batch.constants:  # rendered for another tokenizer: its single-token adjectives
+            pos_ids = batch.constants["positive_ids"].to(last.device)
+            neg_ids = batch.constants["negative_ids"].to(last.device)
+        else:
+            pos_ids = torch.tensor(encode_words(V.POSITIVE_ADJ, bos=False), device=last.device)
+            neg_ids = torch.tensor(encode_words(V.NEGATIVE_ADJ, bos=False), device=last.device)
         diff = last[:, pos_ids].logsumexp(-1) - last[:, neg_ids].logsumexp(-1)
         sign = batch.labels.to(last.device).float() * 2 - 1
         return diff * sign

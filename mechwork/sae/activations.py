@@ -1,19 +1,21 @@
-"""Where training activations come from: a tensor, an ActivationStore, an iterator, or the model itself.
+"""Where an SAE's training activations come from: a tensor, an ActivationStore, an iterator, or the model run
+on a token source (the generated corpus, text or JSONL files, texts, tasks).
 
 Every source yields batches ``[batch, *shape]`` and can restart at any batch index, which is what makes
 resumed training identical to an uninterrupted run:
 
 * :class:`TensorSource` (a tensor or a memory-mapped ``store[site]``): the stream is the concatenation of
   seeded per-epoch permutations of the rows, so batch ``b`` is computed directly.
-* :class:`StreamSource` (model + generated corpus): documents are drawn in chunks of about
-  ``buffer`` tokens, the chunk's activations are captured and shuffled with a per-chunk seed; restarting at
-  a batch replays the corpus to that chunk (cheap: documents are generated, not stored) and recomputes it.
+* :class:`StreamSource` (model + any token source): documents are drawn in chunks of about ``buffer`` tokens,
+  the chunk's activations are captured and shuffled with a per-chunk seed; restarting at a batch replays the
+  source to that chunk and recomputes it.
 * :class:`IteratorSource`: batches from any iterable, re-chunked to the batch size; resuming skips batches,
   which is exact only when the iterable can be iterated again from the start (a list, a generator function).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -140,7 +142,16 @@ class IteratorSource:
 
 
 class StreamSource:
-    """Activations of ``model`` at ``site`` on the generated corpus (documents of ``Corpus(seed)``)."""
+    """Activations of ``model`` at ``site`` on a stream of documents, shuffled within buffers of ``buffer`` tokens.
+
+    The documents come from any token source (:func:`mechwork.data.sources.token_source`): the generated corpus
+    (default: ``Corpus(seed, split)``), a text / JSONL file, a list of texts, a task, token tensors. They are run
+    ``forward_docs`` at a time, each alone in its (right-padded, masked) row: a causal model's BOS is added by
+    the model family's convention, an encoder's ``[CLS] ... [SEP]`` come from its tokenizer; a document longer
+    than the context is cut into context-sized rows (causal; each further row starts with BOS again) or
+    truncated with a warning (encoder). A finite source that runs out is read again from its start with a
+    :class:`~mechwork.core.errors.MechworkWarning` (the SAE then sees repeated data).
+    """
 
     def __init__(
         self,
@@ -151,6 +162,7 @@ class StreamSource:
         buffer: int = 32768,
         forward_docs: int = 64,
         split: str = "train",
+        source: Any = None,
     ) -> None:
         from ..core.sites import site as resolve_site
 
@@ -160,29 +172,46 @@ class StreamSource:
                 f"site {self.site.name} has no fixed per-token shape (attention patterns cannot be SAE inputs)"
             )
         self.seed, self.buffer, self.forward_docs, self.split = seed, buffer, forward_docs, split
+        self.source = source
         self.shape = tuple(self.site.shape)  # type: ignore[arg-type]
         self.n_tokens: int | None = None
-        self.info = {"source": "stream", "corpus_seed": seed, "corpus_split": split}
+        if source is None:
+            self.info = {"source": "stream", "corpus_seed": seed, "corpus_split": split}
+        else:
+            self.info = {"source": "stream", "token_source": self._token_source().description, "data_seed": seed}
+
+    def _token_source(self) -> Any:
+        from ..data import Corpus
+        from ..data.sources import token_source
+
+        src = Corpus(self.seed, split=self.split) if self.source is None else self.source
+        return token_source(self.model, src, seed=self.seed)
+
+    def _rows(self) -> Iterator[list[int]]:
+        from ..data.sources import model_rows
+
+        return model_rows(self.model, self._token_source, loop=True, what="the SAE's token source")
 
     def _chunks(self) -> Iterator[tuple[int, Tensor]]:
-        from ..core.hooks import capture, n_ctx
-        from ..data import Corpus, docs_to_batch
-        from ..data import vocab as V
-        from ..data.tokenizer import word_to_id
+        from ..core.hooks import capture, model_device
+        from ..core.prompts import pad_rows
 
-        corpus = Corpus(self.seed, split=self.split)
-        pad = word_to_id()[V.PAD]
-        ctx = n_ctx(self.model)
+        rows = self._rows()
+        dev = model_device(self.model)
         c = 0
         while True:
-            rows, have = [], 0
+            parts, have = [], 0
             while have < self.buffer:
-                tokens, _ = docs_to_batch(corpus.docs(self.forward_docs), ctx)
-                acts = capture(self.model, tokens, [self.site.name])[self.site.name]
-                keep = tokens != pad
-                rows.append(acts[keep].float())
+                group = list(itertools.islice(rows, self.forward_docs))
+                if not group:
+                    raise DataError("the token source ended")
+                enc = pad_rows(self.model, group, last_offset=0)
+                am = None if enc.attention_mask is None else enc.attention_mask.to(dev)
+                acts = capture(self.model, enc.tokens.to(dev), [self.site.name], attention_mask=am)[self.site.name]
+                keep = enc.mask.to(acts.device)
+                parts.append(acts[keep].float())
                 have += int(keep.sum())
-            chunk = torch.cat(rows)
+            chunk = torch.cat(parts)
             perm = torch.randperm(chunk.shape[0], generator=torch.Generator().manual_seed(self.seed * 1_000_003 + c))
             yield c, chunk[perm]
             c += 1
@@ -257,7 +286,13 @@ def _match_alias(name: str, sites: list[str]) -> str | None:
     return None
 
 
-def make_source(cfg: Any, activations: Any, model: Any, open_store: Callable[[str], Any] | None = None) -> Any:
+def make_source(
+    cfg: Any,
+    activations: Any,
+    model: Any,
+    open_store: Callable[[str], Any] | None = None,
+    source: Any = None,
+) -> Any:
     """Pick the source from ``train``'s arguments (see :class:`mechwork.sae.TrainConfig`)."""
     given = [x is not None for x in (activations, cfg.store, cfg.model if model is None else model)]
     if sum(given) == 0:
@@ -288,7 +323,13 @@ def make_source(cfg: Any, activations: Any, model: Any, open_store: Callable[[st
         model = load_model(cfg.model, device="cpu")
     if cfg.site is None:
         raise ConfigError("streaming from a model needs site= (e.g. 'resid_post.2')")
-    return StreamSource(model, cfg.site, seed=cfg.data_seed, buffer=max(cfg.stream_buffer, cfg.batch_size))
+    return StreamSource(
+        model,
+        cfg.site,
+        seed=cfg.data_seed,
+        buffer=max(cfg.stream_buffer, cfg.batch_size),
+        source=source if source is not None else getattr(cfg, "source", None),
+    )
 
 
 def total_steps(cfg: Any, source: Any) -> int:
