@@ -204,7 +204,7 @@ class MFRPenalty(Config):
     refresh_every: int = 50
 
     def __post_init__(self) -> None:
-        _choice("matching", self.matching, ("hungarian", "cached", "max"))
+        check_choices(self, "matching")
         if not self.weight >= 0:
             raise ConfigError(f"MFR weight must be >= 0, got {self.weight}")
         if self.warmup_steps < 0 or self.refresh_every < 1:
