@@ -266,12 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     old = json.loads(out_path.read_text()) if out_path.is_file() else {}
     parts = ("mfr", "toy", "cost", "no") if args.part == "all" else (args.part,)
     fns = {"mfr": part_mfr, "toy": part_toy, "cost": part_cost, "no": part_no}
-    for p in parts:
-        old[p] = {**fns[p](args.quick), "quick": args.quick}
-    old["environment"] = {**environment(), "note": "CPU shared with other jobs; one thread"}
     RESULTS_DIR.mkdir(exist_ok=True)
-    out_path.write_text(json.dumps(old, indent=1, default=str))
-    print(f"wrote {out_path}")
+    for p in parts:  # written after every part, so a later failure keeps the earlier ones
+        old[p] = {**fns[p](args.quick), "quick": args.quick}
+        old["environment"] = {**environment(), "note": "CPU shared with other jobs; one thread"}
+        out_path.write_text(json.dumps(old, indent=1, default=str))
+        print(f"wrote {out_path} ({p})")
     return 0
 
 

@@ -19,8 +19,17 @@ from torch import Tensor
 from ..core.errors import ConfigError, ShapeError
 
 
+class _Stream:
+    def batches(self, batch_size: int, *, seed: int = 1):
+        """An endless iterator of ``[batch_size, d]`` samples (for training on the fly)."""
+        i = 0
+        while True:
+            yield self.sample(batch_size, seed=seed * 1_000_003 + i)[0]  # type: ignore[attr-defined]
+            i += 1
+
+
 @dataclass
-class SyntheticDictionary:
+class SyntheticDictionary(_Stream):
     """A seeded generator of sparse non-negative combinations of unit directions.
 
     Parameters
@@ -64,16 +73,10 @@ class SyntheticDictionary:
         coeffs = torch.zeros(n, self.n_features).scatter_(1, idx, vals)
         return coeffs @ self.features, coeffs
 
-    def batches(self, batch_size: int, *, seed: int = 1):
-        """An endless iterator of ``[batch_size, d]`` samples (for training on the fly)."""
-        i = 0
-        while True:
-            yield self.sample(batch_size, seed=seed * 1_000_003 + i)[0]
-            i += 1
 
 
 @dataclass
-class GroupedSynthetic:
+class GroupedSynthetic(_Stream):
     """The synthetic data of the MFR paper (after Sharkey et al. 2022), with per-sample sampling.
 
     ``n_features`` true features ``~ N(0, 1)`` in ``d`` dimensions (not normalised, as in the authors' code) are
@@ -123,12 +126,6 @@ class GroupedSynthetic:
         coeffs = torch.zeros(n, self.n_features).scatter_(1, idx, vals)
         return coeffs @ self.features, coeffs
 
-    def batches(self, batch_size: int, *, seed: int = 1):
-        """An endless iterator of ``[batch_size, d]`` samples."""
-        i = 0
-        while True:
-            yield self.sample(batch_size, seed=seed * 1_000_003 + i)[0]
-            i += 1
 
 
 def recovery(learned: Float[Tensor, "m d"], true: Float[Tensor, "n d"]) -> dict[str, float]:
