@@ -176,6 +176,12 @@ def resolve_metric(metric: Any, batch: Any, model: Any = None) -> Metric:
         own = getattr(batch, "metric_fn", None)
         if own is not None:
             return own
+        if getattr(batch, "task", None) not in tasks.names():
+            raise ConfigError(
+                f"the batch (task {getattr(batch, 'task', None)!r}) has no metric of its own and names no registered "
+                "task: pass metric=(output, batch) -> per-prompt values, or build the batch with "
+                "mechwork.tasks.from_pairs(model, ..., answers=[...], wrong=[...])"
+            )
         metric = tasks.get(batch.task)
     if callable(metric) and not hasattr(metric, "prompts"):
         _check_arity(metric)
