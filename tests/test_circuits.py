@@ -185,7 +185,7 @@ def test_latent_graph_faithfulness_and_scan_labels(toy_mixed):
     saes = parse_sae_args(
         ["sae_checkpoints/toy-mixed/blocks.1.hook_resid_post", "sae_checkpoints/toy-mixed/blocks.2.hook_resid_post"]
     )
-    scan = mechwork.sae.scan(saes["blocks.2.hook_resid_post"], model=toy_mixed, n_tokens=2000)
+    scan = mechwork.sae.latent_stats(saes["blocks.2.hook_resid_post"], model=toy_mixed, n_tokens=2000)
     g = attribute_latents(toy_mixed, batch, task, saes=saes, max_targets=8, scans={"blocks.2.hook_resid_post": scan})
     tags = {r["latent"]: r["tag"] for r in scan.tag_table()}
     labelled = [n for n in g.nodes if n.kind == "latent" and n.site == "blocks.2.hook_resid_post"]

@@ -93,7 +93,7 @@ cells = [
         "from mechwork.circuits.latents import parse_sae_args\n"
         "saes = parse_sae_args(['sae_checkpoints/toy-mixed/blocks.1.hook_resid_post',\n"
         "                       'sae_checkpoints/toy-mixed/blocks.2.hook_resid_post'])\n"
-        "scans = {site: mechwork.sae.scan(sae, model=model, n_tokens=4000) for site, sae in saes.items()}\n"
+        "scans = {site: mechwork.sae.latent_stats(sae, model=model, n_tokens=4000) for site, sae in saes.items()}\n"
         "one = task.prompts(1, seed=0)\n"
         "lat = attribute_latents(model, one, task, saes=saes, max_targets=16, scans=scans)\n"
         "small = lat.prune(influence=0.6)\n"

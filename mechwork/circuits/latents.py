@@ -12,7 +12,7 @@ over the prompts (one prompt by default, as Neuronpedia graphs are). Attention p
 from every earlier position.
 
 Labels: the top tokens of each latent's decoder direction projected on the unembedding, and, when a
-:class:`mechwork.sae.LatentScan` is given for a site, the latent's best-matching ground-truth tag.
+:class:`mechwork.sae.LatentStats` is given for a site, the latent's best-matching ground-truth tag.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def attribute_latents(
         Per downstream site, the latents (by |direct effect on the metric|) whose incoming edges are computed
         (one backward pass each).
     scans : dict, optional
-        ``{site: LatentScan}``: label latents with their best ground-truth tag.
+        ``{site: LatentStats}``: label latents with their best ground-truth tag.
     min_weight : float
         Drop edges with ``|weight| <= min_weight``.
     """

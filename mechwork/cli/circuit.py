@@ -207,9 +207,9 @@ def _attribute(model: Any, batch: Any, task: Any, method: str, level: str, args:
         saes = parse_sae_args(args.sae)
         scans = None
         if args.scan:
-            from ..sae import scan
+            from ..sae import latent_stats
 
-            scans = {site: scan(sae, model=model, site=site, n_tokens=args.scan) for site, sae in saes.items()}
+            scans = {site: latent_stats(sae, model=model, site=site, n_tokens=args.scan) for site, sae in saes.items()}
         args.saes = saes
         return attribute_latents(model, batch, task, saes=saes, scans=scans)
     from ..patching import METHODS

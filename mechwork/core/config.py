@@ -137,6 +137,33 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def check_choices(cfg: Any, *names: str) -> None:
+    """Check the ``Literal[...]``-annotated fields of a dataclass config (all of them, or ``names``): a value
+    outside the annotation's choices is a :class:`ConfigError` naming the field, the choices and the closest one.
+
+    Call it from ``__post_init__``; the annotation is then the one place that lists the allowed values (the CLI
+    derives its ``choices`` from it too, see :mod:`mechwork.cli.options`).
+    """
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        if names and f.name not in names:
+            continue
+        tp = hints.get(f.name)
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next((a for a in typing.get_args(tp) if typing.get_origin(a) is typing.Literal), tp)
+        if typing.get_origin(tp) is not typing.Literal:
+            continue
+        value, choices = getattr(cfg, f.name), typing.get_args(tp)
+        if value is None and type(None) in typing.get_args(hints.get(f.name)):
+            continue
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{type(cfg).__name__}.{f.name} must be one of {', '.join(map(repr, choices))}; got {value!r}{hint}"
+            )
+
+
 def save_config(path: PathLike, cfg: Config, **extra: Any) -> None:
     """Write ``cfg`` to ``path`` as JSON with the mechwork version and any extra metadata keys."""
     cfg.to_json(path, mechwork_version=_version(), **extra)

@@ -8,18 +8,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..core.config import Config
+from ..core.config import Config, check_choices
 from ..core.errors import ConfigError
 
-NORMALIZE = ("none", "scale", "layer_norm")
-B_DEC_INIT = ("geometric_median", "mean", "zeros")
 Normalize = Literal["none", "scale", "layer_norm"]
 BDecInit = Literal["geometric_median", "mean", "zeros"]
-
-
-def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ConfigError(f"{name} must be one of {options}, got {value!r}")
 
 
 class _ByArchitecture(type):
@@ -124,8 +117,7 @@ class SAEConfig(Config, metaclass=_ByArchitecture):
                 f"{type(self).__name__} is the config of architecture {own!r}, got architecture={self.architecture!r}; "
                 f"use cfg.replace(architecture={self.architecture!r}) or SAEConfig(architecture=...) to switch"
             )
-        _choice("normalize", self.normalize, NORMALIZE)
-        _choice("b_dec_init", self.b_dec_init, B_DEC_INIT)
+        check_choices(self, "normalize", "b_dec_init")
         if self.d_sae < 1:
             raise ConfigError(f"d_sae must be >= 1, got {self.d_sae}")
         if self.d_in is not None and self.d_in < 1:

@@ -9,6 +9,7 @@ model, tokens carry ground-truth tags and labels are scored on held-out document
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,9 +59,10 @@ class LatentStats:
 
     # ------------------------------------------------------------------------------------------ per latent
     def _check(self, j: int) -> int:
-        if not isinstance(j, (int,)) and not (isinstance(j, Tensor) and j.numel() == 1):
-            raise ConfigError(f"latent index must be an integer, got {type(j).__name__}")
-        j = int(j)
+        try:
+            j = operator.index(j)
+        except TypeError:
+            raise ConfigError(f"latent index must be an integer, got {type(j).__name__}") from None
         if not 0 <= j < self.d_sae:
             raise ConfigError(f"latent {j} is out of range: the SAE has {self.d_sae} latents (0..{self.d_sae - 1})")
         return j
