@@ -7,7 +7,7 @@ import torch
 
 import mechwork
 from mechwork import steering as S
-from mechwork.core.errors import CheckpointError, ConfigError, DataError, MechworkError, ShapeError, SiteError
+from mechwork.core.errors import CheckpointError, ConfigError, DataError, ShapeError, SiteError
 
 
 @pytest.fixture(scope="module")
@@ -179,18 +179,3 @@ def test_diffmeans_moves_the_style_rate(toy_mixed, diffmeans):
     assert 0.3 <= base["rate"] <= 0.7
     assert steered["rate"] >= base["rate"] + 0.3
     assert away["rate"] <= base["rate"] - 0.2
-
-
-def test_encoder_without_lm_head_is_refused():
-    class Cfg:
-        original_architecture = "BertModel"
-        d_vocab = 30522
-
-    class Enc:
-        cfg = Cfg()
-        mechwork_spec = "all-MiniLM-L6-v2"
-
-    with pytest.raises(MechworkError, match="language-model head"):
-        S.generate(Enc(), "hello")
-    with pytest.raises(MechworkError, match="language-model head"):
-        S.LoFiT().fit(Enc(), ["a"] * 4, ["b"] * 4)

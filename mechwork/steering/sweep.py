@@ -112,7 +112,7 @@ def sweep(
         for lab, v, where in variants:
             for lam in strengths:
                 jobs.append((label, lab, v, where, lam))
-    kw = dict(to=to, n=n, n_text=n_text, max_new_tokens=max_new_tokens, seed=seed, side=side)
+    kw: dict[str, Any] = dict(to=to, n=n, n_text=n_text, max_new_tokens=max_new_tokens, seed=seed, side=side)
     base = evaluate(model, None, **kw)
     rows = []
     for label, lab, st, where, lam in tqdm(jobs, desc="steering sweep", disable=not progress):
