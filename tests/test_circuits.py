@@ -220,3 +220,18 @@ def test_per_position_edges(request, induction_batch, backend_name, tmp_path):
     jsonschema.validate(d, mechwork.circuits.NEURONPEDIA_SCHEMA)
     assert Graph.load(tmp_path / "pp.json").equals(circuit)
     assert 0 < circuit.faithfulness(model, induction_batch).value <= 1.05  # on its component edges
+
+
+def test_latent_graph_backends_agree(toy_mixed, toy_mixed_bridge):
+    from mechwork.circuits.latents import parse_sae_args
+
+    task = mechwork.tasks.get("ioi")
+    saes = parse_sae_args(["sae_checkpoints/toy-mixed/blocks.1.hook_resid_post"])
+    graphs = [
+        attribute_latents(m, task.prompts(1, seed=3, model=m), task, saes=saes, max_targets=4)
+        for m in (toy_mixed, toy_mixed_bridge)
+    ]
+    a, b = (g.edge_dict() for g in graphs)
+    assert a.keys() == b.keys() and len(a) > 10
+    scale = max(abs(v) for v in a.values())
+    assert max(abs(a[k] - b[k]) for k in a) < 1e-4 * scale

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -230,3 +231,25 @@ def test_effective_embedding_is_layer0_identity_up_to_scale(toy_induction):
     x = toy_induction.W_E + toy_induction.W_pos[1]
     x = x - x.mean(-1, keepdim=True)
     torch.testing.assert_close(e, x * math.sqrt(64) / x.norm(dim=-1, keepdim=True), rtol=1e-4, atol=1e-4)
+
+
+def test_untied_model_without_embedding_refused(tiny):
+    """A model that exposes no W_E and does not tie its embeddings: input-side projections refuse, outputs work."""
+
+    class NoEmbed:
+        def __init__(self, inner):
+            self._inner = inner
+            self.cfg = copy.copy(inner.cfg)
+            self.cfg.tie_word_embeddings = False
+            self.W_E = None
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    m = NoEmbed(tiny)
+    for kind in ("qk", "ov"):
+        with pytest.raises(ConfigError, match="no token embedding W_E"):
+            project(m, kind, layer=0, head=0)
+    with pytest.raises(ConfigError, match="no token embedding W_E"):
+        project(m, "neuron_in", layer=0, neuron=0)
+    assert project(m, "neuron_out", layer=0, neuron=0).shape == (1, 37)
