@@ -95,7 +95,6 @@ def fluency(
 
 
 @torch.inference_mode()
-@torch.inference_mode()
 def gender_rate(
     model: Any,
     steerer: Steerer | None = None,
@@ -125,6 +124,7 @@ def gender_rate(
     }
 
 
+@torch.inference_mode()
 def side_effects(
     model: Any, steerer: Steerer | None, *, strength: float | None = None, n: int = 128
 ) -> dict[str, float]:
