@@ -143,6 +143,31 @@ def check_digest(path: PathLike, expected: str, *, offset: int = 0, what: str = 
         )
 
 
+DIGEST_KEY = "sha256"
+
+
+def json_digest(obj: dict[str, Any]) -> str:
+    """SHA-256 of a JSON object's canonical form (sorted keys, no spaces), leaving out its ``"sha256"`` key."""
+    body = {k: v for k, v in obj.items() if k != DIGEST_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal_json(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with ``"sha256"``: the digest of the rest, so that a changed number is detected at load."""
+    return {**obj, DIGEST_KEY: json_digest(obj)}
+
+
+def check_sealed(obj: dict[str, Any], path: PathLike, *, what: str = "file") -> None:
+    """Compare a sealed JSON object with its recorded digest (files written before sealing have none)."""
+    if DIGEST_KEY not in obj:
+        return
+    if obj[DIGEST_KEY] != json_digest(obj):
+        raise CheckpointError(
+            f"{what} {path} has changed since it was written (its content no longer matches the recorded SHA-256): "
+            "the file is corrupt or was edited"
+        )
+
+
 # ------------------------------------------------------------------------------------------------ safetensors
 def safetensors_header(path: PathLike, *, what: str = "weights file") -> tuple[int, dict[str, Any]]:
     """``(data start, header)`` of a safetensors file, validated before anything is mapped or allocated.
@@ -229,5 +254,8 @@ __all__ = [
     "recorded_digest",
     "check_digest",
     "safetensors_header",
+    "json_digest",
+    "seal_json",
+    "check_sealed",
     "VERIFY_LIMIT",
 ]
