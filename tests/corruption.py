@@ -47,8 +47,9 @@ OUTCOMES = ("clean", "same", "other", "hang", "silent")
 
 
 # ------------------------------------------------------------------------------------------------ pristine
-def build(root: Path) -> dict[str, str]:
-    """Write one small pristine artefact of every kind under ``root``; ``{kind: folder or file}``."""
+def build(root: Path, model: Any = None) -> dict[str, str]:
+    """Write one small pristine artefact of every kind under ``root``; ``{kind: folder or file}`` (``model``:
+    the loaded toy-mixed model the store is collected from, loaded here when not given)."""
     import torch
 
     import mechwork
@@ -62,8 +63,8 @@ def build(root: Path) -> dict[str, str]:
     save_checkpoint(root / "model", cfg, state, card={"note": "corruption campaign"})
     out["model"] = str(root / "model")
 
-    from mechwork.sae.config import SAEConfig
     from mechwork.sae.base import SAE
+    from mechwork.sae.config import SAEConfig
 
     sae = SAE(SAEConfig(architecture="topk", d_in=16, d_sae=32, k=4))
     with torch.no_grad():
@@ -72,7 +73,7 @@ def build(root: Path) -> dict[str, str]:
     sae.save(root / "sae")
     out["sae"] = str(root / "sae")
 
-    model = mechwork.load_model("toy-mixed", device="cpu")
+    model = model if model is not None else mechwork.load_model("toy-mixed", device="cpu")
     toks = torch.randint(4, 200, (4, 32))
     mechwork.cache.collect(
         model, toks, ["resid_post.0", "resid_post.1"], out=root / "store", progress=False, shard_tokens=64
@@ -340,7 +341,9 @@ def _nan_resealed(target: Path, data: bytes, rng: random.Random) -> str:
             nums = list(re.finditer(r"-?\d+\.\d+(e-?\d+)?", text))
             if nums:
                 m = rng.choice(nums)
-                target.write_text(text[: m.start()] + rng.choice(["NaN", "Infinity", "-Infinity", "1e999"]) + text[m.end() :])
+                target.write_text(
+                    text[: m.start()] + rng.choice(["NaN", "Infinity", "-Infinity", "1e999"]) + text[m.end() :]
+                )
                 return "JSON number -> non-finite"
         return corrupt(target, "bitflip", rng, target)
     n, hdr = layout

@@ -133,13 +133,17 @@ def recorded_digest(path: PathLike) -> str | None:
     return digest
 
 
-def check_digest(path: PathLike, expected: str, *, offset: int = 0, what: str = "file") -> None:
-    """Compare the SHA-256 of ``path`` (from ``offset``) with ``expected``; CheckpointError naming it otherwise."""
+def check_digest(
+    path: PathLike, expected: str, *, offset: int = 0, what: str = "file", recorded_in: PathLike | None = None
+) -> None:
+    """Compare the SHA-256 of ``path`` (from ``offset``) with ``expected``; CheckpointError naming it otherwise
+    (and ``recorded_in``, the file that holds the digest)."""
     got = sha256_file(path, offset=offset)
     if got != expected:
+        where = f" in {recorded_in}" if recorded_in is not None else ""
         raise CheckpointError(
-            f"{what} {path} has changed since it was written (SHA-256 {got[:16]}..., recorded {expected[:16]}...): "
-            "the file is corrupt; restore it or regenerate the artefact"
+            f"{what} {path} does not match the SHA-256 recorded{where} when it was written ({got}, recorded "
+            f"{expected}): one of them is corrupt; restore the artefact or regenerate it"
         )
 
 

@@ -165,7 +165,9 @@ class TunedLens(torch.nn.Module):
         missing = [k for k in ("model_digest", "d_model", "n_layers", "d_vocab") if not meta.get(k)]
         if missing:
             raise CheckpointError(f"{path / 'cfg.json'} lacks {missing}; the lens folder is truncated or foreign")
-        bad = [k for k in ("d_model", "n_layers", "d_vocab") if not isinstance(meta[k], int) or isinstance(meta[k], bool)]
+        bad = [
+            k for k in ("d_model", "n_layers", "d_vocab") if not isinstance(meta[k], int) or isinstance(meta[k], bool)
+        ]
         if bad or not 1 <= meta["n_layers"] <= 1024 or not 1 <= meta["d_model"] <= 1 << 16:
             raise CheckpointError(f"{path / 'cfg.json'}: n_layers/d_model/d_vocab must be positive integers in range")
         cfg = TunedLensConfig.from_dict(
