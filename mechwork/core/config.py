@@ -121,7 +121,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         for a in args:
             if a is type(None):
                 continue
-            if dataclasses.is_dataclass(a) and isinstance(value, dict):
+            if dataclasses.is_dataclass(a) and isinstance(a, type) and isinstance(value, dict):
                 return _nested(a, value, where)
         if isinstance(value, list) and any(typing.get_origin(a) is tuple or a is tuple for a in args):
             return tuple(value)
