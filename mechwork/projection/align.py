@@ -237,7 +237,8 @@ def permuted_copy(model: Any, order: list[int], *, rotate: bool = True, seed: in
         raise ConfigError("rotate=True needs folded LayerNorms (load the model with processing=True)")
     out = copy.deepcopy(model)
     out.blocks = torch.nn.ModuleList([copy.deepcopy(model.blocks[i]) for i in order])
-    for i, b in enumerate(out.blocks):
+    blocks: list[Any] = list(out.blocks)
+    for i, b in enumerate(blocks):
         b.layer_id = i
     if rotate:
         d = int(model.cfg.d_model)
@@ -250,7 +251,7 @@ def permuted_copy(model: Any, order: list[int], *, rotate: bool = True, seed: in
         out.embed.W_E.copy_(out.embed.W_E @ Q)
         out.pos_embed.W_pos.copy_(out.pos_embed.W_pos @ Q)
         out.unembed.W_U.copy_(Q.T @ out.unembed.W_U)
-        for b in out.blocks:
+        for b in blocks:
             for w in (b.attn.W_Q, b.attn.W_K, b.attn.W_V):
                 w.copy_(torch.einsum("de,hdk->hek", Q, w))
             b.attn.W_O.copy_(b.attn.W_O @ Q)
