@@ -165,7 +165,7 @@ class TunedLens(torch.nn.Module):
         if missing:
             raise CheckpointError(f"{path / 'cfg.json'} lacks {missing}; the lens folder is truncated or foreign")
         cfg = TunedLensConfig.from_dict(raw, ignore=(*meta, "format", "mechwork_version"), source=str(path))
-        t = load_tensors(path / "lens.safetensors")
+        t = load_tensors(path / "lens.safetensors", what="tuned-lens weights", floating=True)
         L, d = meta["n_layers"], meta["d_model"]
         if set(t) != {"weight", "bias"} or tuple(t["weight"].shape) != (L, d, d) or tuple(t["bias"].shape) != (L, d):
             raise CheckpointError(
