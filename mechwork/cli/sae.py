@@ -160,7 +160,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--top", type=int_arg, default=5, help="contexts printed per latent (default 5)")
     sh.add_argument("--n", type=int_arg, default=10, help="latents printed when none are given (default 10)")
     sh.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_options(sh, latent_stats, [Opt("n_tokens", flag="tokens"), "include_special", "seed", "batch_size", "context"])
+    add_options(sh, latent_stats, [Opt("n_tokens", flag="tokens"), "include_special", "seed", "batch_size"])
 
 
 _SWEEP_AXES = ("k", "d_sae", "seed", "l1_coefficient")
