@@ -30,25 +30,23 @@ def context_hash(tokens: Int[Tensor, "n L"]) -> Int[Tensor, " n"]:
 def select(lat: Int[Tensor, " n"], key: Float[Tensor, " n"], hsh: Int[Tensor, " n"], k: int) -> Int[Tensor, " m"]:
     """Indices of the items kept: per latent, one item per hash (the largest key), then the ``k`` largest keys.
 
-    The result is ordered by latent, then by descending key.
+    Keys must be non-negative (activations, uniform priorities): their float32 bit patterns then sort like the
+    values, so one integer sort orders the items by latent, then by descending key. The result keeps that order.
     """
     if lat.numel() == 0:
         return lat.new_zeros(0)
-    order = torch.argsort(key, descending=True, stable=True)
-    comb = (lat[order] << HASH_BITS) | hsh[order]
-    order = order[torch.argsort(comb, stable=True)]  # grouped by (latent, hash), largest key first
-    comb = (lat[order] << HASH_BITS) | hsh[order]
-    first = torch.ones_like(comb, dtype=torch.bool)
-    first[1:] = comb[1:] != comb[:-1]
-    order = order[first]
-    order = order[torch.argsort(key[order], descending=True, stable=True)]
-    order = order[torch.argsort(lat[order], stable=True)]  # grouped by latent, descending key
-    g = lat[order]
+    bits = key.float().contiguous().view(torch.int32).long()
+    order = torch.argsort((lat << 31) | ((1 << 31) - 1 - bits))  # latent ascending, key descending
+    _, group = torch.unique((lat[order] << HASH_BITS) | hsh[order], return_inverse=True)
+    pos = torch.arange(order.numel())
+    first = torch.full((int(group.max()) + 1,), order.numel(), dtype=torch.long).scatter_reduce_(0, group, pos, "amin")
+    kept = order[first.sort().values]  # the best item of each (latent, hash), still by latent then key
+    g = lat[kept]
     start = torch.ones_like(g, dtype=torch.bool)
     start[1:] = g[1:] != g[:-1]
     pos = torch.arange(g.numel())
     group_start = torch.cummax(torch.where(start, pos, torch.zeros_like(pos)), 0).values
-    return order[(pos - group_start) < k]
+    return kept[(pos - group_start) < k]
 
 
 class TopTable:
