@@ -300,6 +300,8 @@ def latent_stats(
         Default: the SAE's own site.
     n_tokens : int
         Tokens to count (special tokens not included).
+    batch_size : int
+        Documents (or activation-store windows) per forward pass and encoding batch.
     include_special : bool
         Count BOS/EOS/padding/CLS/SEP tokens too (by default they are left out: their residual stream is a
         near-constant vector that many latents fire on, which says nothing about text).
