@@ -327,7 +327,7 @@ def test_gpt2_bpe_model_contexts_decode_with_its_tokenizer(gpt2_model, tmp_path)
     assert st.tag_names is None and st.logits is not None
     j = st.best(1)[0]
     card = st[j]
-    assert card.label.level == "tokens" and "(no ground truth" in card.label.describe()
+    assert card.label.level == "tokens" and "(no ground-truth tags" in card.label.describe()
     tok = model.tokenizer
     for c in card.contexts:
         assert "".join(c["tokens"]) == tok.decode(c["ids"])  # strings come from this tokenizer, spaces kept

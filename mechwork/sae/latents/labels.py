@@ -78,7 +78,7 @@ class Label:
         if self.level == "dead":
             return self.text
         if self.level == "tokens":
-            return f"{self.text} -- top-token summary of the shown contexts (no ground truth for this model)"
+            return f"{self.text} -- top-token summary of the shown contexts (no ground-truth tags for this model or source)"
         if self.tag is None:
             return self.text
         a, b = self.agree_top
