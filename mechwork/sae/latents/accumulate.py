@@ -103,7 +103,7 @@ class Accumulator:
         self.total += torch.bincount(lat, weights=val.double(), minlength=self.d_sae)
         self.max.scatter_reduce_(0, lat, val, "amax")
         self.min.scatter_reduce_(0, lat, val, "amin")
-        self.hist += torch.bincount(lat * N_BINS + to_bin(val), minlength=self.d_sae * N_BINS).to(torch.int32)
+        self.hist.index_add_(0, lat * N_BINS + to_bin(val), torch.ones_like(lat, dtype=torch.int32))
         tag_row = None
         if c.tags is not None and n_tags:
             self._grow_tags(n_tags)
@@ -150,8 +150,12 @@ class Accumulator:
 def _lookup(c: Chunk, nb: Int[Tensor, "n L"], lat: Int[Tensor, " n"]) -> Float[Tensor, "n L"]:
     """The activation of latent ``lat[i]`` at every batch position ``nb[i, :]`` (0 where it is not active).
 
-    The batch's active (position, latent) pairs are sorted once; each query is a binary search.
+    Few queries (the usual case once the tables are full): a direct gather of the queried positions' codes.
+    Many (the first batches): the batch's active (position, latent) pairs are sorted once and each query is a
+    binary search.
     """
+    if nb.numel() < 8 * c.vals.shape[0]:
+        return (c.vals[nb] * (c.idx[nb] == lat[:, None, None])).sum(-1).float()
     if c.lookup is None:
         d = int(c.idx.max()) + 1 if c.idx.numel() else 1
         active = c.vals > 0

@@ -409,6 +409,8 @@ def latent_stats(
         bar.close()
     if acc.n_tokens == 0:
         raise DataError("the source gave no tokens to count (all special, or empty)")
+    acc.top.finish()
+    acc.sample.finish()
     names = [t for t, _ in sorted(tag_ids.items(), key=lambda kv: kv[1])] or None
     effects, reason = (None, "logit_tokens=0")
     if logit_tokens > 0:
