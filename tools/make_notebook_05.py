@@ -82,6 +82,19 @@ cells = [
         "g.prune(top_n=12).save(out / 'induction.html')"
     ),
     md(
+        "Per position: with `per_position=True` (EAP) a head at query position *p* receives its key and value edges "
+        "from every earlier position, so the K-composition edge shows *where* the induction head looks. Summed over "
+        "positions the edges are the component edges above (`aggregate()`)."
+    ),
+    code(
+        "gp = attribute_edges(ind_model, ind, ind_task, method='eap', per_position=True)\n"
+        "top = max((e for e in gp.edges if e.dst.startswith('a1.') and e.kind == 'k'), key=lambda e: abs(e.weight))\n"
+        "print(gp, '\\n top key edge:', top.id, f'{top.weight:+.3f}')\n"
+        "pp = gp.prune(influence=0.9)\n"
+        "pp.save(out / 'induction_positions.html')\n"
+        "pp"
+    ),
+    md(
         "## 5. An SAE-latent graph\n\n"
         "With the shipped TopK SAEs spliced at `resid_post.1` and `resid_post.2`, nodes are the active latents per "
         "position plus each site's reconstruction error; edges are direct effects (activation × gradient with the "

@@ -9,6 +9,11 @@ faithfulness, and export (Neuronpedia JSON, node-link JSON, GraphML, DOT, self-c
 >>> circuit = g.prune(influence=0.8)                           # circuit-tracer's influence rule
 >>> circuit.faithfulness(model, batch).value                   # edges outside patched to the corrupted run
 >>> circuit.save("ioi.json"); circuit.save("ioi.html")        # Neuronpedia JSON, offline interactive view
+>>> attribute_edges(model, batch, method="eap", per_position=True)  # nodes at token positions
+>>> attribute_latents(model, batch, saes={"blocks.1.hook_resid_post": mechwork.sae.load(path)})  # SAE latents
+
+The bridge (TransformerBridge, TransformerLens 3.9) refuses ``use_split_qkv_input`` for plain attention; the
+per-head q/k/v inputs are emulated there and checked against the model's own values (see :mod:`.structure`).
 """
 
 from .attribute import METHODS, attribute_edges

@@ -51,6 +51,7 @@ def attribute_edges(
     batch_size: int | None = None,
     resume: bool = True,
     one_per_edge: bool = False,
+    per_position: bool = False,
     progress: bool = False,
 ) -> Graph:
     """Score every edge of the model's graph.
@@ -80,6 +81,10 @@ def attribute_edges(
         Exact patching: resume forwards from the receiver's layer and first corrupted position (HookedTransformer).
     one_per_edge : bool
         Exact patching: one full forward per edge over all prompts (the unbatched reference, for benchmarks).
+    per_position : bool
+        EAP only: nodes are components at token positions (``a1.h2@7``); a head at query position ``p`` receives
+        its key/value edges from every earlier position (see :mod:`.positions`). ``graph.aggregate()`` sums them
+        back to the component graph.
     progress : bool
         Progress bar.
 
@@ -96,6 +101,8 @@ def attribute_edges(
         )
     if path not in ("inputs", "activations"):
         raise ConfigError(f"path must be 'inputs' or 'activations', got {path!r}")
+    if per_position and method != "eap":
+        raise ConfigError(f"per_position edges are computed with method='eap' only, got {method!r}")
     st = Structure(model)
     sites = [resolve_site(model, n) for n in st.capture_names]
     with st.flags():
@@ -105,7 +112,12 @@ def attribute_edges(
         first = _first_changed(ctx)
         run = _Runner(ctx, st, delta, first, batch_size, progress)
         info: dict[str, Any] = {}
-        if method == "eap":
+        if per_position:
+            from .positions import eap_per_position
+
+            pos_edges = eap_per_position(ctx, st, delta)
+            scores = None
+        elif method == "eap":
             scores = run.scores(run.gradients(None))
         elif method == "eap-ig" and path == "inputs":
             scores = run.scores(run.ig_inputs(*quadrature(steps, quadrature_rule)))
@@ -131,6 +143,12 @@ def attribute_edges(
         split_qkv="emulated (bridge)" if st.bridge else "hook_{q,k,v}_input",
         **info,
     )
+    if scores is None:
+        from .build import position_graph
+
+        meta["per_position"] = True
+        edges, used = pos_edges
+        return position_graph(st, edges, used, meta, clean_out=clean_out, batch=ctx.batch)
     return edge_graph(st, scores, meta, clean_out=clean_out, batch=ctx.batch)
 
 

@@ -8,24 +8,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.errors import DataError
+from ..core import decode as core_decode
+from ..core import str_tokens as core_str_tokens
+from ..core.errors import DataError, MechworkError
 from .graph import Graph, GraphEdge, GraphNode
 from .structure import Structure
 
 
 def str_tokens(model: Any, ids: Tensor | list[int]) -> list[str]:
-    """Token strings of ``ids`` through the model's tokenizer (ids as text when it has none)."""
-    ids = [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
-    tok = getattr(model, "tokenizer", None)
-    if tok is None:
-        return [str(i) for i in ids]
-    out = []
-    for i in ids:
-        try:
-            out.append(str(tok.decode([i])))
-        except Exception:  # noqa: BLE001 - any tokenizer failure: fall back to the id
-            out.append(str(i))
-    return out
+    """Token strings of a 1-d id sequence (:func:`mechwork.core.str_tokens`)."""
+    out = core_str_tokens(model, torch.as_tensor(ids).reshape(1, -1))
+    return [str(t) for t in out[0]]  # type: ignore[union-attr]
 
 
 def top_tokens(model: Any, directions: Tensor, k: int = 5) -> list[list[str]]:
@@ -74,13 +67,10 @@ def metadata(model: Any, batch: Any, metric: Any, *, method: str, level: str, **
 
 
 def _decode(model: Any, ids: Tensor, toks: list[str] | None) -> str:
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None:
-        try:
-            return str(tok.decode([int(i) for i in ids]))
-        except Exception:  # noqa: BLE001 - fall back to the joined token strings
-            pass
-    return "".join(toks if toks is not None else str_tokens(model, ids))
+    try:
+        return core_decode(model, ids)
+    except MechworkError:  # no tokenizer: the joined token strings
+        return "".join(toks if toks is not None else str_tokens(model, ids))
 
 
 def _metric_name(metric: Any, batch: Any) -> str:
@@ -130,6 +120,68 @@ def edge_graph(
             edges.append(GraphEdge(st.senders[j].id, r.node, w, r.kind))
             nodes[st.senders[j].id].score += w
     nodes["logits"].score = sum(e.weight for e in edges if e.dst == "logits")
+    return Graph(list(nodes.values()), edges, meta)
+
+
+def position_graph(
+    st: Structure,
+    edges: list[GraphEdge],
+    used: set[tuple[str, int]],
+    meta: dict[str, Any],
+    *,
+    clean_out: Tensor,
+    batch: Any,
+) -> Graph:
+    """A per-position graph from :func:`~.positions.eap_per_position` edges (nodes ``{component}@{pos}``)."""
+    kinds = {s.id: s for s in st.senders}
+    tops = top_tokens(st.model, clean_out.mean(1).flatten(0, 1)) if clean_out is not None else []
+    P = int(clean_out.shape[2])
+    nodes: dict[str, GraphNode] = {}
+    for base, p in sorted(used, key=lambda x: (x[1], x[0])):
+        nid = f"{base}@{p}"
+        if base == "logits":
+            nodes[nid] = GraphNode(nid, "logits", st.n_layers, meta.get("answer"), p, "", 0.0, label="metric")
+            continue
+        s = kinds[base]
+        j = st.senders.index(s)
+        site = (
+            "hook_embed"
+            if s.kind == "input"
+            else f"blocks.{s.layer}." + ("attn.hook_z" if s.kind == "head" else "hook_mlp_out")
+        )
+        index = int(batch.clean[0, p]) if s.kind == "input" else s.head
+        label = f"{base} at position {p}"
+        nodes[nid] = GraphNode(
+            nid, s.kind, s.layer, index, p, site, 0.0, label=label, top_tokens=tops[j * P + p] if tops else []
+        )
+    for e in edges:
+        nodes[e.src].score += e.weight
+    return Graph(list(nodes.values()), edges, meta)
+
+
+def aggregate(graph: Graph) -> Graph:
+    """Sum a per-position graph over positions: one node per component, edge weights summed per input kind."""
+    import re
+
+    def base(nid: str) -> str:
+        return re.sub(r"@\d+$", "", nid)
+
+    weights: dict[tuple[str, str, str], float] = {}
+    for e in graph.edges:
+        key = (base(e.src), base(e.dst), e.kind)
+        weights[key] = weights.get(key, 0.0) + e.weight
+    nodes: dict[str, GraphNode] = {}
+    for n in graph.nodes:
+        b = base(n.id)
+        if b not in nodes:
+            index = None if n.kind == "input" else n.index
+            nodes[b] = GraphNode(
+                b, n.kind, n.layer, index, None, n.site, 0.0, n.activation, None, b if n.kind != "logits" else n.label
+            )
+    edges = [GraphEdge(s, d, w, k) for (s, d, k), w in weights.items()]
+    for e in edges:
+        nodes[e.src].score += e.weight
+    meta = {**graph.metadata, "per_position": False, "aggregated_from": "per-position graph"}
     return Graph(list(nodes.values()), edges, meta)
 
 

@@ -149,6 +149,8 @@ def faithfulness(
     its latents and error terms, with ``saes`` spliced; see :func:`~.latents.latent_faithfulness`)."""
     if graph.level == "node":
         return _node_faithfulness(graph, model, batch, metric, [graph], ablation, batch_size)[0]
+    if graph.metadata.get("per_position"):  # evaluated on its component edges (all positions of a kept edge)
+        graph = graph.aggregate()
     if graph.level == "latent":
         from .latents import latent_faithfulness
 
@@ -170,6 +172,8 @@ def faithfulness_curve(
     label: str | None = None,
 ) -> FaithfulnessCurve:
     """Faithfulness of the top-``n`` edges (nodes, for node graphs) of ``graph`` by ``|weight|``, per ``n``."""
+    if graph.metadata.get("per_position"):  # ranked and evaluated on its component edges
+        graph = graph.aggregate()
     units = graph.edges if graph.level != "node" else [e for e in graph.edges if e.dst == "logits"]
     total = len(units)
     if total == 0:

@@ -240,6 +240,12 @@ class Graph:
 
         return from_scores(result, **kwargs)
 
+    def aggregate(self) -> Graph:
+        """Sum a per-position graph over positions (see :func:`~.build.aggregate`)."""
+        from .build import aggregate
+
+        return aggregate(self)
+
     def plot(self, **kwargs: Any) -> Any:
         """A plotly figure: layers bottom to top, positions/heads left to right, edges by signed weight."""
         from .html import figure

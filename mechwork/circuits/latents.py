@@ -233,7 +233,7 @@ def _nodes(
                 GraphNode(
                     f"{site.alias}:err@{p}",
                     "error",
-                    int(site.layer),
+                    int(site.layer),  # type: ignore[arg-type]
                     None,
                     p,
                     site.name,
@@ -363,32 +363,16 @@ def latent_faithfulness(
 
         return hook
 
+    def mean_metric(tokens: Tensor, make: Any, what: str) -> Tensor:
+        hooks = [(s.name, make(s, a)) for s, a in spliced]
+        return eval_metric(metric_fn, run_with_hooks(model, tokens, hooks), batch, what).mean()
+
+    empty = {k: (torch.zeros_like(v[0]), torch.zeros_like(v[1])) for k, v in keep.items()}
     with torch.no_grad():
-        m_corr = eval_metric(
-            metric_fn,
-            run_with_hooks(model, batch.corrupted, [(s.name, record(s, a)) for s, a in spliced]),
-            batch,
-            "corrupted run",
-        ).mean()
-        m_clean = eval_metric(
-            metric_fn,
-            run_with_hooks(model, batch.clean, [(s.name, circuit(s, a, None)) for s, a in spliced]),
-            batch,
-            "clean run",
-        ).mean()
-        m_c = eval_metric(
-            metric_fn,
-            run_with_hooks(model, batch.clean, [(s.name, circuit(s, a, keep[s.name])) for s, a in spliced]),
-            batch,
-            "circuit run",
-        ).mean()
-        empty = {k: (torch.zeros_like(v[0]), torch.zeros_like(v[1])) for k, v in keep.items()}
-        m_e = eval_metric(
-            metric_fn,
-            run_with_hooks(model, batch.clean, [(s.name, circuit(s, a, empty[s.name])) for s, a in spliced]),
-            batch,
-            "empty-circuit run",
-        ).mean()
+        m_corr = mean_metric(batch.corrupted, record, "corrupted run")
+        m_clean = mean_metric(batch.clean, lambda s, a: circuit(s, a, None), "clean run")
+        m_c = mean_metric(batch.clean, lambda s, a: circuit(s, a, keep[s.name]), "circuit run")
+        m_e = mean_metric(batch.clean, lambda s, a: circuit(s, a, empty[s.name]), "empty-circuit run")
     gap = float(m_clean - m_corr)
     n_nodes = sum(int(v[0].sum() + v[1].sum()) for v in keep.values())
     return CircuitFaithfulness(

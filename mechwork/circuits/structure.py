@@ -30,15 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.errors import MechworkError, SiteError
+from ..core.errors import SiteError, UnsupportedModelError
+from ..core.kind import model_kind
 from ..core.sites import is_bridge
 
 QKV = ("q", "k", "v")
 Slot = tuple[int, str]  # (layer, "q"|"k"|"v"|"mlp"|"logits")
-
-
-class UnsupportedModelError(MechworkError, ValueError):
-    """A model whose residual stream is not a sum of component outputs feeding a language-model head."""
 
 
 @dataclass(frozen=True)
@@ -82,19 +79,13 @@ def check_model(model: Any) -> None:
         )
     arch = str(getattr(cfg, "original_architecture", "") or "")
     spec = str(getattr(model, "mechwork_spec", "") or "")
-    encoder = (
-        getattr(cfg, "attention_dir", "causal") != "causal"
-        or "Bert" in arch
-        or "minilm" in spec.lower()
-        or getattr(model, "mechwork_headless", False)
-        or getattr(model, "mechwork_lm_head", True) is False
-    )
-    if encoder:
+    kind = model_kind(model)
+    if not kind.causal or not kind.lm_head or "Bert" in arch:
         raise UnsupportedModelError(
-            f"{spec or type(model).__name__} is an encoder ({arch or 'bidirectional attention'}) without a "
-            "language-model head: circuits attribute a metric of next-token logits, which this model does not "
-            "have (its checkpoint has no LM head; mechwork does not invent one). Use a causal LM such as "
-            "toy-mixed or a local GPT-2 / Pythia / LLaMA folder."
+            f"{spec or type(model).__name__} is {'an encoder' if not kind.causal else 'a model'} "
+            f"({arch or 'no LM head'}) without a trained language-model head: circuits attribute a metric of "
+            "next-token logits, which this model does not have (mechwork does not invent one). Use a causal LM "
+            "such as toy-mixed or a local GPT-2 / Pythia / LLaMA folder."
         )
     if getattr(cfg, "n_layers", 0) < 1:
         raise UnsupportedModelError("the model has no layers")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from ..core.errors import MechworkError
 
 # subcommand modules, in the order `mechwork --help` lists them; each defines register(subparsers)
-COMMANDS = ("info", "demo", "zoo", "cache", "sae", "patch", "circuit", "erase", "project", "lens")
+COMMANDS = ("info", "demo", "zoo", "cache", "sae", "patch", "circuit", "erase", "project", "lens", "steer")
 
 
 def build_parser() -> argparse.ArgumentParser:

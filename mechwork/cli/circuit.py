@@ -94,6 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             Opt("quadrature_rule", flag="quadrature"),
             "path",
             Opt("batch_size", help="most rows per forward pass"),
+            Opt("per_position", help="EAP: nodes at token positions (heads read keys/values across positions)"),
         ],
         ns="edges",
     )

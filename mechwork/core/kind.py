@@ -5,7 +5,7 @@ capability applies. An *encoder* (BERT, MiniLM) attends both ways; a model loade
 has no LM head, e.g. the all-MiniLM-L6-v2 sentence encoder or a ``BertModel`` / ``LlamaModel`` folder) has no
 trained read-out to vocabulary: logit-based capabilities (logit lens, logit-difference metrics, CE-loss
 recovered, generation) refuse it with :class:`~mechwork.core.errors.UnsupportedModelError`, and the model's
-*output* is its last hidden state instead (:func:`mechwork.core.hooks.output`).
+*output* is its last hidden state instead (the site :func:`mechwork.core.hooks.output_site` names).
 """
 
 from __future__ import annotations

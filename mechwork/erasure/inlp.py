@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.config import check_choices
 from ..core.errors import ConfigError
 from ._data import Concept
 from ._method import Method, Solution
@@ -53,7 +54,7 @@ class INLP(Method):
     """
 
     n_iter: int = 20
-    classifier: str = "logistic"
+    classifier: Literal["logistic", "svm"] = "logistic"
     C: float = 1.0
     stop_within: float = 0.01
     dev_fraction: float = 0.3
@@ -68,8 +69,7 @@ class INLP(Method):
     )
 
     def __post_init__(self) -> None:
-        if self.classifier not in ("logistic", "svm"):
-            raise ConfigError(f"INLP classifier must be 'logistic' or 'svm', got {self.classifier!r}")
+        check_choices(self, "classifier")
         if not isinstance(self.n_iter, int) or self.n_iter < 1:
             raise ConfigError(f"n_iter must be a positive integer, got {self.n_iter!r}")
         if not 0.0 < self.dev_fraction < 1.0:

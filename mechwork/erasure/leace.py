@@ -17,12 +17,13 @@ import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..core.config import check_choices
 from ..core.errors import ConfigError, DataError, ShapeError
 from ._data import Concept, ErasureWarning, check_x
 from ._method import Method, Solution
@@ -54,7 +55,7 @@ class LEACE(Method):
         absolute 0.01, which can leave weak correlations in place).
     """
 
-    method: str = "leace"
+    method: Literal["leace", "orth"] = "leace"
     affine: bool = True
     shrinkage: bool = False
     svd_tol: float = 1e-6
@@ -64,8 +65,7 @@ class LEACE(Method):
     small_sample_note: ClassVar[str] = _SHRINK_NOTE
 
     def __post_init__(self) -> None:
-        if self.method not in ("leace", "orth"):
-            raise ConfigError(f"LEACE method must be 'leace' or 'orth', got {self.method!r}")
+        check_choices(self, "method")
         if not self.svd_tol > 0:
             raise ConfigError(f"svd_tol must be positive, got {self.svd_tol}")
 

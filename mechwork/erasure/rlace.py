@@ -24,12 +24,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core.config import check_choices
 from ..core.errors import ConfigError
 from ._data import Concept, check_rank
 from ._method import Method, Solution
@@ -107,7 +108,7 @@ class RLACE(Method):
     patience: int | None = None
     weight_decay: float | None = None
     normalise: bool | None = None
-    init: str = "random"
+    init: Literal["random", "sal"] = "random"
     dev_fraction: float = 0.2
     affine: bool = True
     device: str | None = None
@@ -122,8 +123,7 @@ class RLACE(Method):
     def __post_init__(self) -> None:
         if self.schedule not in _SCHEDULES:
             raise ConfigError(f"RLACE schedule must be one of {sorted(_SCHEDULES)}, got {self.schedule!r}")
-        if self.init not in ("random", "sal"):
-            raise ConfigError(f"RLACE init must be 'random' or 'sal', got {self.init!r}")
+        check_choices(self, "init")
         if not 0.0 < self.dev_fraction < 1.0:
             raise ConfigError(f"dev_fraction must lie in (0, 1), got {self.dev_fraction}")
 

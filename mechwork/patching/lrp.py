@@ -173,6 +173,50 @@ def _block_mlp(model: Any, layer: int) -> Any:
         return None
 
 
+def frozen_names(model: Any) -> list[str]:
+    """Hook points whose values :func:`frozen_hooks` needs from a cached run."""
+    ends = ("hook_scale", "hook_pattern", "mlp.hook_pre", "mlp.hook_post")
+    return sorted(n for n in model.hook_dict if n.endswith(ends))
+
+
+def frozen_hooks(
+    model: Any, cache: Any, rules: str | Sequence[str] | None = ("layernorm", "identity", "attention")
+) -> list[Hook]:
+    """Forward hooks that hold what the LRP ``rules`` treat as constants at their values in a cached run.
+
+    LN-rule: every LayerNorm scale; AH-rule: every attention pattern; Identity-rule: each MLP's activation
+    replaced by the linear map ``x -> x * act(x_c) / x_c`` (stabilised as in the rule). With all three on, a
+    HookedTransformer becomes linear in any single activation, and relevance patching with the same rules is
+    exactly activation patching of this frozen model (for a metric linear in the logits): the check that the
+    rules are implemented as stated (``benchmarks/relp_study.py``, ``tests/test_lrp_conservation.py``).
+
+    Parameters
+    ----------
+    cache : mapping
+        ``name -> tensor`` for :func:`frozen_names` (e.g. ``model.run_with_cache(tokens, names_filter=...)``).
+    """
+    rules = parse_rules(rules)
+    if "half" in rules or getattr(model.cfg, "gated_mlp", False):
+        raise ConfigError("frozen_hooks covers the LN-, Identity- and AH-rules of non-gated MLPs only")
+    hooks: list[Hook] = []
+    for name in frozen_names(model):
+        if (name.endswith("hook_pattern") and "attention" in rules) or (
+            name.endswith("hook_scale") and "layernorm" in rules
+        ):
+            hooks.append((name, lambda t, hook=None, v=cache[name]: v))
+    if "identity" in rules and not getattr(model.cfg, "attn_only", False):
+        stash: dict[str, Tensor] = {}
+        for layer in range(int(model.cfg.n_layers)):
+            p = f"blocks.{layer}.mlp."
+            coef = cache[p + "hook_post"] / _stabilise(cache[p + "hook_pre"])
+
+            def keep(t: Tensor, hook: Any = None, p: str = p) -> None:
+                stash[p] = t
+
+            hooks += [(p + "hook_pre", keep), (p + "hook_post", lambda t, hook=None, p=p, c=coef: stash[p] * c)]
+    return hooks
+
+
 @contextlib.contextmanager
 def lrp(model: Any, rules: str | Sequence[str] | None = None) -> Iterator[Any]:
     """Context manager: run ``model`` with LRP rules on (forward values unchanged, backward = LRP).
@@ -185,4 +229,4 @@ def lrp(model: Any, rules: str | Sequence[str] | None = None) -> Iterator[Any]:
         yield model
 
 
-__all__ = ["RULES", "DEFAULT_RULES", "parse_rules", "lrp_hooks", "lrp"]
+__all__ = ["RULES", "DEFAULT_RULES", "parse_rules", "lrp_hooks", "lrp", "frozen_hooks", "frozen_names"]

@@ -1,5 +1,5 @@
-"""Plotly views of projections, lenses and alignments (rendered in Jupyter; ``mechwork.viz.save_html`` exports a
-self-contained file). Every token string shown — labels, hover text, table cells — is HTML-escaped."""
+"""Figures of projections, lenses and alignments, drawn by :mod:`mechwork.viz` (rendered in Jupyter;
+``mechwork.viz.save_html`` exports a self-contained file). Every token string shown is HTML-escaped."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..core.errors import ConfigError
-from ..viz import escape_text, escape_tokens, heatmap
+from ..viz import bars, escape_text, heatmap, markers, table
 
 LENS_STATS = {
     "kl": ("KL(final || layer) [nats]", "Viridis"),
@@ -67,23 +67,17 @@ def pair_heatmap(proj: Any, rows: Sequence[int | str] | None = None, cols: Seque
 
 
 def top_table(proj: Any, k: int = 10, *, rows: Sequence[int | str] | None = None) -> Any:
-    """A plotly table: one column per chosen row of the projection, its top-``k`` tokens with values."""
-    import plotly.graph_objects as go
-
+    """A table figure: one column per chosen row of the projection, its top-``k`` tokens with values."""
     df = proj.to_dataframe(k, rows=rows)
-    headers, cells = [], []
-    for name, sub in df.groupby("row", sort=False):
-        headers.append(escape_text(name))
-        cells.append([f"{escape_text(t)} ({v:.2f})" for t, v in zip(sub.token, sub.value)])
-    fig = go.Figure(go.Table(header=dict(values=headers), cells=dict(values=cells)))
-    fig.update_layout(title=escape_text(f"{proj.what}: top {k} {proj.col_side}s"))
-    return fig
+    columns: dict[str, Sequence[Any]] = {
+        str(name): [f"{t} ({v:.2f})" for t, v in zip(sub.token, sub.value)]
+        for name, sub in df.groupby("row", sort=False)
+    }
+    return table(columns, title=f"{proj.what}: top {k} {proj.col_side}s")
 
 
 def alignment_heatmap(al: Any, kind: str = "all") -> Any:
     """The layer-similarity matrix of an alignment with the Hungarian matching marked."""
-    import plotly.graph_objects as go
-
     if kind not in al.kernel:
         raise ConfigError(f"no alignment for {kind!r}; have {list(al.kernel)}")
     s = al.kernel[kind]
@@ -92,26 +86,14 @@ def alignment_heatmap(al: Any, kind: str = "all") -> Any:
                   title=f"layer alignment {al.names[0]} -> {al.names[1]} ({kind}, kernelised)",
                   xlabel=f"{al.names[1]} layer", ylabel=f"{al.names[0]} layer", zmid=None, colorscale="Viridis")  # fmt: skip
     m = al.matching[kind]
-    fig.add_trace(
-        go.Scatter(
-            x=escape_tokens([f"B.L{j}" for j in m]),
-            y=escape_tokens([f"A.L{i}" for i in range(len(m))]),
-            mode="markers",
-            marker=dict(symbol="x", size=14, color="red"),
-            name="Hungarian matching",
-        )
-    )
-    return fig
+    return markers(fig, [f"B.L{j}" for j in m], [f"A.L{i}" for i in range(len(m))], name="Hungarian matching")
 
 
 def copying_bar(scores: Any) -> Any:
     """Bar chart of a :func:`mechwork.projection.head_scores` table (copying / prev-token / induction per head)."""
-    import plotly.graph_objects as go
-
     x = [f"L{r.layer}H{r.head}" for r in scores.itertuples()]
-    fig = go.Figure([go.Bar(name=c, x=x, y=scores[c].tolist()) for c in ("copying", "prev_token", "induction")])
-    fig.update_layout(barmode="group", title="head scores from vocabulary-space circuits", xaxis_title="head")
-    return fig
+    series = {c: scores[c].tolist() for c in ("copying", "prev_token", "induction")}
+    return bars(x, series, title="head scores from vocabulary-space circuits", xlabel="head")
 
 
 __all__ = ["lens_heatmap", "pair_heatmap", "top_table", "alignment_heatmap", "copying_bar"]

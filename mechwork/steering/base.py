@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from ..core.errors import ConfigError, NonFiniteError
+from ..core.kind import require_logits
 from ..core.sites import resolve
-from .data import Prompts, check_sets, encode, require_lm
+from .data import Prompts, check_sets, encode
 from .steerer import Steerer, SteererConfig, model_spec
 
 AFFINE_RANGE = (0.0, 1.0)
@@ -72,7 +73,7 @@ class Method:
             A method that needs next-token logits (LoFiT) on an encoder without a language-model head.
         """
         if self.needs_logits:
-            require_lm(model, self.name)
+            require_logits(model, self.name)
         src, tgt = encode(model, source, what="source"), encode(model, target, what="target")
         check_sets(src, tgt, equal=self.equal_sizes, method=self.name)
         t0 = time.perf_counter()
@@ -85,7 +86,7 @@ class Method:
         sites = sorted(set(scales) | set(biases), key=_site_order(model))
         from ..core.sites import site as one_site
 
-        shapes = tuple(tuple(int(x) for x in one_site(model, s).shape) for s in sites)
+        shapes = tuple(tuple(int(x) for x in (one_site(model, s).shape or ())) for s in sites)
         cfg = SteererConfig(
             method=self.name,
             sites=tuple(sites),
@@ -132,7 +133,7 @@ def check_loss(loss: Tensor, method: str, step: int) -> None:
     """Stop with the step number when the loss is NaN or inf."""
     if not bool(torch.isfinite(loss)):
         raise NonFiniteError(
-            f"{method}: the loss is {float(loss)} at step {step}; lower the learning rate or check the prompts "
+            f"{method}: the loss is {float(loss.detach())} at step {step}; lower the learning rate or check the prompts "
             "(fitting stopped, nothing was returned)"
         )
 

@@ -64,7 +64,9 @@ class ITI(Config, Method):
     scored on the rest; the ``k`` heads with the best validation accuracy get ``α · σ · θ`` added, with ``θ`` the
     normalised mass-mean shift ``mean(target) − mean(source)`` (``direction="probe"``: the probe's weights) and
     ``σ`` the std of the training activations projected on ``θ``. Default ``k``: 10% of the heads (at least 1);
-    ``alpha`` 15 as in the paper. Strength multiplies ``α``, range ``[-4, 4]``.
+    ``alpha`` 15 as in the paper. Strength multiplies ``α``, range ``[-4, 4]``. For unpaired texts (stories of a
+    style) ``read="mean"`` works better: on ``toy-mixed`` with 32 + 32 stories, rate 0.77 at KL 0.03 (strength
+    0.25) against 0.63 at KL 0.02 with ``read="last"`` (the last token of every story is ".").
     """
 
     k: int | None = None
@@ -125,8 +127,8 @@ def _split(n: int, val_fraction: float, g: torch.Generator) -> tuple[Tensor, Ten
 
 
 def linear_act_map(
-    source: Float[Tensor, n * shape], target: Float[Tensor, n * shape], *, min_std: float = 1e-4
-) -> tuple[Float[Tensor, " *shape"], Float[Tensor, " *shape"]]:
+    source: Float[Tensor, " n *unit"], target: Float[Tensor, " n *unit"], *, min_std: float = 1e-4
+) -> tuple[Float[Tensor, " *unit"], Float[Tensor, " *unit"]]:
     """Linear-AcT's closed form per unit: least squares ``y ≈ ω x + b`` on matched quantiles.
 
     Both sets (equal sizes) are sorted per unit (1-D optimal transport pairs the i-th smallest source value with

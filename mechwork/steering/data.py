@@ -12,9 +12,10 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from ..core.errors import DataError, MechworkError
-from ..core.hooks import check_tokens, model_device, to_tokens
-from ..core.sites import resolve, stop_at_layer
+from ..core.errors import DataError
+from ..core.hooks import capture, check_tokens, model_device, run_with_hooks
+from ..core.prompts import encode as core_encode
+from ..core.prompts import prepends_bos
 
 MIN_PROMPTS = 4
 
@@ -38,57 +39,19 @@ class Prompts:
         return self.mask.sum(1)
 
 
-def require_lm(model: Any, what: str) -> None:
-    """Refuse a model without a language-model head (the MiniLM encoder) where ``what`` needs logits."""
-    cfg = model.cfg
-    arch = str(getattr(cfg, "original_architecture", "") or getattr(cfg, "architecture", "") or "")
-    spec = str(getattr(model, "mechwork_spec", "") or "").lower()
-    if (
-        getattr(model, "mechwork_lm_head", True) is False
-        or getattr(cfg, "is_encoder", False)
-        or "Bert" in arch
-        or "minilm" in spec
-        or not getattr(cfg, "d_vocab", 0)
-    ):
-        raise MechworkError(
-            f"{what} needs next-token logits, and {spec or arch or 'this model'} is an encoder without a "
-            "language-model head (its logits would be meaningless). Steer a causal language model; on an encoder "
-            "fit DiffMeans/LinearAcT on its activations and read the effect on pooled embeddings instead."
-        )
-
-
 def encode(model: Any, prompts: Any, *, what: str = "prompts") -> Prompts:
-    """One prompt set from texts, a list of texts, a token tensor ``[n, pos]``, a ``PromptBatch`` or ``Prompts``.
+    """One prompt set from texts, a list of texts, token ids, a ``PromptBatch`` or ``Prompts``.
 
-    Texts are tokenised one by one (BOS prepended) and right-padded; prompts longer than the model's context
-    raise ``DataError``.
+    Goes through :func:`mechwork.core.encode` (the model's tokenizer and BOS convention, right padding); prompts
+    longer than the model's context raise ``DataError``.
     """
     if isinstance(prompts, Prompts):
         check_tokens(model, prompts.tokens, what=what)
         return prompts
-    if hasattr(prompts, "clean") and hasattr(prompts, "pos"):  # a task's PromptBatch
-        toks = check_tokens(model, prompts.clean, what=what)
-        mask = torch.arange(toks.shape[1])[None] <= prompts.pos[:, None].cpu()
-        return Prompts(toks, mask)
-    if isinstance(prompts, Tensor):
-        toks = check_tokens(model, prompts, what=what)
-        return Prompts(toks, torch.ones_like(toks, dtype=torch.bool))
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    texts = list(prompts)
-    if not texts:
+    if isinstance(prompts, (list, tuple)) and not prompts:
         raise DataError(f"{what}: empty set of prompts")
-    if not all(isinstance(t, str) for t in texts):
-        raise DataError(f"{what} must be texts, a token tensor or a task's PromptBatch; got {type(texts[0]).__name__}")
-    rows = [to_tokens(model, t)[0] for t in texts]
-    width = max(len(r) for r in rows)
-    pad = getattr(getattr(model, "tokenizer", None), "pad_token_id", None) or 0
-    toks = torch.full((len(rows), width), int(pad), dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        toks[i, : len(r)] = r
-        mask[i, : len(r)] = True
-    return Prompts(toks, mask)
+    enc = core_encode(model, prompts, what=what)
+    return Prompts(enc.tokens, enc.mask)
 
 
 def check_sets(source: Prompts, target: Prompts, *, equal: bool, method: str) -> None:
@@ -102,13 +65,13 @@ def check_sets(source: Prompts, target: Prompts, *, equal: bool, method: str) ->
         )
 
 
-def pool(act: Tensor, mask: Tensor, how: str = "mean") -> Tensor:
-    """``[n, pos, *shape]`` -> ``[n, *shape]``: mean over real tokens after BOS, or the last real token."""
+def pool(act: Tensor, mask: Tensor, how: str = "mean", *, skip_first: bool = True) -> Tensor:
+    """``[n, pos, *shape]`` -> ``[n, *shape]``: mean over real tokens (BOS left out), or the last real token."""
     m = mask.clone().to(act.device)
     if how == "last":
         last = m.long().sum(1) - 1
         return act[torch.arange(act.shape[0], device=act.device), last]
-    if m.shape[1] > 1:
+    if skip_first and m.shape[1] > 1:
         m[:, 0] = False  # BOS: the same activation in every prompt
         m[m.sum(1) == 0, 0] = True
     w = m.to(act.dtype).reshape(*m.shape, *([1] * (act.ndim - 2)))
@@ -125,34 +88,24 @@ def pooled(
     batch_size: int = 64,
 ) -> dict[str, Tensor]:
     """Pooled activations per site ``[n, *shape]`` (no gradient), with optional extra hooks active."""
-    site_list = resolve(model, list(sites))
     dev = model_device(model)
-    out: dict[str, list[Tensor]] = {s.name: [] for s in site_list}
-    stop = stop_at_layer(model, site_list)
+    out: dict[str, list[Tensor]] = {s: [] for s in sites}
+    skip = prepends_bos(model)
     for lo in range(0, len(prompts), batch_size):
         toks = prompts.tokens[lo : lo + batch_size].to(dev)
         mask = prompts.mask[lo : lo + batch_size]
-        store: dict[str, Tensor] = {}
-
-        def grab(t: Tensor, hook: Any, store: dict[str, Tensor] = store) -> None:
-            store[hook.name] = t.detach()
-
-        hooks = list(fwd_hooks) + [(s.name, grab) for s in site_list]
-        with torch.inference_mode(), model.hooks(fwd_hooks=hooks):
-            forward(model, toks, mask, stop_at_layer=stop)
-        for s in site_list:
-            out[s.name].append(pool(store[s.name].float(), mask, how).cpu())
+        acts = capture(model, toks, list(sites), attention_mask=mask.long().to(dev), hooks=fwd_hooks, clone=False)
+        for s in sites:
+            out[s].append(pool(acts[s].float(), mask, how, skip_first=skip).cpu())
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def forward(model: Any, tokens: Tensor, mask: Tensor | None = None, *, stop_at_layer: int | None = None) -> Any:
-    """One forward pass (logits, or none with ``stop_at_layer``); the attention mask is passed only with padding."""
-    kw: dict[str, Any] = {}
-    if mask is not None and not bool(mask.all()):
-        kw["attention_mask"] = mask.long().to(tokens.device)
-    if stop_at_layer is not None:
-        return model(tokens, stop_at_layer=stop_at_layer, **kw)
-    return model(tokens, **kw)
+def logits(model: Any, prompts: Prompts, hooks: Sequence[tuple[str, Any]] = ()) -> Tensor:
+    """Next-token logits ``[n, pos, vocab]`` of right-padded prompts (refuses models without an LM head)."""
+    dev = model_device(model)
+    return run_with_hooks(
+        model, prompts.tokens.to(dev), hooks, return_type="logits", attention_mask=prompts.mask.long().to(dev)
+    )
 
 
 # --- the style concept of the generated language -------------------------------------------------------------
@@ -184,19 +137,51 @@ def neutral_texts(n: int, *, seed: int = 0) -> list[str]:
     return [" ".join(GENERATORS[kinds[i % 3]](rng).words) for i in range(n)]
 
 
+GENDER_NAMES = {"female": 0, "male": 1}
+CONCEPTS = {"style": tuple(STYLE_NAMES), "gender": tuple(GENDER_NAMES)}
+
+
+def concept_label(concept: str, to: str | int) -> int:
+    """The class index of ``to`` for ``concept`` (style: negative 0 / positive 1; gender: female 0 / male 1)."""
+    if concept not in CONCEPTS:
+        raise DataError(f"unknown concept {concept!r}; the generated language's concepts are {sorted(CONCEPTS)}")
+    names = STYLE_NAMES if concept == "style" else GENDER_NAMES
+    if isinstance(to, int) and to in (0, 1):
+        return to
+    if to not in names:
+        raise DataError(f"{concept} target must be one of {sorted(names)}, got {to!r}")
+    return names[str(to)]
+
+
+def gender_texts(n: int, *, gender: int, seed: int) -> list[str]:
+    """``n`` sentences whose name (and so every pronoun) has the given gender (0 female, 1 male)."""
+    from ..data import vocab as V
+    from ..data.grammar import gender_doc
+
+    rng = random.Random(zlib.crc32(f"steering/gender/{gender}/{seed}".encode()))
+    names = V.FEMALE_NAMES if gender == 0 else V.MALE_NAMES
+    return [" ".join(gender_doc(rng, name=rng.choice(names)).words) for _ in range(n)]
+
+
 def concept_sets(
     concept: str = "style", to: str = "positive", n: int = 32, *, seed: int = 0, source: str = "opposite"
 ) -> tuple[list[str], list[str]]:
     """Source and target texts for a concept of the generated language.
 
-    ``style``: target = ``n`` stories in style ``to``; source = ``n`` stories in the other style
-    (``source="opposite"``, as toxic vs non-toxic sentences in LinEAS) or in either style (``"mixed"``: the
-    model's own distribution, from which generations are about half in each style).
+    ``style``: target = ``n`` stories in style ``to`` (``positive``/``negative``); source = ``n`` stories in the
+    other style (``source="opposite"``, as toxic vs non-toxic sentences in LinEAS) or in either style
+    (``"mixed"``: the model's own distribution, from which generations are about half in each style).
+    ``gender``: target = ``n`` sentences about a name of gender ``to`` (``female``/``male``), source = sentences
+    about names of the other gender.
     """
-    if concept != "style":
-        raise DataError(f"unknown concept {concept!r}; the generated language's steering concept is 'style'")
-    label = style_label(to)
+    label = concept_label(concept, to)
     if source not in ("opposite", "mixed"):
         raise DataError(f"source must be 'opposite' or 'mixed', got {source!r}")
+    if concept == "gender":
+        if source == "mixed":
+            src = gender_texts(n - n // 2, gender=0, seed=seed) + gender_texts(n // 2, gender=1, seed=seed)
+        else:
+            src = gender_texts(n, gender=1 - label, seed=seed)
+        return src, gender_texts(n, gender=label, seed=seed + 7919)
     src = style_texts(n, style=1 - label if source == "opposite" else None, seed=seed)
     return src, style_texts(n, style=label, seed=seed + 7919)

@@ -6,8 +6,10 @@ from typing import Any
 
 import torch
 
-from ..core.hooks import model_device
-from .data import encode, forward, neutral_texts, require_lm, style_label
+from ..core.hooks import model_device, run_with_hooks
+from ..core.kind import require_logits
+from ..core.prompts import decode
+from .data import concept_label, encode, logits, neutral_texts, style_label
 from .generate import generate
 from .steerer import Steerer
 
@@ -51,7 +53,7 @@ def style_rate(
     lex = style_words()
     styled = hits = own = total = 0
     for row in rows:
-        words = model.tokenizer.decode(row).split()
+        words = decode(model, row).split()
         p = sum(w in lex[label] for w in words)
         q = sum(w in lex[1 - label] for w in words)
         own, total = own + p, total + p + q
@@ -70,16 +72,15 @@ def fluency(
     Held-out text of the generated language without style words (IOI, gender and induction documents) unless
     ``texts`` is given. The steerer edits every position here (``positions="all"``): the cost per steered token.
     """
-    require_lm(model, "the fluency cost (KL, cross-entropy)")
+    require_logits(model, "the fluency cost (KL, cross-entropy)")
     p = encode(model, texts if texts is not None else neutral_texts(n, seed=seed), what="fluency texts")
     dev = model_device(model)
     toks, mask = p.tokens.to(dev), p.mask.to(dev)
-    base = forward(model, toks, mask).float().log_softmax(-1)
+    base = logits(model, p).float().log_softmax(-1)
     if steerer is None:
         steered = base
     else:
-        with steerer.apply(model, strength=strength, positions="all"):
-            steered = forward(model, toks, mask).float().log_softmax(-1)
+        steered = logits(model, p, steerer.hooks(model, strength=strength, positions="all")).float().log_softmax(-1)
     m = mask[:, :-1]
     kl = (base.exp() * (base - steered)).sum(-1)[:, :-1]
     nxt = toks[:, 1:, None]
@@ -93,11 +94,34 @@ def fluency(
     }
 
 
-def _is_toy_language(model: Any) -> bool:
-    try:
-        return model.to_str_tokens("the day began .", prepend_bos=False) == ["the", "day", "began", "."]
-    except Exception:
-        return False
+@torch.inference_mode()
+def gender_rate(
+    model: Any,
+    steerer: Steerer | None = None,
+    *,
+    strength: float | None = None,
+    to: str = "female",
+    n: int = 128,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Pronoun agreement flipped: on gender-task prompts ("Mary went to the park because" -> she/he), the share
+    of prompts whose name has the other gender but whose predicted pronoun is ``to``'s (``rate``; 0 unsteered on
+    ``toy-mixed``), and the share of ``to``-gender prompts that keep their pronoun (``kept``)."""
+    from ..tasks import get
+
+    label = concept_label("gender", to)
+    task = get("gender")
+    b = task.prompts(n, seed=seed, split="test", model=model).to(model_device(model))
+    hooks = steerer.hooks(model, strength=strength, positions="all") if steerer is not None else []
+    lg = run_with_hooks(model, b.clean, hooks, return_type="logits", attention_mask=b.attention_mask)
+    correct = task.accuracy(lg, b).bool().cpu()  # the name's own pronoun wins
+    assert b.labels is not None
+    says = torch.where(correct, b.labels.cpu(), 1 - b.labels.cpu())  # gender of the predicted pronoun
+    other, same = b.labels.cpu() != label, b.labels.cpu() == label
+    return {
+        "rate": float((says[other] == label).float().mean()) if other.any() else 0.0,
+        "kept": float((says[same] == label).float().mean()) if same.any() else 0.0,
+    }
 
 
 @torch.inference_mode()
@@ -106,33 +130,31 @@ def side_effects(
 ) -> dict[str, float]:
     """IOI logit difference / accuracy and induction loss on the second copy, with the steerer applied.
 
-    Measured only on models that speak the generated language (the shipped toys); empty dict otherwise.
+    The task prompts are rendered through the model's tokenizer; a task the tokenizer cannot express (IOI with
+    multi-token names) is left out of the returned dict.
     """
-    if not _is_toy_language(model):
-        return {}
+    from ..core.errors import UnsupportedModelError
     from ..tasks import get
 
     dev = model_device(model)
     out: dict[str, float] = {}
-    ctx = steerer.apply(model, strength=strength, positions="all") if steerer is not None else _null()
+    hooks = steerer.hooks(model, strength=strength, positions="all") if steerer is not None else []
     ioi, ind = get("ioi"), get("induction")
-    b = ioi.prompts(n, seed=11, split="test").to(dev)
-    bi = ind.prompts(n // 2, seed=12, split="test").to(dev)
-    with ctx:
-        logits = model(b.clean)
-        out["ioi_logit_diff"] = float(ioi.metric(logits, b).mean())
-        out["ioi_accuracy"] = float(ioi.accuracy(logits, b).mean())
-        li = model(bi.clean)
+    try:
+        b = ioi.prompts(n, seed=11, split="test", model=model).to(dev)
+    except UnsupportedModelError:
+        b = None
+    if b is not None:
+        lg = run_with_hooks(model, b.clean, hooks, return_type="logits", attention_mask=b.attention_mask)
+        out["ioi_logit_diff"] = float(ioi.metric(lg, b).mean())
+        out["ioi_accuracy"] = float(ioi.accuracy(lg, b).mean())
+    try:
+        bi = ind.prompts(n // 2, seed=12, split="test", model=model).to(dev)
+    except UnsupportedModelError:
+        return out
+    li = run_with_hooks(model, bi.clean, hooks, return_type="logits", attention_mask=bi.attention_mask)
     out["induction_loss"] = -float(ind.metric(li, bi).mean())  # the metric is the mean log-prob of the 2nd copy
     return out
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> None:
-        return None
 
 
 def evaluate(
@@ -141,6 +163,7 @@ def evaluate(
     *,
     strength: float | None = None,
     to: str | None = None,
+    concept: str | None = None,
     n: int = 64,
     n_text: int = 64,
     max_new_tokens: int = 24,
@@ -149,14 +172,22 @@ def evaluate(
 ) -> dict[str, float]:
     """Behaviour, fluency cost and side effects of ``steerer`` at ``strength`` in one flat dict.
 
-    ``to`` defaults to the steerer's target (``positive`` when unknown). With ``steerer=None`` the unsteered
-    baseline.
+    ``concept`` and ``to`` default to the steerer's (``style`` / ``positive`` when unknown). Behaviour ``rate``:
+    for style the share of generations from the neutral opener in style ``to`` (:func:`style_rate`), for gender
+    the share of other-gender prompts whose pronoun flips to ``to`` (:func:`gender_rate`). With
+    ``steerer=None`` the unsteered baseline.
     """
-    to = to or (steerer.config.target if steerer is not None and steerer.config.target else "positive")
+    concept = concept or (steerer.config.concept if steerer is not None and steerer.config.concept else "style")
+    default_to = "positive" if concept == "style" else "female"
+    to = to or (steerer.config.target if steerer is not None and steerer.config.target else default_to)
     out: dict[str, float] = {}
     if steerer is not None:
         out["strength"] = steerer.check_strength(strength)
-    out.update(style_rate(model, steerer, strength=strength, to=to, n=n, max_new_tokens=max_new_tokens, seed=seed))
+    if concept == "gender":
+        out.update(gender_rate(model, steerer, strength=strength, to=to, n=max(n, 64), seed=seed))
+    else:
+        kw: dict[str, Any] = dict(strength=strength, to=to, n=n, max_new_tokens=max_new_tokens, seed=seed)
+        out.update(style_rate(model, steerer, **kw))
     out.update(fluency(model, steerer, strength=strength, n=n_text, seed=seed))
     if side:
         out.update(side_effects(model, steerer, strength=strength))

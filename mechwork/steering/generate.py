@@ -6,8 +6,12 @@ positional embeddings); the steerer's hooks see absolute positions (see :mod:`.p
 
 ``HookedTransformer``: mechwork's own loop, one forward of the prompt then one token per step on
 TransformerLens's key-value cache (``use_cache=True``), or a full re-forward per step (``use_cache=False``).
-``TransformerBridge``: the bridge's own ``generate`` (its cache where the architecture has one) with
-``use_cache=True``, mechwork's re-forward loop otherwise.
+``TransformerBridge``: always the re-forward loop. TransformerLens 3.9's cached ``TransformerBridge.generate``
+gives wrong tokens on a GPT-2 Hugging Face folder even without any hook (greedy, one unpadded prompt: second
+token 84 where Hugging Face, the uncached bridge and ``HookedTransformer`` all give 144, a logit gap of 0.008,
+far above rounding), so mechwork does not decode the bridge through that cache. Hooks installed with
+``steerer.apply`` still see absolute positions inside the bridge's own ``generate`` (the tracker), whatever
+that loop computes.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from torch import Tensor
 
 from ..core.errors import ConfigError, DataError
 from ..core.hooks import model_device
+from ..core.kind import require_causal, require_logits
 from ..core.sites import is_bridge
-from .data import encode, require_lm
+from .data import encode
 from .positions import PositionState
 from .steerer import Steerer
 
@@ -74,7 +79,8 @@ def generate(
     temperature
         ``0`` is greedy; sampling is seeded by ``seed`` and does not touch the global RNG.
     use_cache
-        KV-cached decoding (same tokens as without the cache, up to float rounding of near-ties).
+        KV-cached decoding on ``HookedTransformer`` (same tokens as without the cache, up to float rounding of
+        near-ties); the bridge always re-runs the sequence (see the module notes).
     stop_token
         Rows are cut after it (inclusive); default the tokenizer's EOS when it differs from BOS.
 
@@ -83,7 +89,8 @@ def generate(
     list of list of int
         The new token ids of each prompt.
     """
-    require_lm(model, "generation")
+    require_logits(model, "steered generation")
+    require_causal(model, "steered generation")
     if max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     p = encode(model, prompts, what="prompts")
@@ -103,13 +110,7 @@ def generate(
     gen = torch.Generator().manual_seed(seed)
     toks, mask = toks.to(dev), mask.to(dev)
     with model.hooks(fwd_hooks=hooks):
-        if is_bridge(model) and use_cache:
-            state.explicit = False  # the bridge's loop: offsets come from the tracker hook
-            out = _bridge_generate(model, toks, mask, steps, temperature, seed, stop_token)
-        else:
-            out = _loop(
-                model, toks, mask, steps, temperature, gen, stop_token, state, use_cache and not is_bridge(model)
-            )
+        out = _loop(model, toks, mask, steps, temperature, gen, stop_token, state, use_cache and not is_bridge(model))
     rows = []
     for row in out[:, toks.shape[1] :].tolist():
         if stop_token is not None and stop_token in row:
@@ -153,22 +154,3 @@ def _loop(
             if bool(done.all()):
                 break
     return toks
-
-
-def _bridge_generate(
-    model: Any, toks: Tensor, mask: Tensor, steps: int, temperature: float, seed: int, stop_token: int | None
-) -> Tensor:
-    with torch.random.fork_rng(devices=[] if toks.device.type == "cpu" else [toks.device]):
-        torch.manual_seed(seed)
-        return model.generate(
-            toks,
-            max_new_tokens=steps,
-            do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else 1.0,
-            use_past_kv_cache=True,
-            attention_mask=mask.long(),
-            stop_at_eos=stop_token is not None,
-            eos_token_id=stop_token,
-            verbose=False,
-            return_type="tokens",
-        )

@@ -20,7 +20,7 @@ from torch import Tensor
 from ..core.config import Config
 from ..core.errors import ConfigError, DataError
 from .base import ADDITIVE_RANGE, Method, check_loss, frozen
-from .data import Prompts, encode, forward
+from .data import Prompts, encode, logits
 
 
 def common_prefix(p: Prompts) -> int:
@@ -40,9 +40,8 @@ def completion_mask(p: Prompts, prompt_tokens: int) -> Tensor:
 def sequence_logprob(model: Any, p: Prompts, cmask: Tensor, hooks: list) -> Tensor:
     """Summed log-probability of each row's completion tokens, ``[n]``."""
     dev = next(model.parameters()).device
-    with model.hooks(fwd_hooks=hooks):
-        logits = forward(model, p.tokens.to(dev), p.mask.to(dev))
-    lp = logits[:, :-1].float().log_softmax(-1).gather(-1, p.tokens[:, 1:, None].to(dev)).squeeze(-1)
+    lg = logits(model, p, hooks)
+    lp = lg[:, :-1].float().log_softmax(-1).gather(-1, p.tokens[:, 1:, None].to(dev)).squeeze(-1)
     return (lp * cmask.to(dev)).sum(1)
 
 
@@ -162,7 +161,7 @@ class LoFiT(Config, Method):
             loss.backward()
             opt.step()
             if step % max(1, self.steps // 20) == 0 or step == self.steps - 1:
-                history.append({"step": step, "loss": float(task)})
+                history.append({"step": step, "loss": float(task.detach())})
         return history
 
 

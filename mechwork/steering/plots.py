@@ -1,80 +1,79 @@
-"""Plotly figures of steering: behaviour vs fluency cost with Pareto fronts, per-layer support of a steerer."""
+"""Figures of steering (drawn through :mod:`mechwork.viz`): behaviour vs fluency cost with the Pareto front, and
+the per-site support of a steerer."""
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
+from ..viz import PALETTE, Line, lines
 from .steerer import Steerer
 
 
 def behaviour_vs_cost(result: Any, *, behaviour: str = "rate", cost: str = "kl", title: str | None = None) -> Any:
-    """One line per steerer (points = strengths), its Pareto front dashed, the unsteered point as a star."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    labels: dict[str, list[dict]] = {}
+    """One line per steerer (points = strengths), the Pareto front over all of them dashed, the unsteered point."""
+    groups: dict[str, list[dict]] = {}
     for r in result.rows:
-        labels.setdefault(r["label"], []).append(r)
-    for lab, rows in labels.items():
+        groups.setdefault(r["label"], []).append(r)
+    series = []
+    for i, (label, rows) in enumerate(groups.items()):
         rows = sorted(rows, key=lambda r: r["strength"])
-        fig.add_trace(
-            go.Scatter(
+        series.append(
+            Line(
+                [r[behaviour] for r in rows],
                 x=[r[cost] for r in rows],
-                y=[r[behaviour] for r in rows],
+                name=label,
+                color=PALETTE[i % len(PALETTE)],
                 mode="lines+markers",
-                name=html.escape(lab),
-                text=[f"strength {r['strength']:g}" for r in rows],
-                hovertemplate="%{text}<br>" + f"{cost} %{{x:.4g}}<br>{behaviour} %{{y:.3f}}<extra></extra>",
+                hover=[f"{label}, strength {r['strength']:g}" for r in rows],
             )
         )
     front = result.pareto(behaviour=behaviour, cost=cost)
-    fig.add_trace(
-        go.Scatter(
+    series.append(
+        Line(
+            [r[behaviour] for r in front],
             x=[r[cost] for r in front],
-            y=[r[behaviour] for r in front],
-            mode="lines",
-            line={"dash": "dash", "color": "black"},
-            name="Pareto front (all)",
+            name="Pareto front",
+            color="black",
+            dash="dash",
+            hover=[f"{r['label']}, strength {r['strength']:g}" for r in front],
         )
     )
     if result.baseline:
-        fig.add_trace(
-            go.Scatter(
+        series.append(
+            Line(
+                [result.baseline.get(behaviour, 0.0)],
                 x=[0.0],
-                y=[result.baseline.get(behaviour, 0.0)],
-                mode="markers",
-                marker={"symbol": "star", "size": 14, "color": "gray"},
                 name="unsteered",
+                color="gray",
+                mode="markers",
+                marker="diamond",
             )
         )
-    fig.update_layout(
-        title=html.escape(title or f"steering: {behaviour} vs {cost}"),
-        xaxis_title=html.escape(f"{cost} (fluency cost, lower is better)"),
-        yaxis_title=html.escape(f"{behaviour} (target style share)"),
-        template="plotly_white",
+    return lines(
+        [series],
+        title=title or f"steering: {behaviour} vs {cost}",
+        subtitle="higher and further left is better",
+        xlabel=f"{cost} (fluency cost)",
+        ylabel=f"{behaviour} (target style share)",
+        yrange=(0.0, 1.02) if behaviour in ("rate", "word_rate", "styled") else None,
     )
-    if cost == "kl":
-        fig.update_xaxes(type="log")
-    return fig
 
 
 def support_figure(steerer: Steerer, *, title: str | None = None) -> Any:
-    """Per site: units edited (support) and the group norms ``‖ω−1‖₂``, ``‖b‖₂`` (switched-off layers are 0)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
+    """Per site: units edited (support) and the group norms ``‖ω−1‖₂``, ``‖b‖₂`` (switched-off sites are 0)."""
     sites = steerer.sites
-    sup = steerer.support()
-    norms = steerer.norms()
-    names = [html.escape(s) for s in sites]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("units edited", "group norms"))
-    fig.add_trace(go.Bar(x=names, y=[sup[s] for s in sites], name="support"), row=1, col=1)
-    fig.add_trace(go.Bar(x=names, y=[norms[s]["scale"] for s in sites], name="‖ω−1‖₂"), row=1, col=2)
-    fig.add_trace(go.Bar(x=names, y=[norms[s]["bias"] for s in sites], name="‖b‖₂"), row=1, col=2)
-    fig.update_layout(
-        title=html.escape(title or f"{steerer.method}: per-site support ({steerer.n_parameters} parameters)"),
-        template="plotly_white",
-        barmode="group",
+    sup, norms = steerer.support(), steerer.norms()
+    return lines(
+        [
+            [Line([sup[s] for s in sites], x=sites, name="units edited", mode="lines+markers", color=PALETTE[0])],
+            [
+                Line(
+                    [norms[s]["scale"] for s in sites], x=sites, name="‖ω−1‖₂", mode="lines+markers", color=PALETTE[1]
+                ),
+                Line([norms[s]["bias"] for s in sites], x=sites, name="‖b‖₂", mode="lines+markers", color=PALETTE[2]),
+            ],
+        ],
+        titles=["support", "group norms"],
+        title=title or f"{steerer.method}: per-site support ({steerer.n_parameters} parameters)",
+        xlabel="site",
     )
-    return fig

@@ -4,7 +4,7 @@ HTML with :func:`save_html` (plotly.js inlined, so it works offline); every stri
 Capabilities describe what to draw (:class:`Line` series in :func:`lines` panels, :class:`Grid` panels in
 :func:`heatmaps`, or :func:`heatmap` / :func:`layer_line` for one tensor) instead of calling plotly themselves."""
 
-from .charts import DASHES, PALETTE, SYMBOLS, Grid, Line, heatmaps, lines
+from .charts import DASHES, PALETTE, SYMBOLS, Grid, Line, bars, heatmaps, lines, markers, table
 from .figures import escape_text, escape_tokens, heatmap, layer_line, save_html
 
 __all__ = [
@@ -12,6 +12,9 @@ __all__ = [
     "layer_line",
     "lines",
     "heatmaps",
+    "bars",
+    "table",
+    "markers",
     "Line",
     "Grid",
     "save_html",

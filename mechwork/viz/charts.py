@@ -10,7 +10,7 @@ HTML-escaped here, once, so that a capability cannot forget it; all figures shar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,5 +171,57 @@ def heatmaps(
     rows = max((len(g.y) for g in grids), default=1)
     fig.update_layout(
         title=_title(title, subtitle), height=max(320, 60 + len(grids) * max(200, 18 * rows)), template=TEMPLATE
+    )
+    return fig
+
+
+def bars(
+    categories: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    height: int = 420,
+) -> Any:
+    """Grouped bars: one bar per series (legend entry) for every category on the x axis."""
+    import plotly.graph_objects as go
+
+    x = escape_tokens(categories)
+    fig = go.Figure([go.Bar(name=escape_text(name), x=x, y=list(ys)) for name, ys in series.items()])
+    fig.update_layout(
+        barmode="group",
+        title=_title(title),
+        xaxis_title=escape_text(xlabel),
+        yaxis_title=escape_text(ylabel),
+        height=height,
+        template=TEMPLATE,
+    )
+    return fig
+
+
+def table(columns: Mapping[str, Sequence[Any]], *, title: str = "") -> Any:
+    """A table figure: ``{header: cells}``, one column per entry (cells shown as escaped strings)."""
+    import plotly.graph_objects as go
+
+    headers = [escape_text(h) for h in columns]
+    cells = [[escape_text(c) for c in col] for col in columns.values()]
+    fig = go.Figure(go.Table(header={"values": headers}, cells={"values": cells}))
+    fig.update_layout(title=_title(title), template=TEMPLATE)
+    return fig
+
+
+def markers(fig: Any, x: Sequence[str], y: Sequence[str], *, name: str, symbol: str = "x", color: str = "red") -> Any:
+    """Overlay category markers (e.g. a matching) on a heatmap made by :func:`~mechwork.viz.heatmap`."""
+    import plotly.graph_objects as go
+
+    fig.add_trace(
+        go.Scatter(
+            x=escape_tokens(x),
+            y=escape_tokens(y),
+            mode="markers",
+            marker={"symbol": symbol, "size": 14, "color": color},
+            name=escape_text(name),
+        )
     )
     return fig
