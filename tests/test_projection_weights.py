@@ -253,3 +253,22 @@ def test_untied_model_without_embedding_refused(tiny):
     with pytest.raises(ConfigError, match="no token embedding W_E"):
         project(m, "neuron_in", layer=0, neuron=0)
     assert project(m, "neuron_out", layer=0, neuron=0).shape == (1, 37)
+
+
+@pytest.mark.parametrize("style", [0, 1])
+def test_style_sae_latent_projects_onto_its_lexicon(toy_mixed, style):
+    """The shipped SAE's most style-selective latent (chosen from activations and labels), its decoder row given as
+    a plain tensor at the SAE's site, promotes that style's words."""
+    from mechwork.core.hooks import capture
+    from mechwork.sae import shipped
+
+    sae = mechwork.sae.load(shipped.path("toy-mixed", "blocks.2.hook_resid_post"))
+    st = mechwork.tasks.get("style").prompts(160, seed=7)
+    x = capture(toy_mixed, st.clean, ["resid_post.2"])["blocks.2.hook_resid_post"][torch.arange(160), st.pos]
+    with torch.no_grad():
+        f = sae.encode(x)
+    own = st.labels == style
+    latent = int((f[own].mean(0) - f[~own].mean(0)).argmax())
+    top = [t for t, _ in project(toy_mixed, sae.W_dec[latent].detach(), site="resid_post.2").top(10)]
+    assert sum(t in V.STYLE_WORDS[style] for t in top) >= 6, top
+    assert not any(t in V.STYLE_WORDS[1 - style] for t in top), top
