@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,8 +184,3 @@ class LinearAcT(Config, Method):
                 src_n = src[n]
             scales[n], biases[n] = linear_act_map(src_n, tgt[n], min_std=self.min_std)
         return scales, biases, {"incremental": self.incremental}
-
-
-def default_k(model: Any, fraction: float = 0.1) -> int:
-    """``fraction`` of the model's attention heads, at least 1."""
-    return max(1, math.ceil(fraction * int(model.cfg.n_layers) * int(model.cfg.n_heads)))
