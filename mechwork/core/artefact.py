@@ -51,6 +51,8 @@ def load_artefact(
             f"{path / CONFIG} is not a mechwork {what} config (format {found!r}, expected {format!r})"
         )
     cfg = config_cls.from_dict(raw, ignore=("mechwork_version",), source=str(path / CONFIG))
-    tensors = load_tensors(path / weights, device=device)
-    card = read_json(path / CARD, what=f"{what} card") if (path / CARD).is_file() else {}
+    tensors = load_tensors(path / weights, device=device, what=f"{what} tensors", floating=True)
+    card = read_json(path / CARD, what=f"{what} card") if (path / CARD).exists() else {}
+    if not isinstance(card, dict):
+        raise CheckpointError(f"{what} card {path / CARD} is not a JSON object")
     return cfg, tensors, card
