@@ -134,15 +134,31 @@ def test_store_verify_detects_a_flipped_bit_and_names_the_shard(copy):
         ActivationStore.open(root, verify=True)
 
 
-def test_shipped_artefacts_without_digests_still_load():
+def test_shipped_artefacts_load_and_match_their_recorded_digests():
     import mechwork
+    from mechwork.core.files import recorded_digest, sha256_file
+    from mechwork.models.zoo import ENTRIES
     from mechwork.sae import load
     from mechwork.sae.shipped import ROOT
 
+    files = [e.path / "model.safetensors" for e in ENTRIES.values()]
+    files += sorted(ROOT.glob("toy-mixed/*/sae_weights.safetensors"))
+    assert len(files) >= 4
+    for f in files:  # the digests were added beside the unchanged files: same bytes, same tensors
+        assert recorded_digest(f) == sha256_file(f), f
     assert mechwork.load_model("toy-mixed", backend="hooked") is not None
-    for folder in sorted(p for p in (ROOT / "toy-mixed").iterdir() if p.is_dir()):
-        sae = load(folder)
-        assert torch.isfinite(sae.W_dec).all()
+    for f in files[len(ENTRIES) :]:
+        assert torch.isfinite(load(f.parent).W_dec).all()
+
+
+def test_artefact_without_digest_still_loads(copy):
+    """Folders written before digests were recorded load as before (nothing to compare with)."""
+    from mechwork.sae import load
+
+    root = copy("sae")
+    ref = load(root).W_dec.clone()
+    (root / "sae_weights.safetensors.sha256").unlink()
+    assert torch.equal(load(root).W_dec, ref)
 
 
 def test_digest_recorded_and_sha256sum_compatible(tmp_path):
