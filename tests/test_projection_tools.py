@@ -50,7 +50,7 @@ def test_finetune_vector_ranks_the_tuned_style_first(toy_mixed, positive_finetun
         r = fv.rank(comp)
         assert r[pos].float().mean() < r[neg].float().mean()
     assert fv.neurons(2).shape == (512, 213)
-    assert "L2.mlp" in repr(fv) and "<table>" in fv._repr_html_()
+    assert "L2.mlp" in repr(fv) and "<table" in fv._repr_html_()
 
 
 def test_finetune_vector_of_identical_checkpoints_is_zero(toy_mixed, toy_induction):
@@ -225,3 +225,16 @@ def test_alignment_recovers_layers_of_two_seeds():
     assert al.matching["all"] == [0, 1, 2, 3]
     assert al.accuracy(raw=True) < 0.5
     assert al.accuracy(kind="V") == 1.0 and al.accuracy(kind="WO") == 1.0  # write-side parameters align best
+
+
+def test_cli_project_align(capsys, tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).parent / "data" / "align-seeds"
+    html = tmp_path / "align.html"
+    assert main(["project", "align", str(root / "s1"), str(root / "s2"), "--json", "--html", str(html)]) == 0
+    out = json.loads(capsys.readouterr().out.split("\nfigure written")[0])
+    assert [r["matching"] for r in out["table"] if r["param"] == "all"] == [[0, 1, 2, 3]]
+    assert html.is_file()
+    assert main(["project", "align", "toy-mixed", "toy-induction-2l", "--json"]) == 0  # same vocabulary, no MLPs in B
+    capsys.readouterr()

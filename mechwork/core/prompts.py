@@ -187,6 +187,10 @@ def pad_rows(model: Any, rows: Sequence[Sequence[int]], *, last_offset: int | No
     return Encoded(tokens, None if min(lens) == width else mask, last)
 
 
+def _empty_list(prompts: Any) -> bool:
+    return isinstance(prompts, (list, tuple)) and not prompts
+
+
 def encode(
     model: Any,
     prompts: Any,
@@ -217,7 +221,7 @@ def encode(
         Empty input, non-integer ids, ids outside the vocabulary, prompts longer than the context, text
         prompts for a model without a tokenizer.
     """
-    if isinstance(prompts, (list, tuple)) and not prompts:
+    if _empty_list(prompts):
         raise DataError(f"{what}: empty list (no prompts given)")
     if isinstance(prompts, Encoded):
         enc = prompts

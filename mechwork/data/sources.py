@@ -163,7 +163,8 @@ class TokenSource:
 
     def _docs_corpus(self) -> Iterator[Tensor]:
         # a fresh copy: the documents depend on the corpus's seed only, not on what the object already produced
-        corpus = dataclasses.replace(self.source) if dataclasses.is_dataclass(self.source) else self.source
+        src = self.source
+        corpus: Any = dataclasses.replace(src) if dataclasses.is_dataclass(src) and not isinstance(src, type) else src
         # documents end with EOS, as the zoo models saw them in training ("<bos> words <eos>"); packing adds the BOS
         eos = getattr(self.tokenizer, "eos_token_id", None)
         tail = torch.tensor([eos], dtype=torch.long) if eos is not None else None

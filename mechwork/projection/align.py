@@ -18,7 +18,6 @@ exists when the widths agree and which a change of residual basis destroys.
 from __future__ import annotations
 
 import copy
-import html
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,7 +146,13 @@ class Alignment:
         return f"Alignment({self.names[0]} -> {self.names[1]}, layer matching {m}, types {list(self.kernel)})"
 
     def _repr_html_(self) -> str:
-        return f"<div><b>Alignment</b> {html.escape(repr(self))}</div>"
+        from ..viz.cards import card
+
+        facts = {"models": f"{self.names[0]} -> {self.names[1]}", "layer matching (all)": self.matching.get("all")}
+        if "all" in self.matching_raw:
+            facts["raw-parameter matching"] = self.matching_raw["all"]
+        rows = [[k, self.matching[k], self.matching_raw.get(k, "-")] for k in self.kernel]
+        return card("Alignment", facts, table=(["parameter", "kernelised", "raw"], rows))
 
 
 @torch.no_grad()

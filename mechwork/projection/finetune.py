@@ -19,7 +19,6 @@ Scores are comparable within a component, not across components.
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,13 +88,10 @@ class FinetuneVectors:
         return f"FinetuneVectors({len(self.scores)} components: {', '.join(self.scores)})"
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(c)}</td><td>{html.escape(', '.join(t for t, _ in self.top(c, 5)))}</td></tr>"
-            for c in self.scores
-        )
-        return (
-            f"<div><b>Fine-tuning vectors</b><table><tr><th>component</th><th>top tokens</th></tr>{rows}</table></div>"
-        )
+        from ..viz.cards import card
+
+        rows = [[c, ", ".join(t for t, _ in self.top(c, 5))] for c in self.scores]
+        return card("Fine-tuning vectors", {"components": len(self.scores)}, table=(["component", "top tokens"], rows))
 
 
 @torch.no_grad()

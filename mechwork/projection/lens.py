@@ -9,7 +9,6 @@ next token. Works on both backends (``ln_final`` and ``unembed`` are called dire
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -180,16 +179,13 @@ class LensResult:
         return f"LensResult({self.kind} lens, {L} states x {b} prompts x {p} positions, vocab {v})"
 
     def _repr_html_(self) -> str:
+        from ..viz.cards import card
+
+        L, b, p, v = self.logits.shape
         s = self.summary()
-        rows = "".join(
-            f"<tr><td>{html.escape(str(r.layer))}</td><td>{r.kl_to_final:.3f}</td><td>{r.entropy:.3f}</td>"
-            f"<td>{r.answer_rank:.1f}</td></tr>"
-            for r in s.itertuples()
-        )
-        return (
-            f"<div><b>{html.escape(self.kind)} lens</b> {html.escape(repr(self))}<table><tr><th>layer</th>"
-            f"<th>KL to final</th><th>entropy</th><th>answer rank</th></tr>{rows}</table></div>"
-        )
+        rows = [[r.layer, r.kl_to_final, r.entropy, r.answer_rank] for r in s.itertuples()]
+        facts = {"prompts": b, "positions": p, "vocabulary": v}
+        return card(f"{self.kind} lens", facts, table=(["state", "KL to final", "entropy", "answer rank"], rows))
 
 
 #: backward-compatible name of the result type

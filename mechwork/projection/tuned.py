@@ -15,7 +15,6 @@ unembedding, widths) and ``lens.safetensors``; loading it for a different model 
 from __future__ import annotations
 
 import hashlib
-import html
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +164,7 @@ class TunedLens(torch.nn.Module):
         if missing:
             raise CheckpointError(f"{path / 'cfg.json'} lacks {missing}; the lens folder is truncated or foreign")
         cfg = TunedLensConfig.from_dict(raw, ignore=(*meta, "format", "mechwork_version"), source=str(path))
-        t = load_tensors(path / "lens.safetensors")
+        t = load_tensors(path / "lens.safetensors", what="tuned-lens weights", floating=True)
         L, d = meta["n_layers"], meta["d_model"]
         if set(t) != {"weight", "bias"} or tuple(t["weight"].shape) != (L, d, d) or tuple(t["bias"].shape) != (L, d):
             raise CheckpointError(
@@ -188,7 +187,12 @@ class TunedLens(torch.nn.Module):
         )
 
     def _repr_html_(self) -> str:
-        return f"<div><b>TunedLens</b> {html.escape(repr(self))}</div>"
+        from ..viz.cards import card
+
+        m = self.meta
+        facts = {"model": m.get("model_spec"), "translators": f"{m.get('n_layers')} x {m.get('d_model')}x{m.get('d_model')}",
+                 "steps": m.get("steps_done"), "tokens seen": m.get("tokens_seen"), "train KL": m.get("train_loss")}  # fmt: skip
+        return card("TunedLens", facts)
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -74,7 +74,6 @@ class SyntheticDictionary(_Stream):
         return coeffs @ self.features, coeffs
 
 
-
 @dataclass
 class GroupedSynthetic(_Stream):
     """The synthetic data of the MFR paper (after Sharkey et al. 2022), with per-sample sampling.
@@ -125,7 +124,6 @@ class GroupedSynthetic(_Stream):
         vals = torch.rand(n, self.n_active, generator=gen)
         coeffs = torch.zeros(n, self.n_features).scatter_(1, idx, vals)
         return coeffs @ self.features, coeffs
-
 
 
 def recovery(learned: Float[Tensor, "m d"], true: Float[Tensor, "n d"]) -> dict[str, float]:
