@@ -42,7 +42,7 @@ def factored_rows(model, repeat: int) -> list[dict]:
     dense_gb = V * V * 4 / 1e9
     held = (p.left.numel() + p.right.numel()) * 4 / 1e6
     chunk_mb = p._chunk() * V * 4 / 1e6
-    rows.append({"vocab": V, "operation": "dense OV matrix (one head)", "seconds": float("nan"),
+    rows.append({"vocab": V, "operation": "dense OV matrix (one head)", "seconds": None,
                  "memory": f"{dense_gb:.1f} GB (x {12 * 12} heads): not attempted"})  # fmt: skip
     rows.append({"vocab": V, "operation": "factored OV: build", "seconds": timeit(
         lambda: project(model, "ov", layer=5, head=3), repeat=repeat), "memory": f"{held:.1f} MB factors"})  # fmt: skip
@@ -99,11 +99,80 @@ def lens_speed(model, name: str, source, steps: int, batch: int, context: int) -
     ]  # fmt: skip
 
 
+def lens_quality(steps: int) -> list[dict]:
+    """Held-out KL to the final layer of the logit and the tuned lens, per layer, on both shipped models."""
+    import mechwork
+    from mechwork.projection.tuned import compare_lenses, held_out_tokens, train_tuned_lens
+
+    rows = []
+    for name in ("toy-mixed", "toy-induction-2l"):
+        model = mechwork.load_model(name, device="cpu", backend="hooked")
+        t0 = time.perf_counter()
+        lens = train_tuned_lens(model, steps=steps, batch_size=16, lr=3e-3, progress=False)
+        seconds = time.perf_counter() - t0
+        table = compare_lenses(model, held_out_tokens(model, n=64), lens)
+        for r in table.itertuples():
+            rows.append({"model": name, "layer": r.layer, "kl_logit": r.kl_to_final_logit,
+                         "kl_tuned": r.kl_to_final_tuned, "steps": steps, "train_seconds": seconds})  # fmt: skip
+    return rows
+
+
+def alignment(steps: int, seeds: list[int], folder: str) -> list[dict]:
+    """Two (or more) small models trained from different seeds: is the layer order recovered (identity matching)?"""
+    import itertools
+    from pathlib import Path
+
+    import mechwork
+    from mechwork.models.checkpoint import save_checkpoint
+    from mechwork.models.config import ModelConfig, TrainConfig
+    from mechwork.models.train import train_model, unprocessed_state
+    from mechwork.projection import align
+
+    models = {}
+    for seed in seeds:
+        path = Path(folder) / f"align-s{seed}-{steps}"
+        if not (path / "model.safetensors").is_file():
+            mc = ModelConfig(name=f"align-s{seed}", n_layers=4, d_model=64, n_heads=4, d_head=16, d_mlp=256,
+                             n_ctx=64, d_vocab=213, seed=seed)  # fmt: skip
+            tc = TrainConfig(steps=steps, batch_size=32, lr=2e-3, warmup=50, seed=seed)
+            model, _ = train_model(mc, tc, progress=False)
+            save_checkpoint(path, mc, unprocessed_state(model), card={"steps": steps})
+        models[seed] = mechwork.load_model(path, device="cpu", backend="hooked")
+    rows = []
+    for a, b in itertools.combinations(seeds, 2):
+        for reduce in ("mean", "max"):
+            al = align(models[a], models[b], reduce=reduce)
+            rows.append({"pair": f"s{a}-s{b}", "steps": steps, "reduce": reduce,
+                         "kernel_matching": al.matching["all"], "kernel_acc": al.accuracy(),
+                         "raw_matching": al.matching_raw["all"], "raw_acc": al.accuracy(raw=True),
+                         "kernel_acc_per_type": {k: al.accuracy(kind=k) for k in al.kernel if k != "all"},
+                         "raw_acc_per_type": {k: al.accuracy(kind=k, raw=True) for k in al.raw if k != "all"}})  # fmt: skip
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small sizes, numbers meaningless")
+    ap.add_argument("--part", default="speed", choices=("speed", "quality", "align"),
+                    help="speed (default), quality (logit vs tuned lens KL), align (trains small seeds: long)")  # fmt: skip
+    ap.add_argument("--align-steps", type=int, default=400)
+    ap.add_argument("--align-seeds", default="1,2,3,4")
+    ap.add_argument("--align-folder", default="/tmp/mechwork-align-models")
     args = ap.parse_args()
     import mechwork
+
+    if args.part == "quality":
+        rows = lens_quality(50 if args.quick else 250)
+        print_table(rows, ["model", "layer", "kl_logit", "kl_tuned"], title="held-out KL to the final layer")
+        write_results("projection_lens_quality", {"rows": rows, "quick": args.quick})
+        return
+    if args.part == "align":
+        seeds = [int(s) for s in args.align_seeds.split(",")]
+        rows = alignment(args.align_steps, seeds, args.align_folder)
+        print_table(rows, ["pair", "steps", "reduce", "kernel_matching", "kernel_acc", "raw_matching", "raw_acc"],
+                    title="layer alignment of independently trained seeds (identity = correct)")  # fmt: skip
+        write_results(f"projection_align_{args.align_steps}", {"rows": rows, "seeds": seeds})
+        return
 
     vocab = 8192 if args.quick else 50257
     big = gpt2_shape(vocab, n_layers=12)

@@ -121,3 +121,27 @@ def test_task_batches_through_other_capabilities(gpt2_model):
     assert eraser.config.task == "gender"
     with pytest.warns(MechworkWarning, match="differ across the batch"):
         mechwork.patching.activation_patch(gpt2_model, tasks.get("ioi").prompts(4, model=gpt2_model), per="position")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt2_bridge", "pythia", "llama", "minilm"])
+def test_patching_on_from_pairs_prompts(name, request):
+    """Patching every position of the first residual stream restores the clean run exactly (per prompt)."""
+    from mechwork.patching import activation_patch, attribution_patch
+
+    model = request.getfixturevalue(name if name in ("minilm", "gpt2_bridge") else f"{name}_model")
+    clean = ["When Mary and John went to the store, John gave a drink to", "Then Sarah and David walked to the"]
+    corrupted = ["When Mary and John went to the store, Mary gave a drink to", "Then David and Sarah walked to the"]
+    if name == "minilm":
+        batch = tasks.from_pairs(model, clean=clean, corrupted=corrupted)
+    else:
+        batch = tasks.from_pairs(
+            model, clean=clean, corrupted=corrupted, answers=[" Mary", " river"], wrong=[" John", " park"]
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MechworkWarning)  # random weights: the gap is small
+        res = activation_patch(model, batch, sites="resid_pre", per="layer")
+        atp = attribution_patch(model, batch, sites="resid_pre", per="layer")
+    assert res.per_prompt is not None
+    want = torch.tensor(res.clean - res.corrupted)
+    assert torch.allclose(res.scores[0].double(), want.double(), atol=1e-5)
+    assert atp.scores.shape == res.scores.shape and torch.isfinite(atp.scores).all()

@@ -234,3 +234,38 @@ def test_near_zero_gap_warns(gpt2_model):
         warnings.simplefilter("always")
         activation_patch(gpt2_model, batch, sites="resid_pre", per="layer")
     assert any("nearly coincide" in str(w.message) for w in caught)
+
+
+def test_registered_task_renders_for_any_tokenizer(gpt2_model):
+    from dataclasses import dataclass
+
+    from mechwork.core.errors import ConfigError
+
+    @dataclass
+    class Greeting(tasks.Task):
+        name: str = "greeting"
+
+        def _items(self, rng, n, split):
+            out = []
+            for _ in range(n):
+                a, b = rng.sample(["Mary", "John", "Sarah", "David"], 2)
+                words = ["Then", a, "and", b, "went", "to", "the", "store", ",", b, "gave", "a", "drink", "to"]
+                bad = words[:9] + [a] + words[10:]
+                out.append({"clean": words, "corrupted": bad, "answer": a, "wrong": b})
+            return out
+
+    tasks.register("greeting", Greeting)
+    try:
+        batch = tasks.get("greeting").prompts(6, seed=1, model=gpt2_model)
+        assert batch.aligned  # one template: every position is the same slot
+        assert all(t.startswith("Then ") and t.endswith(" gave a drink to") for t in batch.texts())
+        out = tasks.get("greeting").evaluate(gpt2_model, n=6, seed=1)
+        with torch.no_grad():
+            want = tasks.logit_diff(gpt2_model(batch.clean), batch).mean()
+        assert out["metric"] == pytest.approx(float(want), abs=1e-5)
+        with pytest.raises(ConfigError, match="already registered"):
+            tasks.register("greeting", type("Other", (tasks.Task,), {}))
+        with pytest.raises(ConfigError, match="Task subclass"):
+            tasks.register("bad", dict)  # type: ignore[arg-type]
+    finally:
+        tasks._REGISTRY.pop("greeting", None)

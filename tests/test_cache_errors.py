@@ -142,7 +142,7 @@ def _shard(root, site_dir="blocks.1.hook_resid_post", i=0):
         (lambda r: _shard(r).unlink(), r"shard-00000.safetensors is missing"),
         (
             lambda r: _shard(r, i=1).write_bytes(_shard(r, i=1).read_bytes()[:-100]),
-            r"shard-00001.safetensors has \d+ bytes, expected",
+            r"shard-00001.safetensors has \d+ bytes but its header describes",
         ),
         (lambda r: _shard(r).write_bytes(b"\x00" * 5000), r"shard-00000.safetensors"),
         (
@@ -154,7 +154,7 @@ def _shard(root, site_dir="blocks.1.hook_resid_post", i=0):
             r"shard-00000.safetensors is not a mechwork activation shard .*found \['blocks.2.attn.hook_z'\]",
         ),
         (lambda r: (r / "tokens" / F.shard_name(0)).unlink(), r"tokens/shard-00000.safetensors is missing"),
-        (lambda r: (r / F.MANIFEST).unlink(), r"manifest not found"),
+        (lambda r: (r / F.MANIFEST).unlink(), r"manifest.json is missing"),
         (lambda r: (r / F.MANIFEST).write_text("{truncated"), r"manifest.json is not valid JSON"),
         (
             lambda r: (r / F.MANIFEST).write_text(json.dumps({"format": "mechwork-model"})),

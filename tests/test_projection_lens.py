@@ -45,7 +45,7 @@ def test_logit_lens_statistics(toy_mixed_any):
     assert torch.isnan(ce[:, 0, -1]).all() and torch.isfinite(ce[:, 0, :-1]).all()
     s = r.summary()
     assert list(s.layer) == ["embed", "L0", "L1", "L2", "L3"] and s.kl_to_final.iloc[-1] < 1e-5
-    assert "<table>" in r._repr_html_() and "LensResult" in repr(r)
+    assert "<table" in r._repr_html_() and "LensResult" in repr(r)
 
 
 def test_logit_lens_prompt_batch_answer_position(toy_mixed):
@@ -110,7 +110,7 @@ def test_tuned_lens_from_cache(toy_mixed, tmp_path):
     store = collect(toy_mixed, tokens, resid_names(toy_mixed), progress=False)
     lens = train_tuned_lens(toy_mixed, store=store, steps=5, batch_size=64, progress=False)
     assert lens.meta["steps_done"] == 5 and lens.meta["tokens_seen"] == 5 * 64
-    assert float(lens.weight.abs().sum()) > 0
+    assert float(lens.weight.detach().abs().sum()) > 0
     small = collect(toy_mixed, tokens, ["resid_post.0"], progress=False)
     with pytest.raises(mechwork.core.DataError, match="lacks"):
         train_tuned_lens(toy_mixed, store=small, steps=2, progress=False)

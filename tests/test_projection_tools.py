@@ -50,7 +50,7 @@ def test_finetune_vector_ranks_the_tuned_style_first(toy_mixed, positive_finetun
         r = fv.rank(comp)
         assert r[pos].float().mean() < r[neg].float().mean()
     assert fv.neurons(2).shape == (512, 213)
-    assert "L2.mlp" in repr(fv) and "<table>" in fv._repr_html_()
+    assert "L2.mlp" in repr(fv) and "<table" in fv._repr_html_()
 
 
 def test_finetune_vector_of_identical_checkpoints_is_zero(toy_mixed, toy_induction):
@@ -105,8 +105,11 @@ def test_views_escape_every_token(toy_mixed, tmp_path):
         def __init__(self, inner):
             self.inner = inner
 
-        def batch_decode(self, ids, **kw):
-            return [f"{EVIL}{i[0]}" for i in ids]
+        def decode(self, ids, **kw):
+            return f"{EVIL}{ids[0]}"
+
+        def convert_ids_to_tokens(self, ids):
+            return [f"{EVIL}{i}" for i in ids]
 
         def __getattr__(self, name):
             return getattr(self.inner, name)
@@ -209,3 +212,29 @@ def test_cli_lens_train_then_read(capsys, tmp_path):
     assert set(json.loads(capsys.readouterr().out)["lenses"]) == {"logit", "tuned"}
     assert main(["project", "toy-mixed", "lens", "--tuned", str(out)]) == 2
     assert "cannot read this model" in capsys.readouterr().err
+
+
+def test_alignment_recovers_layers_of_two_seeds():
+    """Two small models trained from different seeds (tests/data/align-seeds, recipe in their card.json): the
+    kernelised correlation recovers the layer order, the raw-parameter correlation does not."""
+    from pathlib import Path
+
+    root = Path(__file__).parent / "data" / "align-seeds"
+    a, b = (mechwork.load_model(root / s, device="cpu", backend="hooked") for s in ("s1", "s2"))
+    al = align(a, b)
+    assert al.matching["all"] == [0, 1, 2, 3]
+    assert al.accuracy(raw=True) < 0.5
+    assert al.accuracy(kind="V") == 1.0 and al.accuracy(kind="WO") == 1.0  # write-side parameters align best
+
+
+def test_cli_project_align(capsys, tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).parent / "data" / "align-seeds"
+    html = tmp_path / "align.html"
+    assert main(["project", "align", str(root / "s1"), str(root / "s2"), "--json", "--html", str(html)]) == 0
+    out = json.loads(capsys.readouterr().out.split("\nfigure written")[0])
+    assert [r["matching"] for r in out["table"] if r["param"] == "all"] == [[0, 1, 2, 3]]
+    assert html.is_file()
+    assert main(["project", "align", "toy-mixed", "toy-induction-2l", "--json"]) == 0  # same vocabulary, no MLPs in B
+    capsys.readouterr()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -230,3 +231,44 @@ def test_effective_embedding_is_layer0_identity_up_to_scale(toy_induction):
     x = toy_induction.W_E + toy_induction.W_pos[1]
     x = x - x.mean(-1, keepdim=True)
     torch.testing.assert_close(e, x * math.sqrt(64) / x.norm(dim=-1, keepdim=True), rtol=1e-4, atol=1e-4)
+
+
+def test_untied_model_without_embedding_refused(tiny):
+    """A model that exposes no W_E and does not tie its embeddings: input-side projections refuse, outputs work."""
+
+    class NoEmbed:
+        def __init__(self, inner):
+            self._inner = inner
+            self.cfg = copy.copy(inner.cfg)
+            self.cfg.tie_word_embeddings = False
+            self.W_E = None
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    m = NoEmbed(tiny)
+    for kind in ("qk", "ov"):
+        with pytest.raises(ConfigError, match="no token embedding W_E"):
+            project(m, kind, layer=0, head=0)
+    with pytest.raises(ConfigError, match="no token embedding W_E"):
+        project(m, "neuron_in", layer=0, neuron=0)
+    assert project(m, "neuron_out", layer=0, neuron=0).shape == (1, 37)
+
+
+@pytest.mark.parametrize("style", [0, 1])
+def test_style_sae_latent_projects_onto_its_lexicon(toy_mixed, style):
+    """The shipped SAE's most style-selective latent (chosen from activations and labels), its decoder row given as
+    a plain tensor at the SAE's site, promotes that style's words."""
+    from mechwork.core.hooks import capture
+    from mechwork.sae import shipped
+
+    sae = mechwork.sae.load(shipped.path("toy-mixed", "blocks.2.hook_resid_post"))
+    st = mechwork.tasks.get("style").prompts(160, seed=7)
+    x = capture(toy_mixed, st.clean, ["resid_post.2"])["blocks.2.hook_resid_post"][torch.arange(160), st.pos]
+    with torch.no_grad():
+        f = sae.encode(x)
+    own = st.labels == style
+    latent = int((f[own].mean(0) - f[~own].mean(0)).argmax())
+    top = [t for t, _ in project(toy_mixed, sae.W_dec[latent].detach(), site="resid_post.2").top(10)]
+    assert sum(t in V.STYLE_WORDS[style] for t in top) >= 6, top
+    assert not any(t in V.STYLE_WORDS[1 - style] for t in top), top

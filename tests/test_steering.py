@@ -179,3 +179,16 @@ def test_diffmeans_moves_the_style_rate(toy_mixed, diffmeans):
     assert 0.3 <= base["rate"] <= 0.7
     assert steered["rate"] >= base["rate"] + 0.3
     assert away["rate"] <= base["rate"] - 0.2
+
+
+def test_gender_concept_flips_pronoun_agreement(toy_mixed):
+    src, tgt = S.concept_sets("gender", to="female", n=32, seed=0)
+    assert all(" he " in f" {t} " for t in src) and all(" she " in f" {t} " for t in tgt)
+    base = S.gender_rate(toy_mixed, None, to="female")
+    assert base == {"rate": 0.0, "kept": 1.0}  # the model always agrees with the name
+    dm = S.DiffMeans(sites="resid_post").fit(toy_mixed, src, tgt, concept="gender", to="female")
+    e = S.evaluate(toy_mixed, dm, strength=1.0, n=64, n_text=32, side=False)
+    # measured: rate 1.0 (male names now get "she"), kept 1.0, KL 0.10
+    assert e["rate"] >= 0.9 and e["kept"] == 1.0 and e["kl"] < 0.2, e
+    with pytest.raises(DataError, match="female"):
+        S.concept_sets("gender", to="positive")

@@ -97,6 +97,18 @@ cells = [
         "print(back, back.config.model, back.config.sites[:2])"
     ),
     md(
+        "## 5. Another concept: gender\n\n"
+        "Names carry a gender that later pronouns agree with. Difference of means from 32 sentences about men to 32 "
+        "about women, added at every layer, makes the model say *she* after male names: `rate` is the share of "
+        "male-name prompts whose pronoun flips, `kept` the share of female-name prompts that keep *she*."
+    ),
+    code(
+        "gsrc, gtgt = S.concept_sets('gender', to='female', n=32)\n"
+        "g = S.DiffMeans(sites='resid_post').fit(model, gsrc, gtgt, concept='gender', to='female')\n"
+        "for lam in (0.5, 1.0):\n"
+        "    print(lam, {k: round(v, 3) for k, v in S.evaluate(model, g, strength=lam, n=64, n_text=32).items()})"
+    ),
+    md(
         "Steering only the generated tokens (`positions='generated'`) works with the KV cache because positions "
         "are absolute: the first generated token's own activations are steered, and cached decoding gives the "
         "same tokens as re-running the whole sequence."

@@ -266,7 +266,7 @@ class _Run:
                 check_store(root, old)
                 self.done = ActivationStore(old, path=root)
                 return
-            check_store(root, old)
+            check_store(root, old, verify=("tokens", "stats"))  # the shards a resume reads back
             clear_uncommitted(root, self.plan.streams, len(old.shards))
             self.manifest = old
             return
@@ -414,7 +414,7 @@ class _Run:
         assert root is not None
         manifest = load_manifest(root)
         moments = merge_shard_stats(root, manifest)
-        save_tensors(root / F.STATS, {k: v for n, mo in moments.items() for k, v in mo.tensors(n).items()})
+        manifest = manifest.replace(digests={**manifest.digests, F.STATS: save_stats(root, moments)})
         manifest = self._final_manifest(manifest, moments)
         manifest.to_json(root / F.MANIFEST)
         return ActivationStore.open(root)
@@ -427,6 +427,14 @@ class _Run:
         manifest = self.manifest.replace(shards=tuple(sink.shard_rows), n_tokens=sum(sink.shard_rows))
         manifest = self._final_manifest(manifest, moments)
         return ActivationStore(manifest, data=sink.tensors(), moments=moments)
+
+
+def save_stats(root: Path, moments: dict[str, Moments]) -> str:
+    """Write ``stats.safetensors`` (the merged statistics) and return its SHA-256 (recorded in the manifest)."""
+    from ..core.files import sha256_file
+
+    save_tensors(root / F.STATS, {k: v for n, mo in moments.items() for k, v in mo.tensors(n).items()}, digest=False)
+    return sha256_file(root / F.STATS)
 
 
 def _empty_store_folder(root: Path) -> None:
@@ -462,7 +470,7 @@ def save_store(store: ActivationStore, root: Path, *, overwrite: bool = False) -
         if m.align == F.ALIGN
         else shard_tokens_for(streams, m.context, m.batch_size, m.shard_tokens, None, F.ALIGN)
     )
-    manifest = m.replace(shards=(), n_tokens=0, complete=False, align=F.ALIGN, shard_tokens=st)
+    manifest = m.replace(shards=(), n_tokens=0, complete=False, align=F.ALIGN, shard_tokens=st, digests={})
     manifest.to_json(root / F.MANIFEST)
     sink = DiskSink(root, manifest, streams)
     moments = store._all_moments()
@@ -480,6 +488,6 @@ def save_store(store: ActivationStore, root: Path, *, overwrite: bool = False) -
     except BaseException:
         sink.abort()
         raise
-    save_tensors(root / F.STATS, {k: v for n, mo in moments.items() for k, v in mo.tensors(n).items()})
-    sink.manifest.replace(complete=True, summary=m.summary).to_json(root / F.MANIFEST)
+    digests = {**sink.manifest.digests, F.STATS: save_stats(root, moments)}
+    sink.manifest.replace(complete=True, summary=m.summary, digests=digests).to_json(root / F.MANIFEST)
     return ActivationStore.open(root)

@@ -20,17 +20,17 @@ from __future__ import annotations
 import json
 import math
 import mmap
-import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from ..core.config import Config
-from ..core.errors import CheckpointError
+from ..core.errors import CheckpointError, ConfigError
+from ..core.files import safetensors_header
 
 FORMAT = "mechwork-activations"
 FORMAT_VERSION = 1
@@ -60,6 +60,16 @@ class SiteEntry(Config):
     layer: int | None
     shape: tuple[int, ...]
     dir: str
+
+    LIMITS: ClassVar[dict[str, tuple[int | None, int | None]]] = {"layer": (0, 1 << 20)}
+
+    def __post_init__(self) -> None:
+        if not self.shape or not all(isinstance(n, int) and 1 <= n <= 1 << 31 for n in self.shape):
+            raise ConfigError(f"SiteEntry {self.name!r}: shape must be positive integers, got {list(self.shape)}")
+        if math.prod(self.shape) > 1 << 31:
+            raise ConfigError(f"SiteEntry {self.name!r}: shape {list(self.shape)} is too large")
+        if not self.dir or self.dir.startswith(".") or "/" in self.dir or "\\" in self.dir or self.dir == TOKENS:
+            raise ConfigError(f"SiteEntry {self.name!r}: dir {self.dir!r} must be a plain folder name in the store")
 
     @property
     def d(self) -> int:
@@ -96,7 +106,32 @@ class Manifest(Config):
     n_tokens: int = 0
     shards: tuple[int, ...] = ()
     complete: bool = False
-    summary: dict[str, dict[str, float]] = field(default_factory=dict)
+    summary: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)
+
+    LIMITS: ClassVar[dict[str, tuple[int | None, int | None]]] = {
+        "context": (1, 1 << 24),
+        "batch_size": (1, 1 << 24),
+        "shard_tokens": (1, 1 << 40),
+        "align": (1, 1 << 24),
+        "seed": (0, (1 << 64) - 1),
+        "requested_tokens": (0, 1 << 50),
+        "n_tokens": (0, 1 << 50),
+        "format_version": (1, FORMAT_VERSION),
+    }
+
+    def __post_init__(self) -> None:
+        if self.format != FORMAT:
+            raise ConfigError(f"Manifest.format must be {FORMAT!r}, found {self.format!r}")
+        if self.align & (self.align - 1):
+            raise ConfigError(f"Manifest.align must be a power of two, found {self.align}")
+        if self.dtype not in ("float32", "float16", "bfloat16", "float64"):
+            raise ConfigError(f"Manifest.dtype must be float32, float16, bfloat16 or float64; found {self.dtype!r}")
+        if len(self.shards) > 1 << 24 or not all(isinstance(r, int) and 0 < r <= 1 << 40 for r in self.shards):
+            raise ConfigError("Manifest.shards must list positive row counts")
+        dirs = [s.dir for s in self.sites]
+        if not self.sites or len(set(dirs)) != len(dirs) or len({s.name for s in self.sites}) != len(self.sites):
+            raise ConfigError("Manifest.sites must be non-empty, with distinct names and folders")
 
     def site(self, name: str) -> SiteEntry:
         for s in self.sites:
@@ -148,28 +183,9 @@ def header(
 
 
 def read_header(path: Path) -> tuple[int, dict[str, Any]]:
-    """``(data offset, parsed header)`` of a safetensors file; CheckpointError naming the file otherwise."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise CheckpointError(f"shard {path} is truncated ({len(raw)} bytes): not a safetensors file")
-            (n,) = struct.unpack("<Q", raw)
-            size = os.fstat(f.fileno()).st_size
-            if n > min(size - 8, 100 << 20):
-                raise CheckpointError(
-                    f"shard {path} has a header length of {n} bytes in a {size}-byte file: foreign or corrupt"
-                )
-            text = f.read(n)
-    except FileNotFoundError:
-        raise CheckpointError(f"shard {path} is missing") from None
-    try:
-        hdr = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"shard {path} has an unreadable header ({e}): foreign or corrupt file") from e
-    if not isinstance(hdr, dict):
-        raise CheckpointError(f"shard {path} has a header that is not a JSON object: foreign file")
-    return 8 + n, hdr
+    """``(data offset, parsed header)`` of a safetensors file, validated (regular file, offsets consistent with
+    dtype x shape and with the file size); CheckpointError naming the file otherwise."""
+    return safetensors_header(path, what="shard")
 
 
 def check_shard(path: Path, name: str, dtype: torch.dtype, shape: tuple[int, ...], align: int) -> None:
@@ -181,6 +197,8 @@ def check_shard(path: Path, name: str, dtype: torch.dtype, shape: tuple[int, ...
             f"shard {path} is not a mechwork activation shard (expected tensor {name!r}, "
             f"found {sorted(k for k in hdr if k != '__metadata__')})"
         )
+    if len(hdr) != 2:
+        raise CheckpointError(f"shard {path} holds more than the one tensor {name!r}: foreign file")
     info = hdr[name]
     want = {"dtype": ST_CODES[dtype], "shape": list(shape)}
     got = {"dtype": info.get("dtype"), "shape": info.get("shape")}

@@ -64,20 +64,24 @@ class ActivationStore:
 
     # ------------------------------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: PathLike, *, partial: bool = False) -> ActivationStore:
-        """Open a store folder, checking every shard against the manifest.
+    def open(cls, path: PathLike, *, partial: bool = False, verify: bool = False) -> ActivationStore:
+        """Open a store folder, checking every shard's header and size against the manifest.
 
         Parameters
         ----------
         path : str or Path
         partial : bool
             Also open a store whose collection did not finish (its committed rows only).
+        verify : bool
+            Also read every shard: compare it with the SHA-256 the manifest recorded when it was written (stores
+            written before digests were recorded are only checked for finiteness) and check every value is
+            finite. Costs one read of the store (see benchmarks/RESULTS.md, "Loader integrity").
 
         Raises
         ------
         CheckpointError
-            Missing or foreign manifest, missing, truncated or foreign shard (the message names the file), or an
-            incomplete store without ``partial=True``.
+            Missing or foreign manifest, missing, truncated, foreign or (with ``verify``) changed shard (the
+            message names the file), or an incomplete store without ``partial=True``.
         """
         root = Path(path).expanduser()
         manifest = load_manifest(root)
@@ -86,7 +90,7 @@ class ActivationStore:
                 f"{root / F.MANIFEST}: the collection did not finish ({manifest.n_tokens} tokens in {len(manifest.shards)} "
                 "shards committed); continue it with collect(..., out=path, resume=True) or open it with partial=True"
             )
-        check_store(root, manifest)
+        check_store(root, manifest, verify=verify)
         return cls(manifest, path=root)
 
     # ------------------------------------------------------------------------------------------ metadata
@@ -261,8 +265,7 @@ class ActivationStore:
         if self._moments is None:
             assert self.path is not None
             if self.manifest.complete:
-                t = load_tensors(self.path / F.STATS)
-                self._moments = {e.name: Moments.from_tensors(t, e.name) for e in self.manifest.sites}
+                self._moments = load_stats(self.path / F.STATS, self.manifest, F.STATS)
             else:
                 self._moments = merge_shard_stats(self.path, self.manifest)
         return self._moments
@@ -388,7 +391,8 @@ def load_manifest(root: Path) -> F.Manifest:
         raise CheckpointError(
             f"{path} is not a mechwork activation-store manifest (format {found!r}, expected {F.FORMAT!r})"
         )
-    if int(raw.get("format_version", 0)) > F.FORMAT_VERSION:
+    version = raw.get("format_version", 0)
+    if isinstance(version, int) and not isinstance(version, bool) and version > F.FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has format version {raw['format_version']}; this mechwork reads up to {F.FORMAT_VERSION}"
         )
@@ -405,37 +409,74 @@ def load_manifest(root: Path) -> F.Manifest:
     return manifest
 
 
-def check_store(root: Path, manifest: F.Manifest) -> None:
-    """Check every committed shard file (and the statistics) against the manifest."""
+def check_store(root: Path, manifest: F.Manifest, *, verify: bool | Sequence[str] = False) -> None:
+    """Check every committed shard file (and the statistics) against the manifest.
+
+    Headers, dtypes, shapes and sizes are always checked; ``verify`` (``True``, or the folders to verify such as
+    ``("tokens", "stats")``) also reads the shards: their SHA-256 against the manifest's, and finiteness.
+    """
     dtype = parse_dtype(manifest.dtype)
     streams = [(e.name, e.dir, dtype, tuple(e.shape)) for e in manifest.sites] + [
         (F.TOKENS, F.TOKENS, torch.int64, (3,))
     ]
+    folders = {d for _, d, _, _ in streams} | {"stats"} if verify is True else set(verify or ())
     for name, dirname, dt, shape in streams:
         for i, rows in enumerate(manifest.shards):
-            F.check_shard(root / dirname / F.shard_name(i), name, dt, (rows, *shape), manifest.align)  # type: ignore[arg-type]
+            file = root / dirname / F.shard_name(i)
+            F.check_shard(file, name, dt, (rows, *shape), manifest.align)  # type: ignore[arg-type]
+            if dirname in folders:
+                verify_shard(file, manifest, f"{dirname}/{F.shard_name(i)}", dt, (rows, *shape))  # type: ignore[arg-type]
+    if "stats" in folders:
+        for i in range(len(manifest.shards)):
+            load_stats(root / "stats" / F.shard_name(i), manifest, f"stats/{F.shard_name(i)}")
     if manifest.complete:
-        stats = root / F.STATS
-        t = load_tensors(stats)
-        for e in manifest.sites:
-            key = f"{e.name}/mean"
-            if key not in t or t[key].numel() != e.d:
-                raise CheckpointError(
-                    f"{stats}: statistics of site {e.name} missing or of the wrong width (expected {e.d})"
-                )
+        load_stats(root / F.STATS, manifest, F.STATS)
+
+
+def verify_shard(file: Path, manifest: F.Manifest, key: str, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    """Read one shard: its data against the SHA-256 recorded in the manifest (when recorded), and finiteness."""
+    from ..core.files import check_digest
+
+    expected = manifest.digests.get(key)
+    if expected is not None:
+        check_digest(file, expected, offset=manifest.align, what="shard")
+    if dtype.is_floating_point and shape[0]:
+        data = torch.from_file(
+            str(file), shared=False, size=manifest.align + F.element_size(dtype) * _prod(shape), dtype=torch.uint8
+        )
+        values = data[manifest.align :].view(dtype)
+        for lo in range(0, values.numel(), 1 << 24):
+            if not bool(torch.isfinite(values[lo : lo + (1 << 24)]).all()):
+                raise CheckpointError(f"shard {file} contains NaN or inf activations: corrupt")
+
+
+def load_stats(file: Path, manifest: F.Manifest, key: str) -> dict[str, Moments]:
+    """Read a statistics file (checked against the manifest's digest, finite where anything was counted)."""
+    counts = [f"{e.name}/count" for e in manifest.sites]
+    t = load_tensors(file, what="store statistics", digest=manifest.digests.get(key), finite=False, floating=counts)
+    out = {}
+    for e in manifest.sites:
+        try:
+            m = Moments.from_tensors(t, e.name)
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{file}: no statistics for site {e.name} (or of the wrong kind)") from err
+        fields = [m.mean, m.m2, m.min, m.max, m.norm_sum, m.norm_sq]
+        if any(x.shape != (e.d,) for x in fields[:4]) or m.count < 0:
+            raise CheckpointError(f"{file}: statistics of site {e.name} are of the wrong width (expected {e.d})")
+        if m.count and not all(bool(torch.isfinite(x).all()) for x in fields):
+            raise CheckpointError(f"{file}: statistics of site {e.name} contain NaN or inf")
+        out[e.name] = m
+    return out
 
 
 def merge_shard_stats(root: Path, manifest: F.Manifest) -> dict[str, Moments]:
     """Merge the per-shard statistics of the committed shards, in shard order."""
     total = {e.name: Moments.zeros(e.d) for e in manifest.sites}
     for i in range(len(manifest.shards)):
-        t = load_tensors(root / "stats" / F.shard_name(i))
+        shard = load_stats(root / "stats" / F.shard_name(i), manifest, f"stats/{F.shard_name(i)}")
         for e in manifest.sites:
-            try:
-                total[e.name].merge_(Moments.from_tensors(t, e.name))
-            except KeyError as err:
-                raise CheckpointError(f"{root / 'stats' / F.shard_name(i)}: no statistics for site {e.name}") from err
+            total[e.name].merge_(shard[e.name])
     return total
 
 
-__all__ = ["ActivationStore", "load_manifest", "check_store", "merge_shard_stats"]
+__all__ = ["ActivationStore", "load_manifest", "check_store", "load_stats", "merge_shard_stats"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import os
 import queue
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..core.errors import CheckpointError, MechworkError, NonFiniteError
+from ..core.files import sha256_file
 from ..core.io import fsync_dir, save_tensors
 from . import format as F
 from .background import Worker
@@ -61,10 +63,13 @@ class _ShardFile:
         self.f.write(F.header(stream.name, stream.dtype, (0, *stream.shape), align=align))
         self.rows = 0
         self.unsynced = 0
+        self.hash = hashlib.sha256()  # of the data bytes (the header is checked against the manifest instead)
 
     def append(self, t: Tensor) -> int:
         self.rows += int(t.shape[0])
-        n = F.write_all(self.f, F.tensor_bytes(t))
+        data = F.tensor_bytes(t)
+        self.hash.update(data)
+        n = F.write_all(self.f, data)
         self.unsynced += n
         if SYNC_EVERY and self.unsynced >= SYNC_EVERY:  # flush as we go (on the writer thread, overlapping the
             _datasync(self.f.fileno())  # forward pass) so that closing the shard has little left to wait for
@@ -129,22 +134,24 @@ class DiskSink:
             if not m.finite_within(torch.finfo(s.dtype).max):
                 self._raise_nonfinite(s, rows)
         try:
-            save_tensors(
-                self.root / "stats" / F.shard_name(shard),
-                {k: v for n, m in stats.items() for k, v in m.tensors(n).items()},
-            )
+            stats_file = self.root / "stats" / F.shard_name(shard)
+            save_tensors(stats_file, {k: v for n, m in stats.items() for k, v in m.tensors(n).items()}, digest=False)
+            digests = {f"stats/{F.shard_name(shard)}": sha256_file(stats_file)}
             for f in self.files.values():
                 if f.rows != rows:
                     raise MechworkError(
                         f"internal error: shard {shard} of {f.stream.name} has {f.rows} rows, expected {rows}"
                     )
                 f.finish()
+                digests[f"{f.stream.dir}/{F.shard_name(shard)}"] = f.hash.hexdigest()
             for s in self.streams.values():
                 fsync_dir(self.root / s.dir)
             self.files = {}
             self.shard = None
             m = self.manifest
-            self.manifest = m.replace(shards=(*m.shards, rows), n_tokens=m.n_tokens + rows)
+            self.manifest = m.replace(
+                shards=(*m.shards, rows), n_tokens=m.n_tokens + rows, digests={**m.digests, **digests}
+            )
             self.manifest.to_json(self.root / F.MANIFEST)
         except OSError as e:
             raise _disk_error(e, self.root, self.manifest.n_tokens) from e

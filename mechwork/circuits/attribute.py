@@ -147,7 +147,8 @@ def attribute_edges(
         from .build import position_graph
 
         meta["per_position"] = True
-        return position_graph(st, *pos_edges, meta, clean_out=clean_out, batch=ctx.batch)
+        edges, used = pos_edges
+        return position_graph(st, edges, used, meta, clean_out=clean_out, batch=ctx.batch)
     return edge_graph(st, scores, meta, clean_out=clean_out, batch=ctx.batch)
 
 

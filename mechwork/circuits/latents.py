@@ -233,7 +233,7 @@ def _nodes(
                 GraphNode(
                     f"{site.alias}:err@{p}",
                     "error",
-                    int(site.layer),
+                    int(site.layer),  # type: ignore[arg-type]
                     None,
                     p,
                     site.name,

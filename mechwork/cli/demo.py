@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {model.to_single_str_token(i):>10}  {p_:.3f}")
 
     task = tasks.get("ioi")
-    batch = task.prompts(args.n, seed=0, split="test")
+    batch = task.prompts(args.n, seed=0, split="test", model=model)
     res = task.evaluate(model, n=args.n, seed=0)
     print(
         f"\nIOI on {args.n} held-out name pairs: accuracy {res['accuracy']:.3f}, logit diff {res['metric']:.2f} "

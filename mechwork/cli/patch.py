@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         from ..core.errors import ConfigError
 
         raise ConfigError(f"bad --task-options for task {args.task!r}: {e}") from e
-    batch = task.prompts(args.n, seed=args.seed)
+    batch = task.prompts(args.n, seed=args.seed, model=model)  # rendered through the model's own tokenizer
     results = {m: METHODS[m](model, batch, task, **_kwargs(m, args)) for m in _methods(args.method)}
     main = next(iter(results.values()))
     ref = results.get("activation")

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
+from . import sae_family as family
 from .options import Opt, add_options, command, given, group, int_arg, shared
 
-TRAIN_EXAMPLES = """examples:
+TRAIN_EXAMPLES = (
+    """examples:
   # stream activations of the shipped model (no cache needed), sweep k over one pass:
   mechwork sae train --model toy-mixed --site resid_post.2 --tokens 2000000 --k 16,32 --width 2048 --out runs/l2
   # from an activation cache written by `mechwork cache collect`:
@@ -21,6 +23,8 @@ TRAIN_EXAMPLES = """examples:
   # continue an interrupted run (same config):
   mechwork sae train --config runs/l2/cfg.json --resume
 """
+    + family.FAMILY_EXAMPLES
+)
 EVAL_EXAMPLES = """examples:
   mechwork sae eval runs/l2/saes/topk_k32_w2048_s0
   mechwork sae eval sae_checkpoints/toy-mixed/blocks.2.hook_resid_post --tokens 50000 --json
@@ -95,7 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub,
         "sae",
         help="sparse autoencoders: train, evaluate, browse latents",
-        description="Train TopK (k-sparse) or ReLU SAEs on cached or streamed activations, evaluate them "
+        description="Train TopK (k-sparse), ReLU, MFR or SAE-neural-operator SAEs on cached, streamed or given "
+        "activations, evaluate them "
         "spliced into the model, and look at what their latents mean.",
         examples=TRAIN_EXAMPLES + EVAL_EXAMPLES + SHOW_EXAMPLES,
     )
@@ -116,6 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sae_group = tr.add_argument_group("SAEs (comma-separated lists sweep)")
     for cls_name, fields in SAE_FIELDS.items():
         add_options(sae_group, _config_class(cls_name), fields, ns=SAE_NS)
+    family.add_train_options(tr, sae_group, SAE_NS)
     opt = tr.add_argument_group("optimisation and run")
     add_options(opt, TrainConfig, TRAIN_RUN)
     opt.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
@@ -136,6 +142,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--from-cache", dest="store", help="evaluate on the windows of this activation store")
     ev.add_argument("--tokens", type=int_arg, default=16384, help="tokens to evaluate on (default 16384)")
     ev.add_argument("--k", type=int, help="TopK: latents kept at inference")
+    ev.add_argument(
+        "--from-tensor",
+        metavar="FILE[:NAME]",
+        help="evaluate on activations in a safetensors file ([n, d] or [n, channels, grid]; FVU, NMSE, L0, dead); "
+        "the way to evaluate operator SAEs",
+    )
 
     sh = command(
         ssub,
@@ -161,6 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--n", type=int_arg, default=10, help="latents printed when none are given (default 10)")
     sh.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_options(sh, latent_stats, [Opt("n_tokens", flag="tokens"), "include_special", "seed", "batch_size", "context"])
+    sh.add_argument("--grid", type=int_arg, default=256, help="operator SAEs: grid on which concepts are shown")
 
 
 _SWEEP_AXES = ("k", "d_sae", "seed", "l1_coefficient")
@@ -182,7 +195,9 @@ def _train_config(args: argparse.Namespace) -> Any:
             flags = ", ".join("--" + _FLAGS.get(k, k.replace("_", "-")) for k in foreign)
             raise ConfigError(f"{flags} do(es) not apply to --arch {sae_base.architecture}")
         changes["saes"] = sweep(sae_base.replace(**sae_opts), **axes)
-    cfg = base.replace(**changes)
+    cfg = family.apply_mfr(args, base.replace(**changes))
+    if args.from_tensor and (cfg.store or cfg.model):
+        raise ConfigError("give one data source: --from-tensor, --from-cache or --model")
     if cfg.out is None:
         raise ConfigError("give an output folder with --out (or 'out' in the config)")
     return cfg
@@ -192,7 +207,8 @@ def run_train(args: argparse.Namespace) -> int:
     from ..sae import train
 
     cfg = _train_config(args)
-    result = train(cfg, resume=args.resume, stop_at_step=args.stop_at, progress=not args.no_progress)
+    x = family.load_tensor(args.from_tensor) if args.from_tensor else None
+    result = train(cfg, x, resume=args.resume, stop_at_step=args.stop_at, progress=not args.no_progress)
     if result.stopped_early:
         print(
             f"stopped at step {result.steps} of the run; checkpoint in {Path(cfg.out) / 'checkpoint'} (resume with --resume)"
@@ -224,6 +240,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..sae import load
     from ..sae.evaluate import evaluate
 
+    if args.from_tensor:
+        return family.eval_tensor(args.saes, args.from_tensor, args.json)
     store = _open_store(args.store)
     results = {}
     for path in args.saes:
@@ -267,6 +285,8 @@ def run_show(args: argparse.Namespace) -> int:
     from ..sae.dashboard import render_text
 
     sae = load(args.sae)
+    if family.is_operator(sae):
+        return family.show_operator(sae, args.html, args.grid)
     for j in args.latents:
         if not 0 <= j < sae.d_sae:
             raise ConfigError(f"latent {j} is out of range: the SAE has {sae.d_sae} latents (0..{sae.d_sae - 1})")

@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         examples=[
             "mechwork steer fit toy-mixed --method lineas --to positive --n 32 --out out/lineas",
             "mechwork steer fit toy-mixed --method diffmeans --sites resid_pre.2 --out out/dm",
+            "mechwork steer fit toy-mixed --method linear-act --concept gender --to female --out out/gender",
             "mechwork steer fit toy-mixed --method lofit --k 2 --steps 200 --out out/lofit",
             "mechwork steer fit toy-mixed --method lineas --group 0.01 --option clip=0.5 --out out/sparse",
         ],
@@ -46,8 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     f.add_argument("model", help="model spec (toy-mixed, a mechwork or Hugging Face folder)")
     f.add_argument("--method", default="lineas", choices=_METHODS, help="steering method (default: lineas)")
-    f.add_argument("--concept", default="style", choices=["style"], help="concept of the generated language")
-    f.add_argument("--to", default="positive", choices=["positive", "negative"], help="target style")
+    f.add_argument("--concept", default="style", choices=["style", "gender"], help="concept of the generated language")
+    f.add_argument(
+        "--to",
+        default=None,
+        choices=["positive", "negative", "female", "male"],
+        help="target class (style: positive (default) or negative; gender: female (default) or male)",
+    )
     f.add_argument(
         "--source",
         default="opposite",
@@ -138,10 +144,11 @@ def run_fit(args: argparse.Namespace) -> int:
 
     method = _method(args)
     model = _load(args.model, args)
-    src, tgt = S.concept_sets(args.concept, to=args.to, n=args.n, seed=args.seed, source=args.source)
-    st = method.fit(model, src, tgt, concept=args.concept, to=args.to, progress=True)
+    to = args.to or ("positive" if args.concept == "style" else "female")
+    src, tgt = S.concept_sets(args.concept, to=to, n=args.n, seed=args.seed, source=args.source)
+    st = method.fit(model, src, tgt, concept=args.concept, to=to, progress=True)
     if not args.no_eval:
-        kw = dict(to=args.to, seed=args.seed, n=args.eval_n, n_text=args.eval_n)
+        kw: dict[str, Any] = dict(to=to, concept=args.concept, seed=args.seed, n=args.eval_n, n_text=args.eval_n)
         st.card["evaluation"] = {"unsteered": S.evaluate(model, None, **kw), "steered": S.evaluate(model, st, **kw)}
     st.save(args.out)
     _print(args, {"steerer": repr(st), "out": args.out, **st.card.get("evaluation", {})})

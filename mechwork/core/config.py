@@ -95,6 +95,7 @@ def _from_plain(cls: type, d: Any, *, ignore: tuple[str, ...] = (), source: str 
                 raise ConfigError(f"{cls.__name__}{where}: required field {name!r} is missing")
             continue
         kwargs[name] = _coerce(hints_t.get(name, Any), d[name], f"{cls.__name__}.{name}{where}")
+    check_limits(cls, kwargs, where)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -111,30 +112,83 @@ def _nested(tp: type, value: Any, where: str) -> Any:
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """``value`` (parsed JSON) checked against the annotation ``tp`` and converted where JSON has no such type
+    (lists -> tuples, ints -> floats); a value of the wrong type is a :class:`ConfigError` naming ``where``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if value is None:
+        if tp in (int, float, bool, str) or origin in (tuple, list, dict) or dataclasses.is_dataclass(tp):
+            raise ConfigError(f"{where}: must not be null")
         return None
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return _nested(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        for a in args:
-            if a is type(None):
-                continue
-            if dataclasses.is_dataclass(a) and isinstance(value, dict):
-                return _nested(a, value, where)
-        if isinstance(value, list) and any(typing.get_origin(a) is tuple or a is tuple for a in args):
-            return tuple(value)
+    if origin is typing.Literal:
+        if not any(value == a and type(value) is type(a) for a in args):
+            raise ConfigError(f"{where}: must be one of {', '.join(map(repr, args))}; found {value!r}")
         return value
-    if origin is tuple or tp is tuple:
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for a in options:
+            try:
+                return _coerce(a, value, where)
+            except ConfigError as e:
+                errors.append(str(e).removeprefix(f"{where}: "))
+        raise ConfigError(f"{where}: {' or '.join(errors)}")
+    if origin is tuple or tp is tuple or origin is list or tp is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, found {type(value).__name__}")
+            raise ConfigError(f"{where}: expected a list, found {type(value).__name__} {_short(value)}")
+        if origin is list:
+            return [_coerce(args[0], v, where) for v in value] if args else list(value)
         if args and len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, where) for v in value)
+        if args and args != ((),):
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected a list of {len(args)} items, found {len(value)}")
+            return tuple(_coerce(a, v, where) for a, v in zip(args, value))
         return tuple(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a JSON object, found {type(value).__name__} {_short(value)}")
+        if len(args) == 2:
+            return {_coerce(args[0], k, where): _coerce(args[1], v, f"{where}[{k!r}]") for k, v in value.items()}
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, found {_short(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, found {_short(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, found {_short(value)}")
+        if value != value:
+            raise ConfigError(f"{where}: expected a number, found NaN")
         return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, found {_short(value)}")
+        return value
     return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_limits(cls: type, values: dict[str, Any], where: str = "") -> None:
+    """Check the numeric fields named in ``cls.LIMITS`` (``{field: (low, high)}``, inclusive, ``None`` = open) so
+    that no loop or allocation ever runs on an absurd size read from a file (``n_layers: 1e20``)."""
+    for name, (lo, hi) in getattr(cls, "LIMITS", {}).items():
+        v = values.get(name)
+        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+            raise ConfigError(f"{cls.__name__}.{name}{where}: {v!r} is outside the allowed range {rng}")
 
 
 def check_choices(cfg: Any, *names: str) -> None:

@@ -34,8 +34,8 @@ def model_dtype(model: Any) -> torch.dtype:
         return torch.float32
 
 
-def check_tokens(model: Any, tokens: Tensor, *, what: str = "tokens") -> Tensor:
-    """Validate a token batch: integer ``[batch, pos]`` within the vocabulary and the model's context."""
+def id_matrix(tokens: Any, *, what: str = "tokens") -> Tensor:
+    """Integer token ids as a non-empty ``[batch, pos]`` int64 tensor (a 1-D sequence becomes one row)."""
     if not isinstance(tokens, Tensor):
         tokens = torch.as_tensor(tokens)
     if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
@@ -46,6 +46,12 @@ def check_tokens(model: Any, tokens: Tensor, *, what: str = "tokens") -> Tensor:
         raise DataError(f"{what} must have shape [batch, pos], got {tuple(tokens.shape)}")
     if tokens.shape[0] == 0 or tokens.shape[1] == 0:
         raise DataError(f"{what} is empty (shape {tuple(tokens.shape)})")
+    return tokens.long()
+
+
+def check_tokens(model: Any, tokens: Tensor, *, what: str = "tokens") -> Tensor:
+    """Validate a token batch: integer ``[batch, pos]`` within the vocabulary and the model's context."""
+    tokens = id_matrix(tokens, what=what)
     ctx = n_ctx(model)
     if tokens.shape[1] > ctx:
         raise DataError(

@@ -13,13 +13,14 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import CheckpointError
+from .files import VERIFY_LIMIT, check_digest, read_bytes, recorded_digest, safetensors_header, write_digest
 
 PathLike = str | os.PathLike
 
@@ -106,48 +107,105 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"cannot serialise {type(o).__name__} to JSON")
 
 
-def read_json(path: PathLike, *, what: str = "JSON file") -> Any:
-    """Read JSON, raising :class:`CheckpointError` naming the file when missing or invalid."""
+def read_json(path: PathLike, *, what: str = "JSON file", max_bytes: int = 64 << 20) -> Any:
+    """Read JSON, raising :class:`CheckpointError` naming the file when missing, not a regular file (FIFO,
+    directory, device), over ``max_bytes``, or invalid."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} not found: {path}")
+    data = read_bytes(path, what=what, max_bytes=max_bytes)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"{what} {path} is not valid JSON ({e}); the file is truncated or foreign") from e
 
 
-def save_tensors(path: PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save tensors as safetensors, atomically. Tensors are made contiguous and moved to CPU."""
+def save_tensors(
+    path: PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None, *, digest: bool = True
+) -> None:
+    """Save tensors as safetensors, atomically. Tensors are made contiguous and moved to CPU.
+
+    With ``digest`` the file's SHA-256 is recorded beside it (``<name>.sha256``), and :func:`load_tensors`
+    checks it.
+    """
     from safetensors.torch import save_file
 
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(clean, str(tmp), metadata=metadata)
+    if digest:
+        write_digest(path)
 
 
-def load_tensors(path: PathLike, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Load a safetensors file; a missing, truncated or foreign file raises :class:`CheckpointError`."""
+def load_tensors(
+    path: PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    what: str = "weights file",
+    floating: bool | Collection[str] = False,
+    finite: bool = True,
+    verify: bool | None = None,
+    digest: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, checked; every problem raises :class:`CheckpointError` naming the file.
+
+    Parameters
+    ----------
+    path : str or Path
+    device : str or torch.device
+    what : str
+        What the file is, for messages ("SAE weights", "eraser tensors").
+    floating : bool or collection of str
+        ``True``: every tensor must have a floating dtype (a float tensor relabelled as int32 in the header is
+        refused); a collection: every tensor except those names.
+    finite : bool
+        Refuse NaN or inf in any floating tensor.
+    verify : bool, optional
+        Compare the file with its recorded SHA-256 (``digest``, else ``<file>.sha256``). ``None`` (default):
+        when one is recorded and the file is at most 2 GiB; ``True``: whenever one is recorded.
+    digest : str, optional
+        The expected SHA-256 (e.g. from a manifest), instead of the ``.sha256`` file beside it.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
+    safetensors_header(path, what=what)
+    expected = digest if digest is not None else (recorded_digest(path) if verify is not False else None)
+    if expected is not None and verify is not False:
+        if verify or path.stat().st_size <= VERIFY_LIMIT:
+            check_digest(path, expected, what=what)
     try:
-        return load_file(str(path), device=str(device))
+        out = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         size = path.stat().st_size
         raise CheckpointError(
-            f"cannot read weights file {path} ({size} bytes): {e}. The file is truncated, corrupt or not "
+            f"cannot read {what} {path} ({size} bytes): {e}. The file is truncated, corrupt or not "
             "a safetensors file (mechwork never loads pickled weights)."
         ) from e
+    check_tensors(out, path, what=what, floating=floating, finite=finite)
+    return out
+
+
+def check_tensors(
+    tensors: dict[str, torch.Tensor],
+    path: PathLike,
+    *,
+    what: str = "weights file",
+    floating: bool | Collection[str] = False,
+    finite: bool = True,
+) -> None:
+    """Dtype and finiteness checks of loaded tensors (see :func:`load_tensors`); errors name ``path``."""
+    for k, v in tensors.items():
+        if floating is not False and not v.is_floating_point() and (floating is True or k not in floating):
+            raise CheckpointError(f"{what} {path}: tensor {k!r} has dtype {v.dtype}, expected a floating dtype")
+        if finite and v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{what} {path}: tensor {k!r} contains NaN or inf")
 
 
 def safetensors_metadata(path: PathLike) -> dict[str, str]:
     """The string metadata stored in a safetensors header (empty dict when none)."""
     from safetensors import safe_open
 
+    safetensors_header(path)
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
 

@@ -26,6 +26,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from .errors import DataError, MechworkWarning
+from .hooks import id_matrix
 from .kind import is_causal
 
 
@@ -186,6 +187,10 @@ def pad_rows(model: Any, rows: Sequence[Sequence[int]], *, last_offset: int | No
     return Encoded(tokens, None if min(lens) == width else mask, last)
 
 
+def _empty_list(prompts: Any) -> bool:
+    return isinstance(prompts, (list, tuple)) and not prompts
+
+
 def encode(
     model: Any,
     prompts: Any,
@@ -216,7 +221,7 @@ def encode(
         Empty input, non-integer ids, ids outside the vocabulary, prompts longer than the context, text
         prompts for a model without a tokenizer.
     """
-    if isinstance(prompts, (list, tuple)) and not prompts:
+    if _empty_list(prompts):
         raise DataError(f"{what}: empty list (no prompts given)")
     if isinstance(prompts, Encoded):
         enc = prompts
@@ -257,16 +262,7 @@ def _from_ids(model: Any, ids: Any, attention_mask: Tensor | None) -> Encoded:
             enc = pad_rows(model, [torch.as_tensor(r).tolist() for r in ids], last_offset=0)
             return _validate_ids(model, enc)
         ids = torch.as_tensor([torch.as_tensor(r).tolist() for r in ids])
-    t = torch.as_tensor(ids)
-    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
-        raise DataError(f"token ids must be integers, got dtype {t.dtype}")
-    if t.ndim == 1:
-        t = t[None]
-    if t.ndim != 2:
-        raise DataError(f"token ids must have shape [batch, pos], got {tuple(t.shape)}")
-    if t.shape[0] == 0 or t.shape[1] == 0:
-        raise DataError(f"token ids are empty (shape {tuple(t.shape)})")
-    t = t.long()
+    t = id_matrix(ids, what="token ids")
     if attention_mask is None:
         return _validate_ids(model, Encoded(t, None, torch.full((t.shape[0],), t.shape[1] - 1, device=t.device)))
     am = torch.as_tensor(attention_mask).to(t.device).long()

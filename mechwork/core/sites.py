@@ -272,11 +272,10 @@ def site(model: Any, name: str | tuple[str, int] | Site) -> Site:
 
 def resolve(model: Any, names: str | Site | Sequence[str | Site]) -> list[Site]:
     """Resolve one or many site names, preserving order and dropping duplicates."""
-    if isinstance(names, (str, Site, tuple)):
-        names = [names]  # type: ignore[list-item]
+    items: list[Any] = [names] if isinstance(names, (str, Site, tuple)) else list(names)
     out: list[Site] = []
     seen: set[str] = set()
-    for n in names:
+    for n in items:
         s = site(model, n)
         if s.name not in seen:
             seen.add(s.name)

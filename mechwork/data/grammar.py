@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,7 @@ GENDER_TEMPLATES = (
     "{N} stayed at the {P} until",
     "{N} walked into the {P} because",
 )
-STYLE_OPENER = "the day began ."
+STYLE_OPENER: str = "the day began ."
 STYLE_SENTENCES = (
     "the {P} was {ADJ} .",
     "the {O} was {ADJ} .",
@@ -96,15 +97,15 @@ def ioi_pair_split() -> tuple[frozenset[frozenset[str]], frozenset[frozenset[str
 
 
 _TRAIN_PAIRS, _TEST_PAIRS = ioi_pair_split()
-_PAIR_LISTS = {
-    "train": sorted(tuple(sorted(p)) for p in _TRAIN_PAIRS),
-    "test": sorted(tuple(sorted(p)) for p in _TEST_PAIRS),
+_PAIR_LISTS: dict[str, list[tuple[str, str]]] = {
+    "train": sorted((a, b) for a, b in map(sorted, _TRAIN_PAIRS)),
+    "test": sorted((a, b) for a, b in map(sorted, _TEST_PAIRS)),
 }
 _PAIR_LISTS["all"] = sorted(_PAIR_LISTS["train"] + _PAIR_LISTS["test"])
 
 
 def _fill(
-    template: str, slots: dict[str, str | list[str]], role_of: dict[str, str], kind: str
+    template: str, slots: Mapping[str, str | list[str]], role_of: dict[str, str], kind: str
 ) -> tuple[list[str], list[str]]:
     """Fill ``{X}`` slots of a template; ``slots`` values that are lists are consumed in order (repeated slots)."""
     words, tags = [], []
@@ -130,8 +131,7 @@ def ioi_doc(
 ) -> Doc:
     """An IOI sentence: ``template`` filled with an (IO, S) name pair from ``split`` and its IO answer."""
     t = rng.randrange(len(IOI_TEMPLATES)) if template is None else template
-    if pair is None:
-        pair = rng.choice(_PAIR_LISTS[split])
+    pair = rng.choice(_PAIR_LISTS[split]) if pair is None else pair
     io, s = (pair[0], pair[1]) if rng.random() < 0.5 else (pair[1], pair[0])
     abba = rng.random() < 0.5  # ABBA: IO first ("When IO and S ..., S gave ... to IO"); BABA: S first
     a, b = (io, s) if abba else (s, io)
@@ -186,7 +186,8 @@ def style_doc(rng: random.Random, *, style: int | None = None, n_sentences: int 
     """A short story: the neutral opener then 2-4 sentences all in one style (0 negative, 1 positive)."""
     style = rng.randrange(2) if style is None else style
     n = rng.randint(2, 4) if n_sentences is None else n_sentences
-    words, tags = STYLE_OPENER.split(), ["style:opener"] * len(STYLE_OPENER.split())
+    words = STYLE_OPENER.split()
+    tags = ["style:opener"] * len(words)
     for _ in range(n):
         w, t = _fill(rng.choice(STYLE_SENTENCES), _style_slots(rng, style), _style_roles(style), "style")
         words += w

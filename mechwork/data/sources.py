@@ -147,14 +147,14 @@ class TokenSource:
     def _docs_prompts(self) -> Iterator[Tensor]:
         b = self.source
         am = getattr(b, "attention_mask", None)
-        toy = getattr(b, "vocab", "mechwork-toy") == "mechwork-toy"
+        rendered = getattr(b, "vocab", None) not in (None, "mechwork-toy")
         for i in range(len(b)):
             if am is not None:
                 yield b.clean[i][am[i].bool()].to(torch.long)
-            elif toy:  # toy batches pad with <pad> after the prediction position
-                yield b.clean[i, : int(b.pos[i]) + 1].to(torch.long)
-            else:  # rendered for a model: every token is real (an encoder's [SEP] comes after pos)
+            elif rendered:  # rendered for a model, unpadded: every token is real (an encoder's [SEP] follows pos)
                 yield b.clean[i].to(torch.long)
+            else:  # toy / hand-built batches: the prompt ends at its prediction position
+                yield b.clean[i, : int(b.pos[i]) + 1].to(torch.long)
 
     def _docs_task(self) -> Iterator[Tensor]:
         for chunk in itertools.count():
@@ -163,7 +163,8 @@ class TokenSource:
 
     def _docs_corpus(self) -> Iterator[Tensor]:
         # a fresh copy: the documents depend on the corpus's seed only, not on what the object already produced
-        corpus = dataclasses.replace(self.source) if dataclasses.is_dataclass(self.source) else self.source
+        src = self.source
+        corpus: Any = dataclasses.replace(src) if dataclasses.is_dataclass(src) and not isinstance(src, type) else src
         # documents end with EOS, as the zoo models saw them in training ("<bos> words <eos>"); packing adds the BOS
         eos = getattr(self.tokenizer, "eos_token_id", None)
         tail = torch.tensor([eos], dtype=torch.long) if eos is not None else None

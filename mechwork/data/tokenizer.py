@@ -91,3 +91,57 @@ def get_tokenizer() -> Any:
     if not (TOKENIZER_DIR / "tokenizer.json").is_file():
         save_tokenizer(TOKENIZER_DIR)
     return PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
+
+
+def load_tokenizer(folder: str | Path, *, required: tuple[str, ...] = (), auto: bool = False) -> Any:
+    """Load a tokenizer folder, checked; every failure is a :class:`~mechwork.CheckpointError` naming the file.
+
+    The JSON files are read through :func:`mechwork.core.io.read_json` first (regular files, bounded size,
+    valid JSON objects), so ``tokenizers``/``transformers`` never see a FIFO, a truncated or a foreign file.
+    Every special token the tokenizer declares must be in its vocabulary, and those named in ``required``
+    (``"bos"``, ``"eos"``, ``"pad"``, ``"unk"``) must be declared: a tokenizer missing them is refused here,
+    not at its first use.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Holds ``tokenizer.json`` (fast tokenizers) and usually ``tokenizer_config.json``.
+    required : tuple of str
+        Special tokens that must be declared.
+    auto : bool
+        Load with ``AutoTokenizer`` (Hugging Face folders: slow-only formats such as ``vocab.txt`` too) instead of
+        ``PreTrainedTokenizerFast``.
+    """
+    from ..core.errors import CheckpointError
+    from ..core.io import read_json
+
+    folder = Path(folder)
+    files = [folder / n for n in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")]
+    for i, f in enumerate(files):
+        if i == 0 and not auto or f.exists() or f.is_symlink():
+            obj = read_json(f, what="tokenizer file", max_bytes=256 << 20)
+            if not isinstance(obj, dict) or (i == 0 and not isinstance(obj.get("model"), dict)):
+                raise CheckpointError(f"tokenizer file {f} is not a tokenizer JSON object: foreign or corrupt")
+    try:
+        if auto:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(folder))
+        else:
+            from transformers import PreTrainedTokenizerFast
+
+            tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises bare Exception, KeyError, TypeError...
+        raise CheckpointError(
+            f"cannot load the tokenizer in {folder} ({type(e).__name__}: {e}): corrupt or foreign"
+        ) from e
+    where = folder / "tokenizer_config.json"
+    for name in required:
+        if getattr(tok, f"{name}_token", None) is None:
+            raise CheckpointError(f"tokenizer {where} declares no {name} token; the model needs one")
+    vocab = tok.get_vocab()
+    for name, token in (tok.special_tokens_map or {}).items():
+        for t in token if isinstance(token, list) else [token]:
+            if str(t) not in vocab:
+                raise CheckpointError(f"tokenizer {where}: special token {name}={str(t)!r} is not in the vocabulary")
+    return tok

@@ -18,9 +18,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..core.config import Config, save_config
+from ..core.artefact import load_artefact, save_artefact
+from ..core.config import Config
 from ..core.errors import CheckpointError, ShapeError
-from ..core.io import PathLike, atomic_dir, atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.io import PathLike
 from ..core.sites import Site, enable
 from ..core.sites import site as resolve_site
 
@@ -172,25 +173,14 @@ class Eraser:
         if self.bias is not None:
             tensors["bias"] = self.bias
         tensors.update({f"extra.{k}": v for k, v in self.extras.items()})
-        with atomic_dir(path) as tmp:
-            save_config(tmp / "cfg.json", self.config)
-            save_tensors(tmp / WEIGHTS, tensors, metadata={"format": FORMAT, "method": self.method})
-            if self.card:
-                atomic_write_json(tmp / "card.json", self.card)
-        return Path(path)
+        meta = {"format": FORMAT, "method": self.method}
+        return save_artefact(path, self.config, tensors, weights=WEIGHTS, metadata=meta, card=self.card)
 
     @classmethod
     def load(cls, path: PathLike, *, device: str | torch.device = "cpu") -> Eraser:
         """Load an artefact folder written by :meth:`save`; bad files raise ``CheckpointError`` naming them."""
         path = Path(path)
-        raw = read_json(path / "cfg.json", what="eraser config")
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-            raise CheckpointError(
-                f"{path / 'cfg.json'} is not a mechwork eraser config (format {found!r}, expected {FORMAT!r})"
-            )
-        cfg = EraserConfig.from_dict(raw, ignore=("mechwork_version",), source=str(path / "cfg.json"))
-        t = load_tensors(path / WEIGHTS, device=device)
+        cfg, t, card = load_artefact(path, EraserConfig, format=FORMAT, weights=WEIGHTS, what="eraser", device=device)
         file = path / WEIGHTS
         for key in ("proj_left", "proj_right"):
             if key not in t:
@@ -207,8 +197,6 @@ class Eraser:
                 f"{file}: bias {None if b is None else tuple(b.shape)} does not match affine={cfg.affine}, d_in={cfg.d_in}"
             )
         extras = {k.removeprefix("extra."): v for k, v in t.items() if k.startswith("extra.")}
-        card_path = path / "card.json"
-        card = read_json(card_path, what="eraser card") if card_path.is_file() else {}
         return cls(L, R, b, cfg, extras, card)
 
 

@@ -25,13 +25,24 @@ FORMAT = "mechwork-model"
 
 
 def is_mechwork_folder(path: PathLike) -> bool:
+    """Whether ``path`` is (or looks like a damaged) mechwork model folder rather than a Hugging Face one.
+
+    A config without ``format`` is ours when it has no Hugging Face ``model_type``/``architectures`` (or the
+    folder has our ``tokenizer/``): :func:`load_checkpoint` then reports what is missing, instead of the folder
+    being handed to the Hugging Face loader.
+    """
     p = Path(path)
-    if not (p / CONFIG_FILE).is_file():
+    if not (p / CONFIG_FILE).exists() and not (p / CONFIG_FILE).is_symlink():
         return False
     try:
-        return read_json(p / CONFIG_FILE).get("format") == FORMAT
+        raw = read_json(p / CONFIG_FILE, what="model config")
     except CheckpointError:
-        return True  # looks like ours but broken: let load_checkpoint report it
+        return (p / TOKENIZER_DIR).is_dir() or not (p / WEIGHTS_FILE).exists()  # broken: let the loader say so
+    if not isinstance(raw, dict):
+        return True
+    if "format" in raw:
+        return raw["format"] == FORMAT
+    return (p / TOKENIZER_DIR).is_dir() or not ("model_type" in raw or "architectures" in raw)
 
 
 def save_checkpoint(
@@ -79,23 +90,31 @@ def load_checkpoint(path: PathLike) -> tuple[ModelConfig, dict[str, Tensor], Any
     Raises :class:`CheckpointError` naming the file for a missing/truncated weights file, an invalid config,
     or weights whose names/shapes do not match the config.
     """
-    from transformers import PreTrainedTokenizerFast
+    from ..data.tokenizer import load_tokenizer
 
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"model folder not found: {path}")
     raw = read_json(path / CONFIG_FILE, what="model config")
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        found = raw.get("format", "<missing>") if isinstance(raw, dict) else f"a JSON {type(raw).__name__}"
+        raise CheckpointError(
+            f"model config {path / CONFIG_FILE} is not a mechwork model config (format {found!r}, expected {FORMAT!r})"
+        )
     try:
         cfg = ModelConfig.from_dict(raw, ignore=("format", "mechwork_version"), source=str(path / CONFIG_FILE))
     except ConfigError as e:
         raise CheckpointError(f"invalid model config {path / CONFIG_FILE}: {e}") from e
-    state = load_tensors(path / WEIGHTS_FILE)
+    state = load_tensors(path / WEIGHTS_FILE, what="model weights", floating=True)
     _check_state(cfg, state, path / WEIGHTS_FILE)
-    tok_dir = path / TOKENIZER_DIR
-    if not (tok_dir / "tokenizer.json").is_file():
-        raise CheckpointError(f"tokenizer missing: {tok_dir / 'tokenizer.json'}")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
-    card = read_json(path / CARD_FILE, what="model card") if (path / CARD_FILE).is_file() else {}
+    tokenizer = load_tokenizer(path / TOKENIZER_DIR, required=("bos", "eos", "pad", "unk"))
+    if len(tokenizer) > cfg.d_vocab:
+        raise CheckpointError(
+            f"tokenizer {path / TOKENIZER_DIR} has {len(tokenizer)} tokens but {path / CONFIG_FILE} says d_vocab={cfg.d_vocab}"
+        )
+    card = read_json(path / CARD_FILE, what="model card") if (path / CARD_FILE).exists() else {}
+    if not isinstance(card, dict):
+        raise CheckpointError(f"model card {path / CARD_FILE} is not a JSON object")
     return cfg, state, tokenizer, card
 
 
@@ -146,6 +165,3 @@ def _check_state(cfg: ModelConfig, state: dict[str, Tensor], file: Path) -> None
     bad = [f"{k}: {got[k]} != {want[k]}" for k in want if got[k] != want[k]]
     if bad:
         raise CheckpointError(f"{file}: tensor shapes do not match config: {'; '.join(bad[:5])}")
-    for k, v in state.items():
-        if v.is_floating_point() and not torch.isfinite(v).all():
-            raise CheckpointError(f"{file}: tensor {k} contains NaN or inf")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from ..core.config import Config
+from ..core.config import Config, check_limits
 from ..core.errors import ConfigError
+
+#: activation functions TransformerLens implements
+ACT_FNS = ("relu", "gelu", "silu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "solu_ln", "quick_gelu")
 
 
 @dataclass(frozen=True)
@@ -23,10 +26,24 @@ class ModelConfig(Config):
     d_mlp: int | None = None
     attn_only: bool = False
     act_fn: str = "gelu"
-    normalization_type: str = "LN"
+    normalization_type: Literal["LN", "LNPre", "RMS", "RMSPre"] | None = "LN"
     seed: int = 0
 
+    LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "n_layers": (1, 1024),
+        "d_model": (1, 1 << 16),
+        "n_heads": (1, 1024),
+        "d_head": (1, 1 << 12),
+        "n_ctx": (1, 1 << 20),
+        "d_vocab": (1, 1 << 22),
+        "d_mlp": (1, 1 << 18),
+        "seed": (0, (1 << 32) - 1),
+    }
+
     def __post_init__(self) -> None:
+        check_limits(type(self), {f: getattr(self, f) for f in self.LIMITS})
+        if self.act_fn not in ACT_FNS:
+            raise ConfigError(f"ModelConfig.act_fn must be one of {', '.join(ACT_FNS)}; got {self.act_fn!r}")
         for f in ("n_layers", "d_model", "n_heads", "d_head", "n_ctx", "d_vocab"):
             v = getattr(self, f)
             if not isinstance(v, int) or v <= 0:

@@ -53,11 +53,37 @@ def require_safetensors(path: Path) -> None:
     )
 
 
+#: size fields of Hugging Face configs, checked before transformers allocates anything from them
+HF_SIZES = (
+    "n_layer", "num_hidden_layers", "n_embd", "hidden_size", "n_head", "num_attention_heads", "num_key_value_heads",
+    "intermediate_size", "n_inner", "vocab_size", "n_positions", "max_position_embeddings", "head_dim",
+)  # fmt: skip
+
+
 def read_hf_config(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read Hugging Face config {path / 'config.json'}: {e}") from e
+    """A Hugging Face ``config.json``, checked: a JSON object whose size fields are bounded positive integers."""
+    from ..core.io import read_json
+
+    file = path / "config.json"
+    raw = read_json(file, what="Hugging Face config")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"Hugging Face config {file} is a JSON {type(raw).__name__}, not an object")
+    for key in HF_SIZES:
+        v = raw.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1 << 24):
+            raise CheckpointError(f"Hugging Face config {file}: field {key!r} must be a positive integer, found {v!r}")
+    archs = raw.get("architectures")
+    if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
+        raise CheckpointError(f"Hugging Face config {file}: field 'architectures' must be a list of names")
+    if not isinstance(raw.get("model_type", ""), str):
+        raise CheckpointError(f"Hugging Face config {file}: field 'model_type' must be a string")
+    return raw
+
+
+def _tokenizer(path: Path) -> Any:
+    from ..data.tokenizer import load_tokenizer
+
+    return load_tokenizer(path, auto=True)
 
 
 def _tl_config_from_folder(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +108,7 @@ def load_hf_hooked(path: Path, *, processing: bool = True) -> Any:
     """A HookedTransformer from a local HF causal-LM folder."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained import weight_conversions as W
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     raw = read_hf_config(path)
     arch = (raw.get("architectures") or [""])[0]
@@ -101,7 +127,7 @@ def load_hf_hooked(path: Path, *, processing: bool = True) -> Any:
             cfg_dict["tokenizer_name"] = None  # otherwise TransformerLens looks the folder's tokenizer up on the hub
         cfg = HookedTransformerConfig(**cfg_dict)
         state = getattr(W, f"convert_{HOOKED_ARCHS[arch]}_weights")(hf, cfg)
-        tokenizer = AutoTokenizer.from_pretrained(str(path)) if has_tok else None
+        tokenizer = _tokenizer(path) if has_tok else None
         model = HookedTransformer(cfg, tokenizer=tokenizer)
         model.load_and_process_state_dict(
             state,
@@ -122,6 +148,7 @@ def load_hf_bridge(name_or_path: str, *, processing: bool = True, quiet: bool = 
 
     folder = Path(name_or_path) if Path(name_or_path).is_dir() else None
     if folder is not None:
+        read_hf_config(folder)
         require_safetensors(folder)
         if not _has_tokenizer(folder):
             raise CheckpointError(
@@ -129,6 +156,7 @@ def load_hf_bridge(name_or_path: str, *, processing: bool = True, quiet: bool = 
                 "one; load it with backend='hooked' (GPT-2, GPT-NeoX/Pythia, LLaMA, Mistral, Qwen2 folders) or add "
                 "the tokenizer files (tokenizer.json / tokenizer_config.json)"
             )
+        _tokenizer(folder)  # checked here: transformers' own errors would not name the file
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if folder is None:

@@ -74,6 +74,7 @@ def style_probe_accuracy(model: Any, *, site: str | None = None, n: int = 512, s
     batch = get("style").prompts(n, seed=seed, split="test")
     acts = capture(model, batch.clean.to(model_device(model)), [site])[site]
     X = acts[torch.arange(n), batch.pos].float().cpu().numpy()
+    assert batch.labels is not None  # the style task labels every prompt
     y = batch.labels.numpy()
     half = n // 2
     clf = LogisticRegression(max_iter=2000).fit(X[:half], y[:half])

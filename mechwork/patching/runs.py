@@ -176,6 +176,12 @@ def resolve_metric(metric: Any, batch: Any, model: Any = None) -> Metric:
         own = getattr(batch, "metric_fn", None)
         if own is not None:
             return own
+        if getattr(batch, "task", None) not in tasks.names():
+            raise ConfigError(
+                f"the batch (task {getattr(batch, 'task', None)!r}) has no metric of its own and names no registered "
+                "task: pass metric=(output, batch) -> per-prompt values, or build the batch with "
+                "mechwork.tasks.from_pairs(model, ..., answers=[...], wrong=[...])"
+            )
         metric = tasks.get(batch.task)
     if callable(metric) and not hasattr(metric, "prompts"):
         _check_arity(metric)
@@ -234,18 +240,25 @@ def check_batch(model: Any, batch: Any) -> Any:
 GAP_TOLERANCE = 1e-3
 
 
-def warn_small_gap(clean: float, corrupted: float) -> None:
-    """Warn when the clean and corrupted metrics nearly coincide: every score is then a fraction of almost
-    nothing, and normalised scores (``result.normalized()``) are noise."""
-    gap = abs(clean - corrupted)
-    if gap <= GAP_TOLERANCE * max(1.0, abs(clean), abs(corrupted)):
-        warnings.warn(
-            f"the clean and corrupted metrics nearly coincide (clean {clean:.4g}, corrupted {corrupted:.4g}, gap "
-            f"{gap:.2g}): the corruption barely changes the metric, so patching scores (and their fractions of the "
-            "gap) are noise. Check the prompts, answers and the model (an untrained model has no gap to explain)",
-            MechworkWarning,
-            stacklevel=4,
-        )
+def warn_small_gap(clean: Tensor, corrupted: Tensor) -> None:
+    """Warn when the clean and corrupted metrics (per prompt) cannot be told apart: a mean gap below 1e-3 of the
+    metric's scale, or (with several prompts) within two standard errors of zero. Every score is then a fraction
+    of noise, and normalised scores (``result.normalized()``) mean nothing."""
+    d = (clean - corrupted).double()
+    gap = float(d.mean())
+    scale = max(1.0, float(clean.abs().mean()), float(corrupted.abs().mean()))
+    se = float(d.std() / d.numel() ** 0.5) if d.numel() > 1 else 0.0
+    if abs(gap) > GAP_TOLERANCE * scale and abs(gap) > 2 * se:
+        return
+    why = "nearly coincide" if abs(gap) <= GAP_TOLERANCE * scale else "differ by less than two standard errors"
+    warnings.warn(
+        f"the clean and corrupted metrics {why} (mean clean {float(clean.mean()):.4g}, corrupted "
+        f"{float(corrupted.mean()):.4g}, gap {gap:.2g} +- {se:.2g} over {d.numel()} prompts): the corruption does not "
+        "measurably change the metric, so patching scores and their fractions of the gap are noise. Check the prompts, "
+        "answers and the model (an untrained model has no gap to explain)",
+        MechworkWarning,
+        stacklevel=4,
+    )
 
 
 def check_direction(direction: str) -> str:
@@ -381,7 +394,8 @@ def prepare(
     ctx.src_acts = {k: acts[k][-n:] for k in names}
     ctx.src_metric = eval_metric(metric_fn, logits[-n:], batch, f"{what[1]} run")
     if base_acts:
-        warn_small_gap(ctx.clean_metric, ctx.corrupted_metric)
+        pair = (ctx.src_metric, ctx.base_metric) if direction == "denoise" else (ctx.base_metric, ctx.src_metric)
+        warn_small_gap(*pair)  # type: ignore[arg-type]
     ctx.cost.forwards += 1
     ctx.cost.rows += int(tokens.shape[0])
     ctx.cost.full_equiv += 1 + int(base_acts)

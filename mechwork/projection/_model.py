@@ -27,34 +27,25 @@ from torch import Tensor
 
 from ..core.errors import ConfigError, ShapeError
 
-ENCODER_PREFIXES = ("Bert", "Roberta", "DistilBert", "Electra", "Albert", "MPNet")
-
-
-def architecture(model: Any) -> str:
-    cfg = model.cfg
-    return str(getattr(cfg, "original_architecture", None) or getattr(cfg, "architecture", None) or "")
-
 
 def has_lm_head(model: Any) -> bool:
-    """Whether the model's unembedding is a trained language-model head.
+    """Whether the model's unembedding is a trained language-model head (``mechwork.core.model_kind``)."""
+    from ..core.kind import model_kind
 
-    A model may say so itself with ``model.mechwork_lm_head`` (set by the loader); otherwise encoder architectures
-    (BERT family: the shipped MiniLM checkpoint has no masked-LM head, the bridge adds a random one) count as
-    headless and every other model as having a head.
-    """
-    flag = getattr(model, "mechwork_lm_head", None)
-    if flag is not None:
-        return bool(flag)
-    return not architecture(model).startswith(ENCODER_PREFIXES)
+    return model_kind(model).lm_head
 
 
 def require_lm_head(model: Any, what: str) -> None:
+    """Refuse (``UnsupportedModelError``) to read ``W_U`` of a model whose checkpoint has no trained LM head."""
+    from ..core.errors import UnsupportedModelError
+    from ..core.kind import architecture
+
     if not has_lm_head(model):
         name = getattr(model, "mechwork_spec", None) or architecture(model) or type(model).__name__
-        raise ConfigError(
-            f"{what} needs the model's unembedding, but {name} has no trained LM head (an encoder checkpoint: "
-            "its W_U would be a random matrix). Read outputs through the embedding instead with output='embed' "
-            "(tied convention), or use input-side projections (QK forms, neuron keys)."
+        raise UnsupportedModelError(
+            f"{what} needs the model's unembedding, but {name} has no trained LM head (its checkpoint has none: "
+            "W_U would be meaningless). Read outputs through the embedding instead with output='embed' (tied "
+            "convention), or use input-side projections (QK forms, neuron keys)."
         )
 
 
@@ -65,6 +56,8 @@ def embedding(model: Any) -> Tensor:
         return W_E.detach()
     if bool(getattr(model.cfg, "tie_word_embeddings", False)) and has_lm_head(model):
         return unembedding(model).T
+    from ..core.kind import architecture
+
     raise ConfigError(
         f"this model exposes no token embedding W_E and its embeddings are not tied "
         f"(architecture {architecture(model) or '?'}); input-side projections (QK forms, neuron keys) need W_E"
@@ -80,10 +73,11 @@ def effective_embedding(model: Any, layer: int, *, batch: int = 2048) -> Tensor:
     0 adds): later heads read the token through everything below them, not through ``W_E`` alone.
     """
     from ..core.hooks import capture, model_device
+    from ..core.prompts import bos_id, prepends_bos
 
     check_layer(model, layer, "effective embedding")
     size = n(model, "d_vocab")
-    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    bos = bos_id(model) if prepends_bos(model) else None
     name = f"blocks.{layer}.hook_resid_pre"
     out = []
     for s in range(0, size, batch):
@@ -182,11 +176,10 @@ class Tokens:
         self.size = n(model, "d_vocab")
 
     def names(self, ids: Sequence[int] | Tensor) -> list[str]:
+        from ..core.prompts import str_tokens
+
         ids = [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
-        tok = getattr(self.model, "tokenizer", None)
-        if tok is not None and hasattr(tok, "batch_decode"):
-            return [str(s) for s in tok.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)]
-        return [f"#{i}" for i in ids]  # a model without a tokenizer: ids are all we have
+        return list(str_tokens(self.model, torch.tensor(ids, dtype=torch.long))) if ids else []  # type: ignore[arg-type]
 
     def id(self, token: int | str) -> int:
         """A token id from an id or a string that is exactly one token (error with close names otherwise)."""

@@ -18,7 +18,6 @@ exists when the widths agree and which a change of residual basis destroys.
 from __future__ import annotations
 
 import copy
-import html
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,7 +146,13 @@ class Alignment:
         return f"Alignment({self.names[0]} -> {self.names[1]}, layer matching {m}, types {list(self.kernel)})"
 
     def _repr_html_(self) -> str:
-        return f"<div><b>Alignment</b> {html.escape(repr(self))}</div>"
+        from ..viz.cards import card
+
+        facts = {"models": f"{self.names[0]} -> {self.names[1]}", "layer matching (all)": self.matching.get("all")}
+        if "all" in self.matching_raw:
+            facts["raw-parameter matching"] = self.matching_raw["all"]
+        rows = [[k, self.matching[k], self.matching_raw.get(k, "-")] for k in self.kernel]
+        return card("Alignment", facts, table=(["parameter", "kernelised", "raw"], rows))
 
 
 @torch.no_grad()
@@ -237,7 +242,8 @@ def permuted_copy(model: Any, order: list[int], *, rotate: bool = True, seed: in
         raise ConfigError("rotate=True needs folded LayerNorms (load the model with processing=True)")
     out = copy.deepcopy(model)
     out.blocks = torch.nn.ModuleList([copy.deepcopy(model.blocks[i]) for i in order])
-    for i, b in enumerate(out.blocks):
+    blocks: list[Any] = list(out.blocks)
+    for i, b in enumerate(blocks):
         b.layer_id = i
     if rotate:
         d = int(model.cfg.d_model)
@@ -250,7 +256,7 @@ def permuted_copy(model: Any, order: list[int], *, rotate: bool = True, seed: in
         out.embed.W_E.copy_(out.embed.W_E @ Q)
         out.pos_embed.W_pos.copy_(out.pos_embed.W_pos @ Q)
         out.unembed.W_U.copy_(Q.T @ out.unembed.W_U)
-        for b in out.blocks:
+        for b in blocks:
             for w in (b.attn.W_Q, b.attn.W_K, b.attn.W_V):
                 w.copy_(torch.einsum("de,hdk->hek", Q, w))
             b.attn.W_O.copy_(b.attn.W_O @ Q)

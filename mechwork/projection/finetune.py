@@ -8,6 +8,9 @@ For every layer ``l``:
   per-neuron readings are :meth:`FinetuneVectors.neurons`);
 - ``L{l}.attn``: the OV change for the mean source token, ``mean_t(W_E)[t] (W_V'W_O' - W_V W_O) W_U`` plus
   ``(b_O' - b_O) W_U`` (what the layer's heads write more of, whatever they attend to);
+- ``L{l}.mlp_keys``: the MLP key change read through the base ``W_E``, summed over neurons,
+  ``W_E sum_i (W_in'[l][:, i] - W_in[l][:, i])`` (which tokens now drive the layer's neurons more);
+- ``embed``: how far each token's embedding grew along itself, ``(W_E' - W_E)[t] . W_E[t] / |W_E[t]|``;
 - ``unembed``: how far each token's read-out column grew along itself, ``(W_U' - W_U)[:, t] . W_U[:, t] / |W_U[:, t]|``
   (the token is predicted more strongly wherever the base model already leaned to it).
 
@@ -16,7 +19,6 @@ Scores are comparable within a component, not across components.
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,13 +88,10 @@ class FinetuneVectors:
         return f"FinetuneVectors({len(self.scores)} components: {', '.join(self.scores)})"
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(c)}</td><td>{html.escape(', '.join(t for t, _ in self.top(c, 5)))}</td></tr>"
-            for c in self.scores
-        )
-        return (
-            f"<div><b>Fine-tuning vectors</b><table><tr><th>component</th><th>top tokens</th></tr>{rows}</table></div>"
-        )
+        from ..viz.cards import card
+
+        rows = [[c, ", ".join(t for t, _ in self.top(c, 5))] for c in self.scores]
+        return card("Fine-tuning vectors", {"components": len(self.scores)}, table=(["component", "top tokens"], rows))
 
 
 @torch.no_grad()
@@ -109,7 +108,7 @@ def finetune_vectors(base: Any, tuned: Any, *, output: str = "unembed") -> Finet
     Returns
     -------
     FinetuneVectors
-        ``.scores`` per component (``L{l}.mlp``, ``L{l}.attn``, ``unembed``), ``.top(component, k)``,
+        ``.scores`` per component (``L{l}.attn``, ``L{l}.mlp``, ``L{l}.mlp_keys``, ``embed``, ``unembed``), ``.top(component, k)``,
         ``.rank(component)``, ``.neurons(layer)``.
     """
     _check_same_architecture(base, tuned)
@@ -128,6 +127,9 @@ def finetune_vectors(base: Any, tuned: Any, *, output: str = "unembed") -> Finet
             d = (tuned.W_out[la] - base.W_out[la]).detach()
             deltas[f"L{la}.mlp"] = d
             scores[f"L{la}.mlp"] = ((d.sum(0) + tuned.b_out[la] - base.b_out[la]) @ U).float()
+            scores[f"L{la}.mlp_keys"] = (E @ (tuned.W_in[la] - base.W_in[la]).detach().sum(1)).float()
+    dE = tuned.W_E.detach() - E
+    scores["embed"] = ((dE * E).sum(1) / E.norm(dim=1).clamp_min(1e-12)).float()
     W_U = base.W_U.detach()
     dU = tuned.W_U.detach() - W_U
     scores["unembed"] = ((dU * W_U).sum(0) / W_U.norm(dim=0).clamp_min(1e-12)).float()

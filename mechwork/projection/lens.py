@@ -9,7 +9,6 @@ next token. Works on both backends (``ln_final`` and ``unembed`` are called dire
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +22,9 @@ from ..core.hooks import capture, model_device
 from ._model import Tokens, require_lm_head
 
 
-def prompt_tokens(model: Any, prompts: Any) -> tuple[Tensor, Tensor | None]:
-    """Text, texts, token ids or a ``PromptBatch`` -> ``(tokens [batch, pos], per-prompt answer position or None)``.
+def prompt_tokens(model: Any, prompts: Any) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Text, texts, token ids or a ``PromptBatch`` -> ``(tokens [batch, pos], per-prompt answer position or None,
+    mask of real tokens [batch, pos])``.
 
     Through the one conversion in core (:func:`mechwork.core.prompts.encode`); prompts of different lengths are
     right-padded, and their last real token is then the default read-out position (never a padding token).
@@ -33,7 +33,7 @@ def prompt_tokens(model: Any, prompts: Any) -> tuple[Tensor, Tensor | None]:
 
     enc = encode(model, prompts)
     given = hasattr(prompts, "clean") and hasattr(prompts, "pos")
-    return enc.tokens, (enc.last if given or enc.attention_mask is not None else None)
+    return enc.tokens, (enc.last if given or enc.attention_mask is not None else None), enc.mask
 
 
 @dataclass
@@ -52,6 +52,8 @@ class LensResult:
         The input tokens (for next-token statistics and labels).
     kind : str
         ``"logit"`` or ``"tuned"``.
+    real : Bool[Tensor, "batch seq"] or None
+        Which input tokens are real (not right padding); :meth:`summary` averages over real positions only.
     """
 
     logits: Float[Tensor, "layer batch pos vocab"]
@@ -59,6 +61,7 @@ class LensResult:
     positions: Int[Tensor, "batch pos"]
     tokens: Int[Tensor, "batch seq"] | None = None
     kind: str = "logit"
+    real: Tensor | None = None
 
     # ------------------------------------------------------------------------------------ statistics
     def log_probs(self) -> Float[Tensor, "layer batch pos vocab"]:
@@ -121,8 +124,11 @@ class LensResult:
 
     def summary(self, mask: Tensor | None = None) -> Any:
         """Per layer (pandas): mean KL to final, entropy, rank and probability of the final answer, next-token CE,
-        over every lens position (or those where ``mask [batch, pos]`` is true, e.g. not padding)."""
+        over every lens position that holds a real token (or those where ``mask [batch, pos]`` is true)."""
         import pandas as pd
+
+        if mask is None and self.real is not None:
+            mask = self.real.to(self.positions.device).gather(1, self.positions)
 
         cols = {"kl_to_final": self.kl_to_final(), "entropy": self.entropy(), "answer_rank": self.rank().float()}
         cols["answer_prob"] = self.prob()
@@ -173,16 +179,13 @@ class LensResult:
         return f"LensResult({self.kind} lens, {L} states x {b} prompts x {p} positions, vocab {v})"
 
     def _repr_html_(self) -> str:
+        from ..viz.cards import card
+
+        L, b, p, v = self.logits.shape
         s = self.summary()
-        rows = "".join(
-            f"<tr><td>{html.escape(str(r.layer))}</td><td>{r.kl_to_final:.3f}</td><td>{r.entropy:.3f}</td>"
-            f"<td>{r.answer_rank:.1f}</td></tr>"
-            for r in s.itertuples()
-        )
-        return (
-            f"<div><b>{html.escape(self.kind)} lens</b> {html.escape(repr(self))}<table><tr><th>layer</th>"
-            f"<th>KL to final</th><th>entropy</th><th>answer rank</th></tr>{rows}</table></div>"
-        )
+        rows = [[r.layer, r.kl_to_final, r.entropy, r.answer_rank] for r in s.itertuples()]
+        facts = {"prompts": b, "positions": p, "vocabulary": v}
+        return card(f"{self.kind} lens", facts, table=(["state", "KL to final", "entropy", "answer rank"], rows))
 
 
 #: backward-compatible name of the result type
@@ -227,7 +230,7 @@ def run_lens(
 ) -> LensResult:
     """Shared lens driver: capture every residual state once, translate it (tuned lens) and read it out."""
     require_lm_head(model, f"the {kind} lens")
-    tokens, answer_pos = prompt_tokens(model, prompts)
+    tokens, answer_pos, real = prompt_tokens(model, prompts)
     tokens = tokens.to(model_device(model))
     if isinstance(pos, int) and pos == -1 and answer_pos is not None:
         pos = answer_pos
@@ -241,7 +244,7 @@ def run_lens(
         if translate is not None and i < len(names) - 1:
             h = translate(i, h)
         out.append(model.unembed(model.ln_final(h)))
-    return LensResult(torch.stack(out), lens_labels(model), positions, tokens, kind)
+    return LensResult(torch.stack(out), lens_labels(model), positions, tokens, kind, real)
 
 
 def logit_lens(

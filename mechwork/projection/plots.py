@@ -69,7 +69,7 @@ def pair_heatmap(proj: Any, rows: Sequence[int | str] | None = None, cols: Seque
 def top_table(proj: Any, k: int = 10, *, rows: Sequence[int | str] | None = None) -> Any:
     """A table figure: one column per chosen row of the projection, its top-``k`` tokens with values."""
     df = proj.to_dataframe(k, rows=rows)
-    columns = {
+    columns: dict[str, Sequence[Any]] = {
         str(name): [f"{t} ({v:.2f})" for t, v in zip(sub.token, sub.value)]
         for name, sub in df.groupby("row", sort=False)
     }

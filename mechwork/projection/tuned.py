@@ -15,7 +15,6 @@ unembedding, widths) and ``lens.safetensors``; loading it for a different model 
 from __future__ import annotations
 
 import hashlib
-import html
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +164,7 @@ class TunedLens(torch.nn.Module):
         if missing:
             raise CheckpointError(f"{path / 'cfg.json'} lacks {missing}; the lens folder is truncated or foreign")
         cfg = TunedLensConfig.from_dict(raw, ignore=(*meta, "format", "mechwork_version"), source=str(path))
-        t = load_tensors(path / "lens.safetensors")
+        t = load_tensors(path / "lens.safetensors", what="tuned-lens weights", floating=True)
         L, d = meta["n_layers"], meta["d_model"]
         if set(t) != {"weight", "bias"} or tuple(t["weight"].shape) != (L, d, d) or tuple(t["bias"].shape) != (L, d):
             raise CheckpointError(
@@ -188,12 +187,16 @@ class TunedLens(torch.nn.Module):
         )
 
     def _repr_html_(self) -> str:
-        return f"<div><b>TunedLens</b> {html.escape(repr(self))}</div>"
+        from ..viz.cards import card
+
+        m = self.meta
+        facts = {"model": m.get("model_spec"), "translators": f"{m.get('n_layers')} x {m.get('d_model')}x{m.get('d_model')}",
+                 "steps": m.get("steps_done"), "tokens seen": m.get("tokens_seen"), "train KL": m.get("train_loss")}  # fmt: skip
+        return card("TunedLens", facts)
 
 
 # ---------------------------------------------------------------------------------------------- training
 def _default_source(model: Any) -> Any:
-    from ..data.corpus import Corpus
     from ..data.tokenizer import vocab_size
 
     if int(model.cfg.d_vocab) != vocab_size():
@@ -201,32 +204,48 @@ def _default_source(model: Any) -> Any:
             "train_tuned_lens needs a source of text for this model (texts, a file, a token tensor, a generator) "
             "or an activation cache (store=...); the default corpus only fits the shipped toy vocabulary"
         )
-    return Corpus(seed=1234, split="train")
+    return toy_corpus(model, seed=1234, split="train")
+
+
+def toy_corpus(model: Any, *, seed: int, split: str) -> Any:
+    """The generated corpus with the document mix a shipped model was trained on (default mix otherwise)."""
+    from ..data.corpus import Corpus
+    from ..models.zoo import ENTRIES
+
+    entry = ENTRIES.get(str(getattr(model, "mechwork_spec", "")))
+    if entry is None:
+        return Corpus(seed=seed, split=split)
+    return Corpus(seed=seed, split=split, mix=entry.train.mix or None, options=entry.train.doc_options or None)
+
+
+def _batches(model: Any, source: Any, n: int, *, seed: int, context: int | None, loop: bool) -> Any:
+    """Right-padded batches (:class:`~mechwork.core.prompts.Encoded`) of ``n`` rows, one document per row (long
+    documents split at the context, BOS by the model's convention), as the shipped toys were trained."""
+    import itertools
+
+    from ..core.prompts import pad_rows
+    from ..data.sources import model_rows, token_source
+
+    rows = model_rows(model, lambda: token_source(model, source, seed=seed), loop=loop, what="the lens data")
+    while True:
+        batch = [r[:context] if context else r for r in itertools.islice(rows, n)]
+        if not batch:
+            return
+        yield pad_rows(model, batch)
 
 
 def _stream(model: Any, source: Any, cfg: TunedLensConfig) -> Any:
-    """Endless batches of residual states ``[n_states] x [rows, d]`` from running the model on ``source``."""
-    from ..data.corpus import Corpus
-    from ..data.sources import TokenSource, pack
-
-    context = cfg.context or int(model.cfg.n_ctx)
-    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    """Endless batches of residual states ``[n_states] x [real tokens, d]`` from running the model on ``source``."""
     names = resid_names(model)
-    if isinstance(source, Corpus):  # one document per row, as the zoo models were trained (no packing)
-        while True:
-            tokens, mask = source.batch(cfg.batch_size, context)
-            acts = capture(model, tokens.to(model_device(model)), names, stop=False)
-            keep = mask.to(model_device(model))
-            yield [acts[n][keep] for n in names]
-    while True:
-        src = TokenSource(source, tokenizer=getattr(model, "tokenizer", None), seed=cfg.seed)
-        got = False
-        for w in pack(src.documents(), context, bos_id=bos, batch=cfg.batch_size):
-            acts = capture(model, w.tokens.to(model_device(model)), names, stop=False)
-            got = True
-            yield [acts[n].reshape(-1, acts[n].shape[-1]) for n in names]
-        if not got:
-            raise DataError("the training source yielded no tokens")
+    dev = model_device(model)
+    got = False
+    for enc in _batches(model, source, cfg.batch_size, seed=cfg.seed, context=cfg.context, loop=True):
+        enc = enc.to(dev)
+        acts = capture(model, enc.tokens, names, attention_mask=enc.attention_mask, stop=False)
+        got = True
+        yield [acts[n][enc.mask] for n in names]
+    if not got:
+        raise DataError("the training source yielded no tokens")
 
 
 def _from_store(model: Any, store: Any, cfg: TunedLensConfig) -> Any:
@@ -332,25 +351,17 @@ def _readout(model: Any, h: Tensor) -> Tensor:
 
 
 def held_out_tokens(model: Any, source: Any = None, n: int = 16) -> tuple[Tensor, Tensor]:
-    """Evaluation tokens and their mask of real tokens: held-out generated documents for the shipped toys (test
-    split, another seed), else the first ``n`` windows of ``source``."""
+    """Evaluation tokens and their mask of real tokens: held-out generated documents of the model's own mix for
+    the shipped toys (test split, another seed), else the first ``n`` rows of ``source``."""
     from ..data.corpus import Corpus
 
     if source is None or isinstance(source, Corpus):
         _default_source(model)
-        from ..data import vocab as V
-        from ..data.tokenizer import word_to_id
-
-        tokens, _ = Corpus(seed=4321, split="test").batch(n, int(model.cfg.n_ctx))
-        return tokens, tokens != word_to_id()[V.PAD]  # every real token
-    from ..data.sources import TokenSource, pack
-
-    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
-    src = TokenSource(source, tokenizer=getattr(model, "tokenizer", None))
-    w = next(pack(src.documents(), int(model.cfg.n_ctx), bos_id=bos, batch=n), None)
-    if w is None:
+        source = toy_corpus(model, seed=4321, split="test")
+    enc = next(_batches(model, source, n, seed=0, context=None, loop=False), None)
+    if enc is None:
         raise DataError("the evaluation source yielded no tokens")
-    return w.tokens, torch.ones_like(w.tokens, dtype=torch.bool)
+    return enc.tokens, enc.mask
 
 
 def compare_lenses(model: Any, prompts: Any, tuned: TunedLens, *, pos: Any = None, mask: Tensor | None = None) -> Any:

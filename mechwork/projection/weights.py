@@ -19,7 +19,6 @@ Conventions for tied/untied models, the final LayerNorm and biases: :mod:`mechwo
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -192,14 +191,12 @@ class Projection:
         return f"Projection({self.what!r}, {r} x {c} {self.row_side} -> {self.col_side}, rank <= {self.rank})"
 
     def _repr_html_(self) -> str:
-        tops = ", ".join(f"{html.escape(t)} ({v:.2f})" for t, v in self.top(5))
+        from ..viz.cards import card
+
         r, c = self.shape
-        first = "first row" if self.row_labels is None else html.escape(self.row_labels[0])
-        return (
-            f"<div><b>Projection</b> {html.escape(self.what)}: {r} x {c} "
-            f"({html.escape(self.row_side)} &rarr; {html.escape(self.col_side)}, rank &le; {self.rank})"
-            f"<br>top of {first}: {tops}</div>"
-        )
+        first = "first row" if self.row_labels is None else self.row_labels[0]
+        facts = {"shape": f"{r} x {c} ({self.row_side} -> {self.col_side})", "rank": f"<= {self.rank}"}
+        return card(f"Projection {self.what}", facts, table=([f"top of {first}", "value"], self.top(5)))
 
 
 # ---------------------------------------------------------------------------------------------- builders

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 from . import registry
 from .base import SAE, StepOutput, geometric_median
-from .config import SAEConfig, TrainConfig, sweep
+from .config import MFRPenalty, SAEConfig, TrainConfig, sweep
 from .dashboard import render_text, write_dashboard
 from .evaluate import evaluate, splice
 from .io import load, read_card, save
 from .latents import LatentCard, LatentStats, latent_stats
+from .mfr import MFRSAE, MFRConfig, mfr_saes
 from .model import SAE_CLASSES, register_architecture
 from .relu import JumpReLUConfig, JumpReLUSAE, ReLUConfig, ReLUSAE
-from .synthetic import SyntheticDictionary, recovery
+from .synthetic import GroupedSynthetic, SyntheticDictionary, recovery
 from .topk import TopKConfig, TopKSAE
 from .trainer import JointLoss, TrainResult, train
 
@@ -49,6 +50,11 @@ __all__ = [
     "JumpReLUSAE",
     "JumpReLUConfig",
     "registry",
+    "MFRConfig",
+    "MFRSAE",
+    "MFRPenalty",
+    "mfr_saes",
+    "GroupedSynthetic",
     "TrainConfig",
     "TrainResult",
     "StepOutput",

@@ -261,10 +261,7 @@ def store_source(store: Any, site: str | None, *, seed: int) -> TensorSource:
     if site not in sites and hasattr(store, "site_name"):
         site = store.site_name(site)  # the store resolves aliases ('resid_post.2', 'z.1') and names close matches
     if site not in sites:
-        alias = _match_alias(site, sites)
-        if alias is None:
-            raise SiteError(f"the activation store has no site {site!r}; it holds {sites}")
-        site = alias
+        raise SiteError(f"the activation store has no site {site!r}; it holds {sites}")
     info = {
         "source": "store",
         "store": str(getattr(store, "path", "")),
@@ -273,17 +270,6 @@ def store_source(store: Any, site: str | None, *, seed: int) -> TensorSource:
         "context_size": getattr(store, "context", None),
     }
     return TensorSource(store[site], seed=seed, describe=info)
-
-
-def _match_alias(name: str, sites: list[str]) -> str | None:
-    """``resid_post.2`` -> ``blocks.2.hook_resid_post`` when the store lists full hook names."""
-    parts = name.rsplit(".", 1)
-    if len(parts) == 2 and parts[1].isdigit():
-        kind, layer = parts
-        for s in sites:
-            if s.startswith(f"blocks.{layer}.") and s.endswith(f"hook_{kind}"):
-                return s
-    return None
 
 
 def make_source(

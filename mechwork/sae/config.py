@@ -175,6 +175,43 @@ class SAEConfig(Config, metaclass=_ByArchitecture):
 
 
 @dataclass(frozen=True)
+class MFRPenalty(Config):
+    """Mutual feature regularisation (Marks, Paren, Krueger, Barez, arXiv 2411.01220) across a run's SAEs.
+
+    The joint loss adds ``weight * warmup(t) * mean over SAE pairs (1 - MMCS(W_i, W_j))`` where MMCS is the
+    mean cosine between the decoder rows of two SAEs after matching them (see ``matching``) and
+    ``warmup(t) = 0.5 (1 + cos(pi (T_w - t) / T_w))`` ramps from 0 to 1 over ``warmup_steps``.
+
+    Parameters
+    ----------
+    weight : float
+        Penalty weight (the authors' configs: synthetic 3, GPT-2 0.005; their default 0.1).
+    warmup_steps : int
+        Steps of the cosine ramp (the authors: 100).
+    matching : {"hungarian", "cached", "max"}
+        ``hungarian``: one-to-one Hungarian assignment (scipy ``linear_sum_assignment``) every step, gradient
+        through the matched cosines (the authors'). ``cached``: the same assignment recomputed every
+        ``refresh_every`` steps only. ``max``: symmetric mean-max cosine (each row's best partner; no
+        assignment, GPU-friendly, memory in blocks). SAEs of different widths: the smaller dictionary's rows
+        are each matched to a distinct row of the larger one (``max``: the mean of both directions).
+    refresh_every : int
+        ``cached``: steps between assignments.
+    """
+
+    weight: float = 0.1
+    warmup_steps: int = 100
+    matching: Literal["hungarian", "cached", "max"] = "hungarian"
+    refresh_every: int = 50
+
+    def __post_init__(self) -> None:
+        check_choices(self, "matching")
+        if not self.weight >= 0:
+            raise ConfigError(f"MFR weight must be >= 0, got {self.weight}")
+        if self.warmup_steps < 0 or self.refresh_every < 1:
+            raise ConfigError("MFR warmup_steps must be >= 0 and refresh_every >= 1")
+
+
+@dataclass(frozen=True)
 class TrainConfig(Config):
     """A training run: one or several SAEs on the same activations.
 
@@ -223,6 +260,8 @@ class TrainConfig(Config):
         Steps between metric records in ``metrics.jsonl`` and the progress bar.
     wandb_project : str or None
         Log to Weights & Biases under this project (only if wandb is installed).
+    mfr : MFRPenalty or None
+        Mutual feature regularisation across the run's SAEs (:mod:`mechwork.sae.mfr`; needs >= 2 TopK SAEs).
     """
 
     saes: tuple[SAEConfig, ...] = field(default_factory=lambda: (SAEConfig(),))
@@ -248,6 +287,7 @@ class TrainConfig(Config):
     checkpoint_every: int = 0
     log_every: int = 50
     wandb_project: str | None = None
+    mfr: MFRPenalty | None = None
 
     def __post_init__(self) -> None:
         if not self.saes:
@@ -276,6 +316,20 @@ class TrainConfig(Config):
             raise ConfigError("checkpoint_every needs an output folder (out)")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip}")
+        if self.mfr is not None:
+            if len(self.saes) < 2:
+                raise ConfigError(
+                    f"an MFR run needs at least 2 SAEs (the penalty compares their dictionaries), got {len(self.saes)}; "
+                    "build them with mechwork.sae.mfr.mfr_saes(base, n) or drop mfr"
+                )
+            widths = {s.d_in for s in self.saes}
+            not_topk = [s.label for s in self.saes if not hasattr(s, "k")]
+            if not_topk:
+                raise ConfigError(f"MFR couples TopK SAEs (Marks et al.); {not_topk} are not TopK")
+            if len(widths - {None}) > 1:
+                raise ConfigError(
+                    f"the SAEs of an MFR run see the same data; their d_in differ: {sorted(widths - {None})}"
+                )
 
     def lr_for(self, sae: SAEConfig) -> float:
         """Learning rate of one SAE (its own, the run's, or the width-scaled default)."""

@@ -15,12 +15,13 @@ without mechwork then fails with ``KeyError`` quoting that name, which says whic
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from ..core.config import _version
+from ..core.config import Config, _version
 from ..core.devices import parse_device, parse_dtype
 from ..core.errors import CheckpointError, ConfigError
 from ..core.io import atomic_dir, atomic_write_json, load_tensors, read_json, save_tensors
@@ -132,6 +133,45 @@ def save(sae: SAE, path: str | Path, *, card: dict[str, Any] | None = None, port
     return path
 
 
+@dataclass(frozen=True)
+class SAEFolderConfig(Config):
+    """The top-level ``cfg.json`` fields mechwork reads (SAELens's names); others are left to SAELens.
+
+    Declared once, so every type and range is checked with the file and field named before anything is built.
+    """
+
+    architecture: str = "standard"
+    d_in: int = 0
+    d_sae: int = 0
+    dtype: str = "float32"
+    apply_b_dec_to_input: bool = True
+    rescale_acts_by_decoder_norm: bool = False
+    normalize_activations: str | None = "none"
+    k: int | None = None
+    alpha: float = 1.0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    mechwork: dict[str, Any] | None = None
+
+    LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"d_in": (1, 1 << 20), "d_sae": (1, 1 << 26), "k": (1, 1 << 26)}
+
+
+def read_folder_config(path: Path) -> dict[str, Any]:
+    """``cfg.json`` of an SAE folder, validated by :class:`SAEFolderConfig` (CheckpointError naming the field)."""
+    raw = read_json(path / CFG, what="SAE config")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path / CFG} is not a JSON object; not an SAE config")
+    known = {f.name for f in fields(SAEFolderConfig)}
+    try:
+        SAEFolderConfig.from_dict({k: v for k, v in raw.items() if k in known}, source=str(path / CFG))
+    except ConfigError as e:
+        raise CheckpointError(f"invalid SAE config: {e}") from e
+    mw = raw.get("mechwork")
+    for key in ("config", "meta"):
+        if isinstance(mw, dict) and key in mw and not isinstance(mw[key], dict):
+            raise CheckpointError(f"{path / CFG}: field 'mechwork.{key}' must be a JSON object")
+    return raw
+
+
 def read_card(path: str | Path) -> dict[str, Any] | None:
     """The folder's ``card.json`` (``None`` when absent)."""
     p = Path(path) / CARD
@@ -161,9 +201,7 @@ def load(
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"no SAE folder at {path}")
-    raw = read_json(path / CFG, what="SAE config")
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path / CFG} is not a JSON object; not an SAE config")
+    raw = read_folder_config(path)
     arch = raw.get("architecture", "standard")
     mw_arch = mechwork_name(arch) if isinstance(arch, str) else None
     if not isinstance(arch, str) or (arch not in _SAELENS_NAMES and mw_arch not in registry.names()):
@@ -174,7 +212,7 @@ def load(
             raise CheckpointError(f"{path / CFG}: field {key!r} must be a positive integer, found {raw.get(key)!r}")
     dev = parse_device(device) if device is not None else torch.device("cpu")
     dt = parse_dtype(dtype, default=torch.float32)
-    weights = load_tensors(path / WEIGHTS)
+    weights = load_tensors(path / WEIGHTS, what="SAE weights", floating=True)
     mw = raw.get("mechwork") if isinstance(raw.get("mechwork"), dict) else None
     legacy_portable = mw is not None and "format" not in mw and mw.get("portable")
     if mw is not None and "config" in mw and not legacy_portable and (mw.get("format") or mw_arch is not None):

@@ -28,17 +28,21 @@ if TYPE_CHECKING:
     from .config import SAEConfig
 
 #: the architectures mechwork ships (``register`` adds others at run time)
-Architecture = Literal["topk", "relu", "jumprelu"]
+Architecture = Literal["topk", "relu", "jumprelu", "mfr", "lifted", "cnn", "fno"]
 
 # name -> (module path, SAE class name, config class name): imported on first use
 _BUILTIN: dict[str, tuple[str, str, str]] = {
     "topk": ("mechwork.sae.topk", "TopKSAE", "TopKConfig"),
     "relu": ("mechwork.sae.relu", "ReLUSAE", "ReLUConfig"),
     "jumprelu": ("mechwork.sae.relu", "JumpReLUSAE", "JumpReLUConfig"),
+    "mfr": ("mechwork.sae.mfr", "MFRSAE", "MFRConfig"),
+    "lifted": ("mechwork.sae.operators", "LiftedSAE", "LiftedConfig"),
+    "cnn": ("mechwork.sae.operators", "CNNSAE", "CNNConfig"),
+    "fno": ("mechwork.sae.operators", "FNOSAE", "FNOConfig"),
 }
 assert set(_BUILTIN) == set(get_args(Architecture))
 #: built-in architectures the trainer trains (the generic ``SAEConfig(...)`` accepts any of their fields)
-BUILTIN_TRAINABLE: tuple[str, ...] = ("topk", "relu")
+BUILTIN_TRAINABLE: tuple[str, ...] = ("topk", "relu", "mfr", "lifted", "cnn", "fno")
 INFERENCE_ONLY: tuple[str, ...] = ("jumprelu",)
 
 

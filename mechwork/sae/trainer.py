@@ -151,6 +151,11 @@ class _Run:
     def out(self) -> Path | None:
         return Path(self.cfg.out) if self.cfg.out else None
 
+    def joint_state(self) -> dict[str, Tensor]:
+        """Tensors of the joint loss saved in checkpoints (e.g. MFR's cached assignments)."""
+        fn = getattr(self.joint_loss, "state", None)
+        return fn(self.saes) if fn is not None else {}
+
     def card_extra(self, sae: SAE) -> dict[str, Any]:
         """Extra card entries of one SAE (the joint loss's, e.g. an MFR run's partners)."""
         fn = getattr(self.joint_loss, "card", None)
@@ -165,6 +170,9 @@ class _Run:
             raise NonFiniteError(
                 self._nan_msg(f"the activations of batch {self.step} contain NaN/inf (rows {bad} of the batch)")
             )
+        begin = getattr(self.joint_loss, "begin_step", None)
+        if begin is not None:
+            begin(self.saes, self.step, self.steps)
         factor = self.cfg.lr_factor(self.step, self.steps)
         for g in self.opt.param_groups:
             g["lr"] = g["base_lr"] * factor
@@ -256,7 +264,7 @@ class _Run:
             saes=self.saes,
             optimizer=self.opt,
             since_fired=self.since_fired,
-            extra={"run/metric_sums": self.acc},
+            extra={"run/metric_sums": self.acc, **self.joint_state()},
         )
 
 
@@ -270,6 +278,7 @@ def train(
     progress: bool = True,
     joint_loss: JointLoss | None = None,
     source: Any = None,
+    callback: Callable[[int, list[SAE]], None] | None = None,
 ) -> TrainResult:
     """Train the SAEs of ``config`` on the same activations.
 
@@ -293,6 +302,9 @@ def train(
     joint_loss : callable, optional
         ``joint_loss(saes, outputs, x) -> Tensor`` added to the summed losses (e.g. a cross-SAE penalty); the
         outputs then carry each SAE's reconstruction and TopK codes.
+    callback : callable, optional
+        ``callback(step, saes)`` after every logging step (e.g. to measure dictionary recovery during
+        training); it must not change the SAEs.
 
     Returns
     -------
@@ -323,6 +335,13 @@ def train(
     if cfg.model or model is not None:
         meta.update(model=cfg.model or getattr(model, "mechwork_spec", None), site=source.site.name)
     saes = [SAE(s, device=device, meta=meta) for s in cfg.saes]
+    if cfg.mfr is not None:
+        if joint_loss is not None:
+            raise ConfigError("give either config.mfr or a joint_loss, not both")
+        from .mfr import MutualFeaturePenalty
+
+        joint_loss = MutualFeaturePenalty(cfg.mfr)
+        joint_loss.check(saes)
     run = _Run(cfg, saes, source, steps, device, joint_loss)
     out = run.out
     if resume:
@@ -334,7 +353,7 @@ def train(
             saes=saes,
             optimizer=run.opt,
             since_fired=run.since_fired,
-            extra={"run/metric_sums": run.acc},
+            extra={"run/metric_sums": run.acc, **run.joint_state()},
         )
         run.last_checkpoint = out / "checkpoint"
         run.history = _read_history(out, run.step)
@@ -346,10 +365,10 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         save_config(out / "cfg.json", cfg, kind="mechwork-sae-run")
         _truncate_history(out, run.step)
-    return _loop(run, stop_at_step, progress)
+    return _loop(run, stop_at_step, progress, callback)
 
 
-def _loop(run: _Run, stop_at_step: int | None, progress: bool) -> TrainResult:
+def _loop(run: _Run, stop_at_step: int | None, progress: bool, callback: Any = None) -> TrainResult:
     cfg, out = run.cfg, run.out
     end = run.steps if stop_at_step is None else min(run.steps, stop_at_step)
     logger = _Logger(cfg, out, run.step, end, progress)
@@ -362,6 +381,8 @@ def _loop(run: _Run, stop_at_step: int | None, progress: bool) -> TrainResult:
             logger.tick()
             if run.step % cfg.log_every == 0 or run.step == run.steps:
                 logger.log(run.record())
+                if callback is not None:
+                    callback(run.step, run.saes)
             if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < run.steps:
                 run.checkpoint()
     finally:

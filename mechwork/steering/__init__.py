@@ -11,8 +11,8 @@
 
 from .base import Method
 from .baselines import ITI, DiffMeans, LinearAcT, linear_act_map
-from .data import Prompts, concept_sets, encode, neutral_texts, style_texts
-from .evaluate import evaluate, fluency, side_effects, style_rate
+from .data import Prompts, concept_sets, encode, gender_texts, neutral_texts, style_texts
+from .evaluate import evaluate, fluency, gender_rate, side_effects, style_rate
 from .generate import generate
 from .lineas import LinEAS
 from .lofit import LoFiT, completion_loss
@@ -37,6 +37,8 @@ __all__ = [
     "generate",
     "evaluate",
     "style_rate",
+    "gender_rate",
+    "gender_texts",
     "fluency",
     "side_effects",
     "sweep",

@@ -137,19 +137,51 @@ def neutral_texts(n: int, *, seed: int = 0) -> list[str]:
     return [" ".join(GENERATORS[kinds[i % 3]](rng).words) for i in range(n)]
 
 
+GENDER_NAMES = {"female": 0, "male": 1}
+CONCEPTS = {"style": tuple(STYLE_NAMES), "gender": tuple(GENDER_NAMES)}
+
+
+def concept_label(concept: str, to: str | int) -> int:
+    """The class index of ``to`` for ``concept`` (style: negative 0 / positive 1; gender: female 0 / male 1)."""
+    if concept not in CONCEPTS:
+        raise DataError(f"unknown concept {concept!r}; the generated language's concepts are {sorted(CONCEPTS)}")
+    names = STYLE_NAMES if concept == "style" else GENDER_NAMES
+    if isinstance(to, int) and to in (0, 1):
+        return to
+    if to not in names:
+        raise DataError(f"{concept} target must be one of {sorted(names)}, got {to!r}")
+    return names[str(to)]
+
+
+def gender_texts(n: int, *, gender: int, seed: int) -> list[str]:
+    """``n`` sentences whose name (and so every pronoun) has the given gender (0 female, 1 male)."""
+    from ..data import vocab as V
+    from ..data.grammar import gender_doc
+
+    rng = random.Random(zlib.crc32(f"steering/gender/{gender}/{seed}".encode()))
+    names = V.FEMALE_NAMES if gender == 0 else V.MALE_NAMES
+    return [" ".join(gender_doc(rng, name=rng.choice(names)).words) for _ in range(n)]
+
+
 def concept_sets(
     concept: str = "style", to: str = "positive", n: int = 32, *, seed: int = 0, source: str = "opposite"
 ) -> tuple[list[str], list[str]]:
     """Source and target texts for a concept of the generated language.
 
-    ``style``: target = ``n`` stories in style ``to``; source = ``n`` stories in the other style
-    (``source="opposite"``, as toxic vs non-toxic sentences in LinEAS) or in either style (``"mixed"``: the
-    model's own distribution, from which generations are about half in each style).
+    ``style``: target = ``n`` stories in style ``to`` (``positive``/``negative``); source = ``n`` stories in the
+    other style (``source="opposite"``, as toxic vs non-toxic sentences in LinEAS) or in either style
+    (``"mixed"``: the model's own distribution, from which generations are about half in each style).
+    ``gender``: target = ``n`` sentences about a name of gender ``to`` (``female``/``male``), source = sentences
+    about names of the other gender.
     """
-    if concept != "style":
-        raise DataError(f"unknown concept {concept!r}; the generated language's steering concept is 'style'")
-    label = style_label(to)
+    label = concept_label(concept, to)
     if source not in ("opposite", "mixed"):
         raise DataError(f"source must be 'opposite' or 'mixed', got {source!r}")
+    if concept == "gender":
+        if source == "mixed":
+            src = gender_texts(n - n // 2, gender=0, seed=seed) + gender_texts(n // 2, gender=1, seed=seed)
+        else:
+            src = gender_texts(n, gender=1 - label, seed=seed)
+        return src, gender_texts(n, gender=label, seed=seed + 7919)
     src = style_texts(n, style=1 - label if source == "opposite" else None, seed=seed)
     return src, style_texts(n, style=label, seed=seed + 7919)

@@ -9,7 +9,7 @@ import torch
 from ..core.hooks import model_device, run_with_hooks
 from ..core.kind import require_logits
 from ..core.prompts import decode
-from .data import encode, logits, neutral_texts, style_label
+from .data import concept_label, encode, logits, neutral_texts, style_label
 from .generate import generate
 from .steerer import Steerer
 
@@ -95,6 +95,36 @@ def fluency(
 
 
 @torch.inference_mode()
+def gender_rate(
+    model: Any,
+    steerer: Steerer | None = None,
+    *,
+    strength: float | None = None,
+    to: str = "female",
+    n: int = 128,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Pronoun agreement flipped: on gender-task prompts ("Mary went to the park because" -> she/he), the share
+    of prompts whose name has the other gender but whose predicted pronoun is ``to``'s (``rate``; 0 unsteered on
+    ``toy-mixed``), and the share of ``to``-gender prompts that keep their pronoun (``kept``)."""
+    from ..tasks import get
+
+    label = concept_label("gender", to)
+    task = get("gender")
+    b = task.prompts(n, seed=seed, split="test", model=model).to(model_device(model))
+    hooks = steerer.hooks(model, strength=strength, positions="all") if steerer is not None else []
+    lg = run_with_hooks(model, b.clean, hooks, return_type="logits", attention_mask=b.attention_mask)
+    correct = task.accuracy(lg, b).bool().cpu()  # the name's own pronoun wins
+    assert b.labels is not None
+    says = torch.where(correct, b.labels.cpu(), 1 - b.labels.cpu())  # gender of the predicted pronoun
+    other, same = b.labels.cpu() != label, b.labels.cpu() == label
+    return {
+        "rate": float((says[other] == label).float().mean()) if other.any() else 0.0,
+        "kept": float((says[same] == label).float().mean()) if same.any() else 0.0,
+    }
+
+
+@torch.inference_mode()
 def side_effects(
     model: Any, steerer: Steerer | None, *, strength: float | None = None, n: int = 128
 ) -> dict[str, float]:
@@ -133,6 +163,7 @@ def evaluate(
     *,
     strength: float | None = None,
     to: str | None = None,
+    concept: str | None = None,
     n: int = 64,
     n_text: int = 64,
     max_new_tokens: int = 24,
@@ -141,14 +172,22 @@ def evaluate(
 ) -> dict[str, float]:
     """Behaviour, fluency cost and side effects of ``steerer`` at ``strength`` in one flat dict.
 
-    ``to`` defaults to the steerer's target (``positive`` when unknown). With ``steerer=None`` the unsteered
-    baseline.
+    ``concept`` and ``to`` default to the steerer's (``style`` / ``positive`` when unknown). Behaviour ``rate``:
+    for style the share of generations from the neutral opener in style ``to`` (:func:`style_rate`), for gender
+    the share of other-gender prompts whose pronoun flips to ``to`` (:func:`gender_rate`). With
+    ``steerer=None`` the unsteered baseline.
     """
-    to = to or (steerer.config.target if steerer is not None and steerer.config.target else "positive")
+    concept = concept or (steerer.config.concept if steerer is not None and steerer.config.concept else "style")
+    default_to = "positive" if concept == "style" else "female"
+    to = to or (steerer.config.target if steerer is not None and steerer.config.target else default_to)
     out: dict[str, float] = {}
     if steerer is not None:
         out["strength"] = steerer.check_strength(strength)
-    out.update(style_rate(model, steerer, strength=strength, to=to, n=n, max_new_tokens=max_new_tokens, seed=seed))
+    if concept == "gender":
+        out.update(gender_rate(model, steerer, strength=strength, to=to, n=max(n, 64), seed=seed))
+    else:
+        kw: dict[str, Any] = dict(strength=strength, to=to, n=n, max_new_tokens=max_new_tokens, seed=seed)
+        out.update(style_rate(model, steerer, **kw))
     out.update(fluency(model, steerer, strength=strength, n=n_text, seed=seed))
     if side:
         out.update(side_effects(model, steerer, strength=strength))

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.config import Config, save_config
+from ..core.artefact import load_artefact, save_artefact
+from ..core.config import Config
 from ..core.errors import CheckpointError, ConfigError, NonFiniteError, ShapeError
-from ..core.io import PathLike, atomic_dir, atomic_write_json, load_tensors, read_json, save_tensors
+from ..core.io import PathLike
 from ..core.sites import enable
 from ..core.sites import site as resolve_site
 from .positions import PositionState, check_positions, describe, position_mask, tracker_hook
@@ -290,31 +291,20 @@ class Steerer:
         """Write ``cfg.json``, ``steerer.safetensors`` and ``card.json`` into the folder ``path`` atomically."""
         tensors = {f"scale.{k}": v for k, v in self.scales.items()}
         tensors.update({f"bias.{k}": v for k, v in self.biases.items()})
-        with atomic_dir(path) as tmp:
-            save_config(tmp / "cfg.json", self.config)
-            save_tensors(tmp / WEIGHTS, tensors, metadata={"format": FORMAT, "method": self.method})
-            if self.card:
-                atomic_write_json(tmp / "card.json", self.card)
-        return Path(path)
+        meta = {"format": FORMAT, "method": self.method}
+        return save_artefact(path, self.config, tensors, weights=WEIGHTS, metadata=meta, card=self.card)
 
     @classmethod
     def load(cls, path: PathLike, *, device: str | torch.device = "cpu") -> Steerer:
         """Load a folder written by :meth:`save`; a bad file raises ``CheckpointError`` naming it and the field."""
         path = Path(path)
-        raw = read_json(path / "cfg.json", what="steerer config")
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-            raise CheckpointError(f"{path / 'cfg.json'} is not a mechwork steerer config (format {found!r})")
-        cfg = SteererConfig.from_dict(raw, ignore=("mechwork_version",), source=str(path / "cfg.json"))
+        cfg, t, card = load_artefact(path, SteererConfig, format=FORMAT, weights=WEIGHTS, what="steerer", device=device)
         cfg = cfg.replace(shapes=tuple(tuple(s) for s in cfg.shapes))
         if len(cfg.shapes) != len(cfg.sites):
             raise CheckpointError(f"{path / 'cfg.json'}: {len(cfg.sites)} sites but {len(cfg.shapes)} shapes")
-        t = load_tensors(path / WEIGHTS, device=device)
         scales = {k.removeprefix("scale."): v for k, v in t.items() if k.startswith("scale.")}
         biases = {k.removeprefix("bias."): v for k, v in t.items() if k.startswith("bias.")}
         try:
-            card_path = path / "card.json"
-            card = read_json(card_path, what="steerer card") if card_path.is_file() else {}
             return cls(scales, biases, cfg, card)
         except (ShapeError, ConfigError, NonFiniteError) as e:
             raise CheckpointError(f"{path / WEIGHTS} does not match {path / 'cfg.json'}: {e}") from e

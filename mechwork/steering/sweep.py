@@ -89,6 +89,7 @@ def sweep(
     strengths: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
     layers: bool = False,
     to: str | None = None,
+    concept: str | None = None,
     n: int = 64,
     n_text: int = 64,
     max_new_tokens: int = 24,
@@ -112,7 +113,9 @@ def sweep(
         for lab, v, where in variants:
             for lam in strengths:
                 jobs.append((label, lab, v, where, lam))
-    kw: dict[str, Any] = dict(to=to, n=n, n_text=n_text, max_new_tokens=max_new_tokens, seed=seed, side=side)
+    kw: dict[str, Any] = dict(
+        to=to, concept=concept, n=n, n_text=n_text, max_new_tokens=max_new_tokens, seed=seed, side=side
+    )
     base = evaluate(model, None, **kw)
     rows = []
     for label, lab, st, where, lam in tqdm(jobs, desc="steering sweep", disable=not progress):

@@ -106,7 +106,7 @@ class Task:
             **self._extra(items, C),
         )
 
-    def _extra(self, items: list[dict[str, Any]], clean: Tensor) -> dict[str, Tensor]:
+    def _extra(self, items: list[dict[str, Any]], clean: Tensor) -> dict[str, Any]:
         return {}
 
     @torch.inference_mode()

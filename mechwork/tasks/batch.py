@@ -42,7 +42,8 @@ class PromptBatch:
         when no row is padded.
     vocab : str or None
         Identity of the tokenizer the prompts were rendered with (``"mechwork-toy"``: the shipped models'
-        vocabulary); capabilities refuse a batch rendered for another model.
+        vocabulary; None: unknown, e.g. a batch built by hand); capabilities refuse a batch rendered for another
+        model.
     metric_fn : callable or None
         The batch's own metric ``(output, batch) -> [batch]`` (``from_pairs``); None: the task's.
     data : dict of str to Tensor
@@ -65,7 +66,7 @@ class PromptBatch:
     targets: Int[Tensor, "batch pos"] | None = None
     info: list[dict[str, Any]] = field(default_factory=list)
     attention_mask: Int[Tensor, "batch pos"] | None = None
-    vocab: str | None = TOY_VOCAB
+    vocab: str | None = None
     metric_fn: Callable[[Tensor, Any], Tensor] | None = field(default=None, repr=False)
     data: dict[str, Tensor] = field(default_factory=dict, repr=False)
     constants: dict[str, Tensor] = field(default_factory=dict, repr=False)

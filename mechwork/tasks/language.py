@@ -17,6 +17,14 @@ from ..data.tokenizer import encode_words
 from .base import PromptBatch, Task, gather_last
 
 
+def _field(batch: PromptBatch, name: str) -> Tensor:
+    """A tensor the metric needs (``labels``, ``loss_mask``, ``targets``): a clear error when the batch lacks it."""
+    value = getattr(batch, name)
+    if value is None:
+        raise DataError(f"the {batch.task!r} metric needs batch.{name}, which this batch does not have")
+    return value
+
+
 @dataclass
 class IOI(Task):
     """Indirect object identification: "When Mary and John went to the store , John gave a drink to" -> Mary.
@@ -146,7 +154,7 @@ class Style(Task):
             pos_ids = torch.tensor(encode_words(V.POSITIVE_ADJ, bos=False), device=last.device)
             neg_ids = torch.tensor(encode_words(V.NEGATIVE_ADJ, bos=False), device=last.device)
         diff = last[:, pos_ids].logsumexp(-1) - last[:, neg_ids].logsumexp(-1)
-        sign = batch.labels.to(last.device).float() * 2 - 1
+        sign = _field(batch, "labels").to(last.device).float() * 2 - 1
         return diff * sign
 
     def accuracy(self, logits: Float[Tensor, "batch pos vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:
@@ -193,7 +201,7 @@ class Induction(Task):
             )
         return out
 
-    def _extra(self, items: list[dict[str, Any]], clean: Tensor) -> dict[str, Tensor]:
+    def _extra(self, items: list[dict[str, Any]], clean: Tensor) -> dict[str, Any]:
         n, width = clean.shape
         mask = torch.zeros((n, width), dtype=torch.bool)
         targets = torch.zeros((n, width), dtype=torch.long)
@@ -206,8 +214,10 @@ class Induction(Task):
         return {"loss_mask": mask, "targets": targets}
 
     def _scored(self, logits: Tensor, batch: PromptBatch) -> tuple[Tensor, Tensor]:
-        mask = batch.loss_mask.to(logits.device)
-        logp = logits.float().log_softmax(-1).gather(-1, batch.targets.to(logits.device)[..., None]).squeeze(-1)
+        mask = _field(batch, "loss_mask").to(logits.device)
+        logp = (
+            logits.float().log_softmax(-1).gather(-1, _field(batch, "targets").to(logits.device)[..., None]).squeeze(-1)
+        )
         return logp, mask
 
     def metric(self, logits: Float[Tensor, "batch pos vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:
@@ -216,5 +226,5 @@ class Induction(Task):
 
     def accuracy(self, logits: Float[Tensor, "batch pos vocab"], batch: PromptBatch) -> Float[Tensor, " batch"]:
         _, mask = self._scored(logits, batch)
-        hit = (logits.argmax(-1) == batch.targets.to(logits.device)) & mask
+        hit = (logits.argmax(-1) == _field(batch, "targets").to(logits.device)) & mask
         return hit.sum(-1).float() / mask.sum(-1).clamp(min=1)

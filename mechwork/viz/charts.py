@@ -10,7 +10,7 @@ HTML-escaped here, once, so that a capability cannot forget it; all figures shar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,7 +177,7 @@ def heatmaps(
 
 def bars(
     categories: Sequence[str],
-    series: dict[str, Sequence[float]],
+    series: Mapping[str, Sequence[float]],
     *,
     title: str = "",
     xlabel: str = "",
@@ -200,7 +200,7 @@ def bars(
     return fig
 
 
-def table(columns: dict[str, Sequence[Any]], *, title: str = "") -> Any:
+def table(columns: Mapping[str, Sequence[Any]], *, title: str = "") -> Any:
     """A table figure: ``{header: cells}``, one column per entry (cells shown as escaped strings)."""
     import plotly.graph_objects as go
 
