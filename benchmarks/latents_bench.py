@@ -13,7 +13,11 @@ Size: the dashboard HTML of the shipped SAE (2048 latents) and of 16384 latents 
 (the shipped statistics tiled 8 times: every latent with a real latent's contexts, samples, histogram and logit
 effects), plus a real pass of the random 16384-latent SAE.
 
-Run: ``python benchmarks/latents_bench.py [--tokens 65536] [--repeat 3]``; writes benchmarks/results/latents.json.
+Labels (``--labels``): the label F1 table of the shipped SAEs (50k held-out tokens of the generated language:
+best latent per ground-truth tag, held-out precision / recall / F1); writes benchmarks/results/latents_labels.json.
+
+Run: ``python benchmarks/latents_bench.py [--tokens 65536] [--repeat 3] [--labels]``; writes
+benchmarks/results/latents.json.
 """
 
 from __future__ import annotations
@@ -48,8 +52,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=65536)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--labels", action="store_true", help="only the label F1 table of the shipped SAEs")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.labels:
+        return labels_table()
     from test_sae_latents import tile
 
     import mechwork
@@ -129,6 +136,29 @@ def main() -> int:
     )
     print_table(srows, title="dashboard HTML (one self-contained file)")
     write_results("latents", res)
+    return 0
+
+
+def labels_table() -> int:
+    import mechwork
+    import mechwork.sae as ms
+    from mechwork.sae import shipped
+
+    model = mechwork.load_model("toy-mixed", device="cpu")
+    res = {}
+    for site in shipped.SITES:
+        st = ms.latent_stats(ms.load(shipped.path("toy-mixed", site)), model=model, n_tokens=50_000)
+        levels: dict[str, int] = {}
+        for lab in st.labels:
+            levels[lab.level] = levels.get(lab.level, 0) + 1
+        rows = []
+        for r in sorted(st.tag_coverage(), key=lambda r: -r["f1"]):
+            lab = st.labels[r["latent"]]
+            rows.append({k: r[k] for k in ("tag", "latent", "level", "precision", "recall", "f1", "freq")})
+            rows[-1].update(n_heldout=lab.n_heldout, top_contexts_with_tag=f"{lab.agree_top[0]}/{lab.agree_top[1]}")
+        print_table(rows, title=f"{site}: best latent per tag ({st.n_tokens:,} tokens, levels {levels})")
+        res[site] = {"n_tokens": st.n_tokens, "levels": levels, "best_per_tag": rows}
+    write_results("latents_labels", res)
     return 0
 
 

@@ -113,56 +113,42 @@ def build_gpt2(folder: Path, texts: list[str], *, tokenizer: bool = True, seed: 
     return folder
 
 
-def build_pythia(folder: Path, texts: list[str], *, seed: int = 0) -> Path:
+def _save_random(folder: Path, tok, config_cls, model_cls, *, seed: int, **config) -> Path:
+    """Save ``tok`` and a randomly initialised ``model_cls(config_cls(...))`` sized to the tokenizer."""
     import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(folder))
+    torch.manual_seed(seed)
+    cfg = config_cls(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **config)
+    model_cls(cfg).eval().save_pretrained(str(folder))
+    return folder
+
+
+def build_pythia(folder: Path, texts: list[str], *, seed: int = 0) -> Path:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
     tok = PreTrainedTokenizerFast(
         tokenizer_object=_byte_bpe(texts, 500), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
     )
-    tok.save_pretrained(str(folder))
-    torch.manual_seed(seed)
-    cfg = GPTNeoXConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=256,
-        max_position_embeddings=64,
-        rotary_pct=0.25,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
+    return _save_random(
+        folder, tok, GPTNeoXConfig, GPTNeoXForCausalLM, seed=seed, hidden_size=64, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=256, max_position_embeddings=64, rotary_pct=0.25,
         tie_word_embeddings=False,
-    )
-    GPTNeoXForCausalLM(cfg).eval().save_pretrained(str(folder))
-    return folder
+    )  # fmt: skip
 
 
 def build_llama(folder: Path, texts: list[str], *, seed: int = 0) -> Path:
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    folder.mkdir(parents=True, exist_ok=True)
     tok = PreTrainedTokenizerFast(
         tokenizer_object=_metaspace_bpe(texts, 500), bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
-    tok.save_pretrained(str(folder))
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
+    return _save_random(
+        folder, tok, LlamaConfig, LlamaForCausalLM, seed=seed, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
         tie_word_embeddings=False,
-    )
-    LlamaForCausalLM(cfg).eval().save_pretrained(str(folder))
-    return folder
+    )  # fmt: skip
 
 
 def build_all(root: Path) -> dict[str, Path]:

@@ -75,6 +75,10 @@ def test_weights_only_folder(weights_only_folder, gpt2_folder):
     # processed weights: logits equal up to a per-position constant (centred unembedding)
     assert torch.allclose(got - got.mean(-1, keepdim=True), want - want.mean(-1, keepdim=True), atol=1e-4)
     assert str_tokens(model, ids[0]) == ["<3>", "<17>", "<250>", "<9>"]
+    store = mechwork.cache.collect(model, torch.randint(0, 600, (3, 16)), "resid_post.0", progress=False)
+    assert store.n_tokens == 48 and not store.manifest.bos  # no tokenizer, no BOS: the ids as given
+    pairs = tasks.from_pairs(model, clean=ids, corrupted=torch.tensor([[3, 18, 250, 9]]), answers=[5], wrong=[6])
+    assert pairs.answer.tolist() == [5]
     with pytest.raises(mechwork.CheckpointError, match="tokenizer"):
         mechwork.load_model(str(weights_only_folder), device="cpu", backend="bridge")
 

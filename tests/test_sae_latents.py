@@ -307,58 +307,47 @@ def test_dashboard_16k_latents_under_size_bound_and_opens(shipped_stats, tmp_pat
 
 
 # ---- another model: GPT-2 BPE ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def bpe_model(tmp_path_factory):
-    """A GPT-2 folder with a byte-level BPE tokenizer (random weights), loaded with mechwork."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+def test_gpt2_bpe_model_contexts_decode_with_its_tokenizer(gpt2_model, tmp_path):
+    """An SAE trained for a few seconds on a GPT-2 BPE model's activations: contexts decode with its tokenizer,
+    labels are top-token summaries, logit effects exist, the generated language is refused."""
+    from model_folders import training_texts
 
-    import mechwork
-    from mechwork.data import Corpus
-
-    texts = [t.replace(" ,", ",").replace(" .", ".") for t in Corpus(0).texts(300)]
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tk.train_from_iterator(texts, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    folder = tmp_path_factory.mktemp("gpt2bpe")
-    tok.save_pretrained(folder)
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=len(tok), n_positions=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
-    )
-    GPT2LMHeadModel(cfg).save_pretrained(folder)
-    return mechwork.load_model(str(folder), device="cpu"), texts
-
-
-def test_gpt2_bpe_model_contexts_decode_with_its_tokenizer(bpe_model, tmp_path):
     from mechwork.core.hooks import capture
 
-    model, texts = bpe_model
-    toks = torch.cat([model.to_tokens(t)[0] for t in texts[:200]])[None, : 128 * 40].reshape(40, 128)
+    model = gpt2_model
+    texts = training_texts(300, seed=1)
+    ids = torch.cat([model.to_tokens(t)[0] for t in texts[:150]])
+    toks = ids[: 64 * 60].reshape(60, 64)
     acts = torch.cat(
-        [capture(model, toks[i : i + 8], ["resid_post.0"])["blocks.0.hook_resid_post"] for i in range(0, 40, 8)]
+        [capture(model, toks[i : i + 10], ["resid_post.0"])["blocks.0.hook_resid_post"] for i in range(0, 60, 10)]
     )
     cfg = ms.TrainConfig(saes=(ms.SAEConfig(d_sae=128, k=8),), site="blocks.0.hook_resid_post", batch_size=256, lr=3e-3)
     sae = ms.train(cfg, activations=acts.reshape(-1, 64), progress=False).sae
-    st = ms.latent_stats(sae, texts[200:], model=model, n_tokens=3000, site="resid_post.0")
+    st = ms.latent_stats(sae, texts[150:], model=model, n_tokens=3000, site="resid_post.0")
     assert st.tag_names is None and st.logits is not None
     j = st.best(1)[0]
     card = st[j]
-    assert card.label.level == "tokens" and "(no ground truth" in card.label.describe()
+    assert card.label.level == "tokens" and "(no ground-truth tags" in card.label.describe()
     tok = model.tokenizer
     for c in card.contexts:
         assert "".join(c["tokens"]) == tok.decode(c["ids"])  # strings come from this tokenizer, spaces kept
-        assert "Ġ" not in "".join(c["tokens"]) and tok.bos_token_id not in c["ids"][c["target"] : c["target"] + 1]
+        assert "Ġ" not in "".join(c["tokens"]) and c["ids"][c["target"]] != tok.bos_token_id
     assert any(t.startswith(" ") for c in card.contexts for t in c["tokens"])
     assert "top activations" in card._repr_html_()
     st.to_html(tmp_path / "bpe.html")
     with pytest.raises(DataError, match="generated language"):
         ms.latent_stats(sae, model=model, n_tokens=100, site="resid_post.0")
+
+
+def test_headless_encoder_leaves_out_cls_sep_and_refuses_logit_effects(minilm):
+    sae = _random_sae(384, 32, 4, site="blocks.2.hook_resid_post")
+    texts = ["The museum opened a new exhibition about ancient maps.", "Rain fell on the quiet village."] * 8
+    st = ms.latent_stats(sae, texts, model=minilm, n_tokens=150, batch_size=8)
+    assert st.logits is None and "LM head" in st.logits_reason
+    cls, sep = minilm.tokenizer.cls_token_id, minilm.tokenizer.sep_token_id
+    centres = [c["ids"][c["target"]] for j in range(32) for c in st.contexts(j)]
+    assert centres and cls not in centres and sep not in centres and st.n_special > 0
+    assert all(c["tokens"][c["target"]].strip() for j in range(32) for c in st.contexts(j))
 
 
 # ---- API, CLI, errors -----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from ..core.errors import CheckpointError, ConfigError, DataError, ShapeError
 from ..core.hooks import capture, check_tokens, model_device, model_dtype
 from ..core.io import PathLike, save_tensors
 from ..core.kind import is_causal
-from ..core.prompts import bos_id
+from ..core.prompts import bos_id, prepends_bos
 from ..data.sources import Windows, pack, pad_windows, token_source
 from . import format as F
 from .background import Background
@@ -175,7 +175,7 @@ class _Run:
         context = n_ctx if context is None else context
         causal = is_causal(model)
         if bos is None:  # the model family's convention (GPT-2, LLaMA and the shipped models: yes; Pythia: no)
-            bos = causal and bool(getattr(model.cfg, "default_prepend_bos", True))
+            bos = causal and prepends_bos(model)  # False too when there is no BOS id (no tokenizer)
         check_int("context", context, lo=2 if bos else 1)
         if context > n_ctx:
             raise ConfigError(f"context {context} exceeds the model's n_ctx {n_ctx}")

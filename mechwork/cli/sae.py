@@ -167,12 +167,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     sh.add_argument("--model", help="model (default: the one the SAE was trained on)")
     sh.add_argument("--from-cache", dest="store", help="read the rows of this activation store (no model run)")
-    sh.add_argument("--source", help="a token source file (.txt one document per line, .jsonl, .safetensors, .npy)")
+    sh.add_argument(
+        "--source",
+        help="a token source: a file (.txt, one document per line; .jsonl; .safetensors; .npy), 'corpus' or 'task:NAME'",
+    )
     sh.add_argument("--html", help="write the offline dashboard of all latents here")
     sh.add_argument("--top", type=int_arg, default=5, help="contexts printed per latent (default 5)")
     sh.add_argument("--n", type=int_arg, default=10, help="latents printed when none are given (default 10)")
     sh.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_options(sh, latent_stats, [Opt("n_tokens", flag="tokens"), "include_special", "seed", "batch_size", "context"])
+    add_options(sh, latent_stats, [Opt("n_tokens", flag="tokens"), "include_special", "seed", "batch_size"])
     sh.add_argument("--grid", type=int_arg, default=256, help="operator SAEs: grid on which concepts are shown")
 
 

@@ -9,7 +9,6 @@ loaded by converting the folder's config and weights ourselves (``HookedTransfor
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -224,7 +223,3 @@ def load_hub(name: str, *, backend: str, processing: bool = True) -> Any:
             f"{str(e).splitlines()[0][:200] if str(e) else ''}). Offline? Download the model elsewhere "
             "(e.g. `huggingface-cli download NAME --local-dir DIR`) and call mechwork.load_model('DIR')."
         ) from e
-
-
-def copy_folder(src: Path, dst: Path) -> None:  # pragma: no cover - convenience for users
-    shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..core.config import Config
+from ..core.config import Config, check_choices
 from ..core.errors import ConfigError
 from .base import ADDITIVE_RANGE, AFFINE_RANGE, Method, layer_sites
 from .data import Prompts, pooled
@@ -72,7 +71,7 @@ class ITI(Config, Method):
     k: int | None = None
     alpha: float = 15.0
     read: str = "last"
-    direction: str = "mass_mean"
+    direction: Literal["mass_mean", "probe"] = "mass_mean"
     val_fraction: float = 0.3
     seed: int = 0
 
@@ -83,8 +82,7 @@ class ITI(Config, Method):
         from sklearn.linear_model import LogisticRegression
 
         _check_read(self.read)
-        if self.direction not in ("mass_mean", "probe"):
-            raise ConfigError(f"direction must be 'mass_mean' or 'probe', got {self.direction!r}")
+        check_choices(self, "direction")
         n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
         k = self.k if self.k is not None else max(1, round(0.1 * n_layers * n_heads))
         if not 1 <= k <= n_layers * n_heads:
@@ -185,8 +183,3 @@ class LinearAcT(Config, Method):
                 src_n = src[n]
             scales[n], biases[n] = linear_act_map(src_n, tgt[n], min_std=self.min_std)
         return scales, biases, {"incremental": self.incremental}
-
-
-def default_k(model: Any, fraction: float = 0.1) -> int:
-    """``fraction`` of the model's attention heads, at least 1."""
-    return max(1, math.ceil(fraction * int(model.cfg.n_layers) * int(model.cfg.n_heads)))

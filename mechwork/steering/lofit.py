@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.config import Config
+from ..core.config import Config, check_choices
 from ..core.errors import ConfigError, DataError
 from .base import ADDITIVE_RANGE, Method, check_loss, frozen
 from .data import Prompts, encode, logits
@@ -86,7 +86,7 @@ class LoFiT(Config, Method):
 
     k: int | None = None
     heads: Any = None
-    loss: str = "sft"
+    loss: Literal["sft", "dpo"] = "sft"
     beta: float = 0.5
     stage1_lr: float = 5e-3
     l1: float = 1e-3
@@ -103,8 +103,7 @@ class LoFiT(Config, Method):
     def _fit(self, model: Any, source: Prompts, target: Prompts, *, progress: bool) -> Any:
         from tqdm.auto import tqdm
 
-        if self.loss not in ("sft", "dpo"):
-            raise ConfigError(f"loss must be 'sft' or 'dpo', got {self.loss!r}")
+        check_choices(self, "loss")
         if self.loss == "dpo" and len(source) != len(target):
             raise DataError(
                 f"LoFiT with DPO pairs target (chosen) and source (rejected) texts by index: equal sizes needed, "

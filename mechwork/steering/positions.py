@@ -17,7 +17,10 @@ rule is evaluated on those:
 The offset is learnt from layer 0's attention scores (key length minus query length), which every
 TransformerLens forward pass produces, cached or not; mechwork's own :func:`~mechwork.steering.generate`
 also sets it explicitly. The prompt width is set by ``generate`` or, in a foreign generation loop, by the
-first forward pass at offset 0 inside the ``apply`` block.
+first forward pass at offset 0 inside the ``apply`` block. Limit: in a foreign KV-cached loop (e.g.
+``model.generate`` inside ``steerer.apply``), sites that fire before layer 0's attention scores (``hook_embed``,
+``resid_pre.0``, ``ln1_normalized.0``, layer 0's q/k/v) see the previous chunk's offset; use
+:func:`~mechwork.steering.generate` (or ``positions="all"``) for rules at those sites.
 """
 
 from __future__ import annotations

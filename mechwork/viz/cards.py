@@ -61,12 +61,6 @@ def card(
     return out + "</div>"
 
 
-def short_repr(name: str, **facts: Any) -> str:
-    """``Name(key=value, ...)`` with the same short formatting as the cards (None values left out)."""
-    inner = ", ".join(f"{k}={fmt(v) if not isinstance(v, str) else repr(v)}" for k, v in facts.items() if v is not None)
-    return f"{name}({inner})"
-
-
 def store_card(store: Any) -> str:
     """Card of an :class:`~mechwork.cache.ActivationStore`: where, model, tokens, sites with their widths."""
     m = store.manifest

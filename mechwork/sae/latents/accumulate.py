@@ -10,6 +10,7 @@ Memory does not grow with the number of tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -21,7 +22,6 @@ LOG2_LO = -16  # histogram covers activations 2**-16 .. 2**16 (values outside fa
 LOG2_HI = 16
 SUB = 16  # bins per octave: bin width 4.4%, so quantiles read from the histogram are within ~2.2%
 N_BINS = (LOG2_HI - LOG2_LO) * SUB
-ACT_CHUNK = 8192  # context activations are gathered for this many entries at a time
 
 
 _EDGES = torch.pow(2.0, torch.arange(N_BINS + 1, dtype=torch.float64) / SUB + LOG2_LO)
@@ -53,6 +53,7 @@ class Chunk:
     special: Bool[Tensor, "b p"]
     fold: Int[Tensor, "b p"]
     tags: Int[Tensor, "b p"] | None
+    lookup: Any = None  # (multiplier, sorted (position, latent) keys, values), built by _lookup on first need
 
 
 class Accumulator:
@@ -102,7 +103,7 @@ class Accumulator:
         self.total += torch.bincount(lat, weights=val.double(), minlength=self.d_sae)
         self.max.scatter_reduce_(0, lat, val, "amax")
         self.min.scatter_reduce_(0, lat, val, "amin")
-        self.hist += torch.bincount(lat * N_BINS + to_bin(val), minlength=self.d_sae * N_BINS).to(torch.int32)
+        self.hist.index_add_(0, lat * N_BINS + to_bin(val), torch.ones_like(lat, dtype=torch.int32))
         tag_row = None
         if c.tags is not None and n_tags:
             self._grow_tags(n_tags)
@@ -142,18 +143,29 @@ class Accumulator:
         row, lat, key, val, tag, ctx, nb, inside, hsh = (
             t[keep] for t in (row, lat, key, val, tag, ctx, nb, inside, hsh)
         )
-        acts = (
-            torch.cat(
-                [
-                    (
-                        c.vals[nb[i : i + ACT_CHUNK]]
-                        * (c.idx[nb[i : i + ACT_CHUNK]] == lat[i : i + ACT_CHUNK, None, None])
-                    )
-                    .sum(-1)
-                    .float()
-                    for i in range(0, lat.numel(), ACT_CHUNK)
-                ]
-            )
-            * inside
-        )
+        acts = _lookup(c, nb, lat) * inside
         table.merge(lat, key, val, ctx, acts, hsh, tag)
+
+
+def _lookup(c: Chunk, nb: Int[Tensor, "n L"], lat: Int[Tensor, " n"]) -> Float[Tensor, "n L"]:
+    """The activation of latent ``lat[i]`` at every batch position ``nb[i, :]`` (0 where it is not active).
+
+    Few queries (the usual case once the tables are full): a direct gather of the queried positions' codes.
+    Many (the first batches): the batch's active (position, latent) pairs are sorted once and each query is a
+    binary search.
+    """
+    if nb.numel() < 8 * c.vals.shape[0]:
+        return (c.vals[nb] * (c.idx[nb] == lat[:, None, None])).sum(-1).float()
+    if c.lookup is None:
+        d = int(c.idx.max()) + 1 if c.idx.numel() else 1
+        active = c.vals > 0
+        rows = torch.arange(c.vals.shape[0])[:, None].expand_as(c.idx)[active]
+        keys = rows * d + c.idx[active]
+        order = torch.argsort(keys)
+        c.lookup = (d, keys[order], c.vals[active][order].float())
+    d, keys, vals = c.lookup
+    if not keys.numel():
+        return torch.zeros(nb.shape)
+    q = nb * d + lat[:, None]
+    at = torch.searchsorted(keys, q).clamp_max(keys.numel() - 1)
+    return torch.where(keys[at] == q, vals[at], torch.zeros(()))

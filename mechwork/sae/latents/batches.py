@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -49,42 +50,36 @@ def tokenizer_for(model: Any = None, store: Any = None, tokenizer: Any = None) -
     return None
 
 
+def _holder(tok: Any) -> Any:
+    """A model-like holder of ``tok`` for the core token helpers (which read ``model.tokenizer``)."""
+    return SimpleNamespace(tokenizer=tok)
+
+
 def special_ids(tok: Any) -> Int[Tensor, " n"]:
     """Ids of the tokenizer's special tokens (BOS, EOS, padding, CLS, SEP, UNK, MASK)."""
-    ids = set(getattr(tok, "all_special_ids", None) or []) if tok is not None else set()
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id", "sep_token_id"):
-        v = getattr(tok, name, None) if tok is not None else None
-        if isinstance(v, int):
-            ids.add(v)
-    return torch.tensor(sorted(ids), dtype=torch.long)
+    from ...core.prompts import special_ids as core_special_ids
+
+    return torch.tensor(sorted(core_special_ids(_holder(tok))), dtype=torch.long)
 
 
 def token_strings(tok: Any) -> Callable[[Sequence[int]], list[str]]:
-    """A cached id -> display string function (each id decoded on its own, spaces kept)."""
-    if tok is None:
-        return lambda ids: [f"#{int(i)}" for i in ids]
+    """A cached id -> display string function (:func:`mechwork.core.str_tokens` per id: spaces kept)."""
+    from ...core.prompts import token_str
+
+    holder = _holder(tok)
 
     @functools.cache
     def one(i: int) -> str:
-        try:
-            return str(tok.decode([i], clean_up_tokenization_spaces=False))
-        except TypeError:
-            return str(tok.decode([i]))
+        return token_str(holder, i)
 
     return lambda ids: [one(int(i)) for i in ids]
 
 
 def is_word_tokenizer(tok: Any) -> bool:
-    """Whether ``tok`` is the generated language's word-level tokenizer (then documents carry tags)."""
-    if tok is None:
-        return False
-    from ...data.tokenizer import id_to_word
+    """Whether ``tok`` is the generated language's tokenizer (then documents carry ground-truth tags)."""
+    from ...core.prompts import vocab_id
 
-    words = id_to_word()
-    try:
-        return len(tok) == len(words) and tok.convert_ids_to_tokens(list(range(len(words)))) == list(words)
-    except Exception:  # noqa: BLE001 - a foreign tokenizer object: not the word tokenizer
-        return False
+    return tok is not None and vocab_id(tok) == "mechwork-toy"
 
 
 # ------------------------------------------------------------------------------------------------- codes
@@ -201,37 +196,28 @@ def source_chunks(
     model: Any,
     site: str,
     source: Any,
-    tok: Any,
     *,
     n_tokens: int,
     batch_size: int,
-    context: int,
     seed: int,
     specials: Tensor,
     include_special: bool,
 ) -> Iterator[Chunk]:
-    """Any token source (texts, token tensors, files, tasks, corpora, generators) packed into windows."""
-    from ...data.sources import TokenSource, pack
+    """Any token source (texts, files, tasks, corpora, token tensors, generators), one document per padded row
+    (:func:`mechwork.data.sources.model_rows`: BOS by the model's convention, encoders with ``[CLS] ... [SEP]``
+    and an attention mask)."""
+    from ...core.prompts import pad_rows
+    from ...data.sources import model_rows, token_source
 
-    bos = getattr(tok, "bos_token_id", None)
-    if bos is None:
-        bos = getattr(tok, "cls_token_id", None)
-    docs = TokenSource(source, tokenizer=tok, seed=seed).documents()
+    rows = model_rows(model, lambda: token_source(model, source, seed=seed), what="the latent statistics source")
     have = 0
-    for w in pack(docs, context, bos_id=bos, batch=batch_size):
-        tokens = w.tokens
-        acts = capture(model, tokens, [site])[site]
-        c = _chunk(
-            sae,
-            acts,
-            tokens,
-            torch.ones_like(tokens, dtype=torch.bool),
-            specials,
-            include_special,
-            torch.zeros_like(tokens),
-            None,
-        )
+    while have < n_tokens:
+        group = [r for _, r in zip(range(batch_size), rows)]
+        if not group:
+            return
+        enc = pad_rows(model, group)
+        real = enc.mask.bool()
+        acts = capture(model, enc.tokens, [site], attention_mask=enc.attention_mask)[site]
+        c = _chunk(sae, acts, enc.tokens, real, specials, include_special, torch.zeros_like(enc.tokens), None)
         have += int(c.counted.sum())
         yield c
-        if have >= n_tokens:
-            return

@@ -13,7 +13,8 @@ Levels (thresholds justified in ``STRONG_F1``):
 * ``strong``: held-out F1 >= ``STRONG_F1`` -- the label is the tag itself;
 * ``narrow``: held-out precision >= ``NARROW_PRECISION`` but F1 lower -- "part of <tag>" (fires on a subset);
 * ``weak``: held-out F1 >= ``WEAK_F1`` -- "weak: <tag>";
-* ``none``: below -- "unlabelled", with the best guess and its score beside it.
+* ``none``: below, or fewer than ``MIN_HELDOUT`` held-out firings -- "unlabelled", with the best guess and its
+  score beside it.
 
 Without tags (any other model) the label is a top-token summary of the shown contexts, which says how many of
 them it covers and claims nothing more.
@@ -35,6 +36,8 @@ STRONG_F1 = 0.5
 MIN_SHARE = 1 / 3
 WEAK_F1 = 0.2
 NARROW_PRECISION = 0.8
+#: fewer held-out firings than this and no label is given (the scores would be noise)
+MIN_HELDOUT = 10
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ class Label:
         if self.level == "dead":
             return self.text
         if self.level == "tokens":
-            return f"{self.text} -- top-token summary of the shown contexts (no ground truth for this model)"
+            return f"{self.text} -- top-token summary of the shown contexts (no ground-truth tags for this model or source)"
         if self.tag is None:
             return self.text
         a, b = self.agree_top
@@ -133,9 +136,11 @@ def tag_labels(stats: Any) -> list[Label]:
             continue
         tag = names[int(choice[j])]
         p, r, f = float(p1[j]), float(r1[j]), float(f1[j])
-        if f >= STRONG_F1:
+        if int(n_held[j]) < MIN_HELDOUT:
+            level, text = "none", f"unlabelled (only {int(n_held[j])} held-out firings)"
+        elif f >= STRONG_F1:
             level, text = "strong", tag
-        elif p >= NARROW_PRECISION and int(n_held[j]) > 0:
+        elif p >= NARROW_PRECISION:
             level, text = "narrow", f"part of {tag}"
         elif f >= WEAK_F1:
             level, text = "weak", f"weak: {tag}"

@@ -274,7 +274,6 @@ def latent_stats(
     site: str | None = None,
     n_tokens: int = 50_000,
     batch_size: int = 32,
-    context: int = 128,
     include_special: bool = False,
     top: int = 12,
     samples: int = 16,
@@ -293,13 +292,16 @@ def latent_stats(
     source : ActivationStore, token source, or None
         ``None``: held-out text of the generated language (needs a shipped ``model``; tokens then carry tags).
         An ActivationStore needs no model. Anything else (texts, token tensors, files, tasks, generators,
-        ``Corpus``) is tokenised with ``model``'s tokenizer, packed into ``context``-token windows and run.
+        ``Corpus``, ``"corpus"``, ``"task:NAME"``) goes through :func:`mechwork.data.sources.token_source` with
+        ``model``'s tokenizer, one document per row (long documents split at the context length).
     model : HookedTransformer or TransformerBridge, optional
         Needed for token sources; gives the tokenizer and the unembedding for logit effects.
     site : str, optional
         Default: the SAE's own site.
     n_tokens : int
         Tokens to count (special tokens not included).
+    batch_size : int
+        Documents (or activation-store windows) per forward pass and encoding batch.
     include_special : bool
         Count BOS/EOS/padding/CLS/SEP tokens too (by default they are left out: their residual stream is a
         near-constant vector that many latents fire on, which says nothing about text).
@@ -384,10 +386,8 @@ def latent_stats(
                 model,
                 s.name,
                 source,
-                tok,
                 n_tokens=n_tokens,
                 batch_size=batch_size,
-                context=min(context, _n_ctx(model)),
                 seed=seed,
                 specials=specials,
                 include_special=include_special,
@@ -409,6 +409,8 @@ def latent_stats(
         bar.close()
     if acc.n_tokens == 0:
         raise DataError("the source gave no tokens to count (all special, or empty)")
+    acc.top.finish()
+    acc.sample.finish()
     names = [t for t, _ in sorted(tag_ids.items(), key=lambda kv: kv[1])] or None
     effects, reason = (None, "logit_tokens=0")
     if logit_tokens > 0:
@@ -437,9 +439,3 @@ def latent_stats(
         logits_reason=reason,
         meta=meta,
     )
-
-
-def _n_ctx(model: Any) -> int:
-    from ...core.hooks import n_ctx
-
-    return int(n_ctx(model))

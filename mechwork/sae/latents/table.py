@@ -30,25 +30,23 @@ def context_hash(tokens: Int[Tensor, "n L"]) -> Int[Tensor, " n"]:
 def select(lat: Int[Tensor, " n"], key: Float[Tensor, " n"], hsh: Int[Tensor, " n"], k: int) -> Int[Tensor, " m"]:
     """Indices of the items kept: per latent, one item per hash (the largest key), then the ``k`` largest keys.
 
-    The result is ordered by latent, then by descending key.
+    Keys must be non-negative (activations, uniform priorities): their float32 bit patterns then sort like the
+    values, so one integer sort orders the items by latent, then by descending key. The result keeps that order.
     """
     if lat.numel() == 0:
         return lat.new_zeros(0)
-    order = torch.argsort(key, descending=True, stable=True)
-    comb = (lat[order] << HASH_BITS) | hsh[order]
-    order = order[torch.argsort(comb, stable=True)]  # grouped by (latent, hash), largest key first
-    comb = (lat[order] << HASH_BITS) | hsh[order]
-    first = torch.ones_like(comb, dtype=torch.bool)
-    first[1:] = comb[1:] != comb[:-1]
-    order = order[first]
-    order = order[torch.argsort(key[order], descending=True, stable=True)]
-    order = order[torch.argsort(lat[order], stable=True)]  # grouped by latent, descending key
-    g = lat[order]
+    bits = key.float().contiguous().view(torch.int32).long()
+    order = torch.argsort((lat << 31) | ((1 << 31) - 1 - bits))  # latent ascending, key descending
+    _, group = torch.unique((lat[order] << HASH_BITS) | hsh[order], return_inverse=True)
+    pos = torch.arange(order.numel())
+    first = torch.full((int(group.max()) + 1,), order.numel(), dtype=torch.long).scatter_reduce_(0, group, pos, "amin")
+    kept = order[first.sort().values]  # the best item of each (latent, hash), still by latent then key
+    g = lat[kept]
     start = torch.ones_like(g, dtype=torch.bool)
     start[1:] = g[1:] != g[:-1]
     pos = torch.arange(g.numel())
     group_start = torch.cummax(torch.where(start, pos, torch.zeros_like(pos)), 0).values
-    return order[(pos - group_start) < k]
+    return kept[(pos - group_start) < k]
 
 
 class TopTable:
@@ -77,10 +75,11 @@ class TopTable:
         self.acts = torch.zeros(d_sae, k, width)
         self.hash = torch.zeros(d_sae, k, dtype=torch.long)
         self.tag = torch.full((d_sae, k), -1, dtype=torch.long)
+        self.floor = torch.full((d_sae,), -torch.inf)  # smallest key of each latent (-inf while a slot is free)
 
     def threshold(self, lat: Int[Tensor, " n"]) -> Float[Tensor, " n"]:
         """The key an item of latent ``lat`` must beat to enter (``-inf`` while the latent has free slots)."""
-        return self.key[lat, -1]
+        return self.floor[lat]
 
     def count(self) -> Int[Tensor, " d_sae"]:
         return (self.key > -torch.inf).sum(1)
@@ -95,39 +94,59 @@ class TopTable:
         hsh: Int[Tensor, " n"],
         tag: Int[Tensor, " n"],
     ) -> None:
-        """Merge new items (already filtered and de-duplicated or not) into the table."""
+        """Merge new items into the table.
+
+        Slots are unordered while the pass runs (:meth:`finish` sorts them): the selection runs on keys and hashes
+        alone, evicted slots are refilled with the new items that win, and only those items' payloads are written.
+        """
         if lat.numel() == 0:
             return
-        touched = torch.unique(lat)
-        old = self.key[touched] > -torch.inf  # [u, k]
-        rows, cols = old.nonzero(as_tuple=True)
-        o_lat = touched[rows]
-        all_lat = torch.cat([o_lat, lat])
-        all_key = torch.cat([self.key[o_lat, cols], key])
-        all_hash = torch.cat([self.hash[o_lat, cols], hsh])
-        keep = select(all_lat, all_key, all_hash, self.k)
-        n_old = o_lat.numel()
+        touched, local = torch.unique(lat, return_inverse=True)
+        u = touched.numel()
+        old_key = self.key[touched]  # [u, k]
+        rows, cols = (old_key > -torch.inf).nonzero(as_tuple=True)
+        n_old = rows.numel()
+        all_local = torch.cat([rows, local])
+        all_key = torch.cat([old_key[rows, cols], key])
+        all_hash = torch.cat([self.hash[touched][rows, cols], hsh])
+        keep = select(all_local, all_key, all_hash, self.k)
+        kept_old = torch.zeros(u, self.k, dtype=torch.bool)
+        ko = keep[keep < n_old]
+        kept_old[rows[ko], cols[ko]] = True
+        new = keep[keep >= n_old] - n_old  # winners among the new items, grouped by latent
+        # the r-th winner of a latent takes the r-th slot of that latent not held by a kept old item
+        free = ~kept_old
+        free_rank = free.long().cumsum(1) - 1
+        fr, fc = free.nonzero(as_tuple=True)
+        slot_at = torch.full((u * self.k,), -1, dtype=torch.long)
+        slot_at[fr * self.k + free_rank[fr, fc]] = fc
+        g = local[new]
+        start = torch.ones_like(g, dtype=torch.bool)
+        start[1:] = g[1:] != g[:-1]
+        pos = torch.arange(g.numel())
+        rank = pos - torch.cummax(torch.where(start, pos, torch.zeros_like(pos)), 0).values
+        slot = slot_at[g * self.k + rank]
+        rows_new = touched[g]
+        # slots neither kept nor refilled become empty
+        emptied = free.clone()
+        emptied[g, slot] = False
+        er, ec = emptied.nonzero(as_tuple=True)
+        self.key[touched[er], ec] = -torch.inf
+        self.tokens[touched[er], ec] = -1
+        self.acts[touched[er], ec] = 0
+        self.key[rows_new, slot] = key[new]
+        self.value[rows_new, slot] = value[new].to(self.value.dtype)
+        self.tokens[rows_new, slot] = tokens[new].to(self.tokens.dtype)
+        self.acts[rows_new, slot] = acts[new].to(self.acts.dtype)
+        self.hash[rows_new, slot] = hsh[new]
+        self.tag[rows_new, slot] = tag[new]
+        self.floor[touched] = self.key[touched].min(1).values
 
-        def pick(old_t: Tensor, new_t: Tensor) -> Tensor:
-            return torch.cat([old_t[o_lat, cols], new_t.to(old_t.dtype)])[keep]
-
-        k_lat = all_lat[keep]
-        g_start = torch.ones_like(k_lat, dtype=torch.bool)
-        g_start[1:] = k_lat[1:] != k_lat[:-1]
-        pos = torch.arange(k_lat.numel())
-        slot = pos - torch.cummax(torch.where(g_start, pos, torch.zeros_like(pos)), 0).values
-        new_vals = {
-            "value": pick(self.value, value),
-            "tokens": pick(self.tokens, tokens),
-            "acts": pick(self.acts, acts),
-            "hash": pick(self.hash, hsh),
-            "tag": pick(self.tag, tag),
-        }
-        new_key = all_key[keep]
-        del n_old
-        self.key[touched] = -torch.inf
-        self.tokens[touched] = -1
-        self.acts[touched] = 0
-        self.key[k_lat, slot] = new_key
-        for name, v in new_vals.items():
-            getattr(self, name)[k_lat, slot] = v
+    def finish(self) -> None:
+        """Sort every latent's entries by descending key (empty slots last)."""
+        order = torch.argsort(self.key, dim=1, descending=True, stable=True)
+        for name in ("key", "value", "hash", "tag"):
+            setattr(self, name, getattr(self, name).gather(1, order))
+        wide = order[:, :, None].expand(-1, -1, self.tokens.shape[2])
+        self.tokens = self.tokens.gather(1, wide)
+        self.acts = self.acts.gather(1, wide)
