@@ -215,6 +215,7 @@ class RLACE(Method):
             "step_seconds": step_seconds,
             "device": str(dev),
             "schedule": self.schedule,
+            "normalise": bool(self.setting("normalise")),
         }
         extras = {"relaxed_eigenvalues": best.eigenvalues.cpu()}
         if directions:
