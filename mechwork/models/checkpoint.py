@@ -76,14 +76,6 @@ def weights_digest(state: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def sha256(path: PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_checkpoint(path: PathLike) -> tuple[ModelConfig, dict[str, Tensor], Any, dict[str, Any]]:
     """Read and validate a model folder: ``(config, state_dict, tokenizer, card)``.
 
