@@ -142,78 +142,97 @@ def speed(settings, repeat: int, device: torch.device) -> list[dict]:
     return rows
 
 
-def recovery_bench(steps: int, batch: int, device: torch.device, *, lr: float = 1e-3) -> list[dict]:
-    import mechwork.sae as ms
-    from mechwork.sae.synthetic import SyntheticDictionary, recovery
+def recovery_bench(
+    steps: int,
+    batch: int,
+    device: torch.device,
+    *,
+    lr: float = 1e-3,
+    widths: tuple[int, ...] = (512, 1024),
+    impls: tuple[str, ...] = ("mechwork", "saelens"),
+) -> list[dict]:
+    from mechwork.sae.synthetic import SyntheticDictionary
 
     sd = SyntheticDictionary(d=256, n_features=512, n_active=32, seed=0)
     rows = []
-    for width in (512, 1024):
+    for width in widths:
+        if "mechwork" in impls:
+            rows.append(_mechwork_recovery(sd, width, steps, batch, device, lr))
+            print(rows[-1], flush=True)
+        if "saelens" in impls:
+            rows += _saelens_recovery(sd, width, steps, batch, device, lr)
+    return rows
+
+
+def _mechwork_recovery(sd, width: int, steps: int, batch: int, device: torch.device, lr: float) -> dict:
+    import mechwork.sae as ms
+    from mechwork.sae.synthetic import recovery
+
+    t0 = time.perf_counter()
+    res = ms.train(
+        ms.TrainConfig(
+            saes=(ms.SAEConfig(d_sae=width, k=32),),
+            batch_size=batch,
+            tokens=batch * steps,
+            lr=lr,
+            warmup_steps=50,
+            device=str(device),
+        ),
+        sd.batches(batch, seed=1),
+        progress=False,
+    )
+    sec = time.perf_counter() - t0
+    ev = ms.evaluate(res.sae, None, sd.sample(8192, seed=7)[0].to(device))
+    return {
+        "impl": "mechwork",
+        "d_sae": width,
+        "steps": steps,
+        "seconds": sec,
+        "lr": lr,
+        "schedule": "warm-up 50 steps, linear decay (mechwork defaults)",
+        **recovery(res.sae.W_dec, sd.features),
+        "fvu": ev["fvu"],
+        "dead_fraction": ev["dead_fraction"],
+    }
+
+
+def _saelens_recovery(sd, width: int, steps: int, batch: int, device: torch.device, lr: float) -> list[dict]:
+    """SAELens TopK on the same batches, same steps, same lr: (a) its defaults otherwise (dead-latent window 1000
+    steps, longer than the run, so AuxK never sees a dead latent); (b) its dead window set to mechwork's 1M
+    tokens, the peer's best fair setting for the dead-latent column."""
+    from mechwork.sae.synthetic import recovery
+
+    rows = []
+    for variant, extra in (("defaults", {}), ("dead window 1M tokens", {"dead_feature_window": 1_000_000 // batch})):
+        data = sd.batches(batch, seed=1)  # the same batches, regenerated (seeded)
+        trainer = _saelens_trainer(256, width, 32, batch, device, lr=lr, **extra)
         t0 = time.perf_counter()
-        res = ms.train(
-            ms.TrainConfig(
-                saes=(ms.SAEConfig(d_sae=width, k=32),),
-                batch_size=batch,
-                tokens=batch * steps,
-                lr=lr,
-                warmup_steps=50,
-                device=str(device),
-            ),
-            sd.batches(batch, seed=1),
-            progress=False,
-        )
+        for i in range(steps):
+            _saelens_fit_step(trainer, next(data).to(device))
+            if i < 3:  # the lr in effect is the stated one (SAELens's scheduler owns the optimizer's lr)
+                assert _lrs(trainer) == [lr], f"SAELens lr after step {i + 1}: {_lrs(trainer)}, stated {lr}"
         sec = time.perf_counter() - t0
-        ev = ms.evaluate(res.sae, None, sd.sample(8192, seed=7)[0].to(device))
+        assert _lrs(trainer) == [lr], _lrs(trainer)
+        sl = trainer.sae
+        with torch.no_grad():
+            xs = sd.sample(8192, seed=7)[0].to(device)
+            f = sl.encode(xs)
+            err = (xs - sl.decode(f)).pow(2).sum() / (xs - xs.mean(0)).pow(2).sum()
         rows.append(
             {
-                "impl": "mechwork",
+                "impl": f"saelens ({variant})",
                 "d_sae": width,
                 "steps": steps,
                 "seconds": sec,
-                "lr": lr,
-                "schedule": "warm-up 50 steps, linear decay (mechwork defaults)",
-                **recovery(res.sae.W_dec, sd.features),
-                "fvu": ev["fvu"],
-                "dead_fraction": ev["dead_fraction"],
+                "lr": _lrs(trainer)[0],
+                "schedule": "constant (SAELens default), asserted in effect",
+                "dead_feature_window_steps": trainer.cfg.dead_feature_window,
+                **recovery(sl.W_dec.detach(), sd.features),
+                "fvu": float(err),
+                "dead_fraction": float(((f != 0).sum(0) == 0).float().mean()),
             }
         )
-        # SAELens TopK on the same batches, same steps, same lr: (a) its defaults otherwise (dead-latent window
-        # 1000 steps, longer than the run, so AuxK never sees a dead latent); (b) its dead window set to
-        # mechwork's 1M tokens, the peer's best fair setting for the dead-latent column
-        for variant, extra in (
-            ("defaults", {}),
-            ("dead window 1M tokens", {"dead_feature_window": 1_000_000 // batch}),
-        ):
-            data = sd.batches(batch, seed=1)  # the same batches, regenerated (seeded)
-            trainer = _saelens_trainer(256, width, 32, batch, device, lr=lr, **extra)
-            t0 = time.perf_counter()
-            for i in range(steps):
-                _saelens_fit_step(trainer, next(data).to(device))
-                if i < 3:  # the lr in effect is the stated one (SAELens's scheduler owns the optimizer's lr)
-                    assert _lrs(trainer) == [lr], f"SAELens lr after step {i + 1}: {_lrs(trainer)}, stated {lr}"
-            sec = time.perf_counter() - t0
-            assert _lrs(trainer) == [lr], _lrs(trainer)
-            sl = trainer.sae
-            W = sl.W_dec.detach()
-            with torch.no_grad():
-                xs = sd.sample(8192, seed=7)[0].to(device)
-                f = sl.encode(xs)
-                err = (xs - sl.decode(f)).pow(2).sum() / (xs - xs.mean(0)).pow(2).sum()
-            rows.append(
-                {
-                    "impl": f"saelens ({variant})",
-                    "d_sae": width,
-                    "steps": steps,
-                    "seconds": sec,
-                    "lr": _lrs(trainer)[0],
-                    "schedule": "constant (SAELens default), asserted in effect",
-                    "dead_feature_window_steps": trainer.cfg.dead_feature_window,
-                    **recovery(W, sd.features),
-                    "fvu": float(err),
-                    "dead_fraction": float(((f != 0).sum(0) == 0).float().mean()),
-                }
-            )
-            print(rows[-1], flush=True)
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -224,6 +243,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="first setting only, short recovery run")
     ap.add_argument("--recovery-steps", type=int, default=500)
     ap.add_argument("--no-recovery", action="store_true", help="speed table only")
+    ap.add_argument("--widths", default="512,1024", help="d_sae of the recovery runs (default 512,1024)")
+    ap.add_argument("--impls", default="mechwork,saelens", help="recovery runs of mechwork, saelens or both")
     ap.add_argument(
         "--no-speed", action="store_true", help="recovery table only; keeps the speed rows of the existing results file"
     )
@@ -256,7 +277,10 @@ def main(argv=None) -> int:
             title=f"TopK training step, tokens/s ({device.type})",
         )
     torch.set_num_threads(threads[0])
-    rec = [] if args.no_recovery else recovery_bench(100 if args.quick else args.recovery_steps, 4096, device)
+    widths = tuple(int(w) for w in args.widths.split(","))
+    impls = tuple(args.impls.split(","))
+    steps = 100 if args.quick else args.recovery_steps
+    rec = [] if args.no_recovery else recovery_bench(steps, 4096, device, widths=widths, impls=impls)
     if rec:
         print_table(
             rec,

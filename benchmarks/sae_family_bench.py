@@ -1,6 +1,6 @@
 """SAE family benchmark: MFR against independent training, SAE neural operators on function-space ground truth.
 
-    python benchmarks/sae_family_bench.py [--part mfr|no|toy|cost|all] [--quick]
+    python benchmarks/sae_family_bench.py [--part mfr|mfr_paper|toy|cost|no|windows|all] [--quick]
 
 * ``mfr``: MFR's synthetic data (METHODS 3.9, per-sample supports; scaled down: 128-d, 256 features in 8
   groups, 16 active, 0.99^rank) — N tied TopK SAEs trained together with the penalty vs the same SAEs with
@@ -14,6 +14,11 @@
   grid 64): recovery (shift-invariant MCC after Hungarian matching; smooth and non-smooth concepts apart), sine
   distance, coherence, steps to MCC 0.9, code-support precision/recall (convolutional SAEs), NMSE at the
   training grid and at unseen grids 32 and 128.
+
+* ``mfr_paper`` (not in ``all``: about 20 minutes): the paper's full-size synthetic setting, 2 SAEs, weights 0,
+  0.3 and 3.
+* ``windows``: an SAE-FNO on windows of 16 positions of toy-mixed ``resid_post.1`` next to a TopK SAE on the same
+  positions, scored by the ground-truth tags their units fire on.
 
 Writes ``benchmarks/results/sae_family.json``. CPU, one thread, machine shared with other jobs.
 """
@@ -92,6 +97,64 @@ def part_mfr(quick: bool) -> dict:
     print_table(rows, ["n_saes", "weight", "seed", "mcc_mean", "mcc_best", "fvu_mean", "seconds"], "MFR, synthetic")
     g = {k: getattr(gen, k) for k in ("d", "n_features", "n_groups", "n_active", "decay", "seed")}
     return {"generator": g, "steps": steps, "rows": rows}
+
+
+def part_mfr_paper(quick: bool) -> dict:
+    """The paper's synthetic setting (256-d, 512 features, 12 groups, 32 active, d_sae 512, k 32, tied, lr 1e-2),
+    batch 1024 for 1000 steps on a pool of 200k samples; weights 0 (independent), 0.3 and the authors' 3."""
+    gen = ms.GroupedSynthetic()
+    x, _ = gen.sample(200_000, seed=7)
+    rows = []
+    for w in (0.0, 0.3, 3.0):
+        base = ms.SAEConfig(architecture="mfr", d_sae=512, k=32, b_dec_init="zeros")
+        cfg = ms.TrainConfig(
+            saes=mfr_saes(base, 2),
+            batch_size=1024,
+            tokens=1024 * (100 if quick else 1000),
+            lr=1e-2,
+            warmup_steps=10,
+            decay_fraction=0.0,
+            log_every=1000,
+            mfr=ms.MFRPenalty(weight=w, warmup_steps=100) if w > 0 else None,
+        )
+        t0 = time.perf_counter()
+        res = ms.train(cfg, x, progress=False)
+        mcc = [recovery(s.W_dec, gen.features)["mcc"] for s in res.saes]
+        rows.append({"weight": w, "mcc": mcc, "seconds": time.perf_counter() - t0})
+        print(json.dumps(rows[-1]), flush=True)
+    return {"rows": rows}
+
+
+def part_windows(quick: bool) -> dict:
+    """An SAE-FNO on windows of 16 positions of toy-mixed resid_post.1 (channels = d_model) and a TopK SAE on the
+    same positions: which ground-truth tags do their units fire on?"""
+    from mechwork.models import load_model
+    from mechwork.sae.windows import position_windows, tag_alignment
+
+    model = load_model("toy-mixed", device="cpu")
+    n_win = 800 if quick else 3000
+    x, tags = position_windows(model, "resid_post.1", n_windows=n_win, window=16, stride=8, seed=0)
+    cells = x.permute(0, 2, 1).reshape(-1, x.shape[1])
+    steps = 60 if quick else 300
+    out = {}
+    for name, kw, data, bs in (
+        ("fno", dict(architecture="fno", d_sae=32, modes=9, iterations=2), x, 64),
+        ("topk", dict(architecture="topk", d_sae=512, k=16), cells, 1024),
+    ):
+        cfg = ms.TrainConfig(saes=(ms.SAEConfig(**kw),), batch_size=bs, tokens=bs * steps, lr=3e-3, log_every=steps)
+        res = ms.train(cfg, data, progress=False)
+        s = res.sae
+        with torch.no_grad():
+            codes = s.encode(x) if name == "fno" else s.encode(cells).reshape(n_win, 16, -1).permute(0, 2, 1)
+        rows = sorted(tag_alignment(codes, tags), key=lambda r: -r["f1"])
+        out[name] = {
+            "fvu": res.final_metrics()[s.cfg.label]["fvu"],
+            "units_f1_over_0_5": sum(r["f1"] > 0.5 for r in rows),
+            "mean_firing_fraction": sum(r["freq"] for r in rows) / max(len(rows), 1),
+            "top": rows[:8],
+        }
+        print(name, json.dumps({k: v for k, v in out[name].items() if k != "top"}), json.dumps(rows[:3]), flush=True)
+    return {"n_windows": n_win, "steps": steps, **out}
 
 
 def part_toy(quick: bool) -> dict:
@@ -258,14 +321,15 @@ def part_no(quick: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=("mfr", "toy", "cost", "no", "all"), default="all")
+    ap.add_argument("--part", choices=("mfr", "mfr_paper", "toy", "cost", "no", "windows", "all"), default="all")
     ap.add_argument("--quick", action="store_true", help="a fraction of the steps (smoke run)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out_path = RESULTS_DIR / "sae_family.json"
     old = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    parts = ("mfr", "toy", "cost", "no") if args.part == "all" else (args.part,)
-    fns = {"mfr": part_mfr, "toy": part_toy, "cost": part_cost, "no": part_no}
+    parts = ("mfr", "toy", "cost", "no", "windows") if args.part == "all" else (args.part,)
+    fns = {"mfr": part_mfr, "mfr_paper": part_mfr_paper, "toy": part_toy, "cost": part_cost, "no": part_no}
+    fns["windows"] = part_windows
     RESULTS_DIR.mkdir(exist_ok=True)
     for p in parts:  # written after every part, so a later failure keeps the earlier ones
         old[p] = {**fns[p](args.quick), "quick": args.quick}

@@ -367,3 +367,19 @@ def test_corpus_documents_end_with_eos_as_in_training(toy_mixed):
     for i in bos[1:]:
         if i % store.context:  # a BOS inside a window follows the previous document's EOS
             assert toks[i - 1] == ids[V.EOS]
+
+
+def test_zoo_models_warn_when_documents_are_packed(toy_mixed):
+    """The zoo's models were trained one document per row: packing documents back to back is out of their
+    distribution, which collect says; packing='pad' reproduces each document run alone (loss as in training)."""
+    import warnings
+
+    docs = [[1, 5, 6, 7, 8], [1, 9, 10, 11], [1, 12, 13, 14, 15, 16]]
+    with pytest.warns(mechwork.MechworkWarning, match="trained one document per row"):
+        collect(toy_mixed, docs, ["resid_post.0"], context=8, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", mechwork.MechworkWarning)
+        store = collect(toy_mixed, docs, ["resid_post.0"], context=8, packing="pad", progress=False)
+    real = store.docs >= 0
+    alone = torch.cat([toy_mixed.run_with_cache(torch.tensor([d]))[1]["blocks.0.hook_resid_post"][0] for d in docs])
+    torch.testing.assert_close(store["resid_post.0"][real], alone, atol=1e-5, rtol=1e-5)

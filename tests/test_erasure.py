@@ -184,6 +184,13 @@ def test_rlace_reference_schedule_and_sal_start_run():
     X, y = classification(2, n=600, d=8, seed=7)
     ref = RLACE.fit(X.float(), y, schedule="reference", max_steps=30, eval_every=10)
     assert ref.card["steps"] == 30 and ref.card["schedule"] == "reference" and ref.is_orthogonal
+    assert ref.card["normalise"] is False and RLACE.fit(X.float(), y).card["normalise"] is True
+    # the reference schedule on normalised data (the benchmark's row B): a global rescaling of the data is undone
+    # by the normalisation, so the game and its projection are unchanged
+    a = RLACE.fit(X.float(), y, schedule="reference", normalise=True, max_steps=30, eval_every=10)
+    b = RLACE.fit(7.0 * X.float(), y, schedule="reference", normalise=True, max_steps=30, eval_every=10)
+    assert a.card["normalise"] is True and a.rank == 1
+    torch.testing.assert_close(a.projection, b.projection, atol=1e-4, rtol=0)
     sal = RLACE.fit(X.float(), y, init="sal", max_steps=25)
     assert sal.card["history"][0]["accuracy"] < 0.6  # the SAL start already guards a binary concept
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_patching import assert_equals_transformer_lens  # same tests/ folder
 
 import mechwork
 from mechwork.patching import (
@@ -60,7 +61,7 @@ def test_peer_equality_on_shipped_models(name, backend, request, ioi, induction)
         ("get_act_patch_attn_head_out_by_pos", "z", "head_position"),
     ):
         ours = activation_patch(model, batch, task, sites=sites, per=per)
-        torch.testing.assert_close(ours.scores, _tl(fn, model, task, batch), atol=1e-6, rtol=0)
+        assert_equals_transformer_lens(ours, _tl(fn, model, task, batch))
 
 
 @pytest.mark.parametrize("name", ["toy-mixed", "toy-induction-2l"])

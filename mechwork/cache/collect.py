@@ -12,10 +12,10 @@ from torch import Tensor
 
 from .. import __version__
 from ..core.devices import dtype_name, parse_device, parse_dtype
-from ..core.errors import CheckpointError, ConfigError, DataError, ShapeError
+from ..core.errors import CheckpointError, ConfigError, DataError, MechworkWarning, ShapeError
 from ..core.hooks import capture, check_tokens, model_device, model_dtype
 from ..core.io import PathLike, save_tensors
-from ..core.kind import is_causal
+from ..core.kind import is_causal, trained_per_document
 from ..core.prompts import bos_id, prepends_bos
 from ..data.sources import Windows, pack, pad_windows, token_source
 from . import format as F
@@ -98,7 +98,9 @@ def collect(
         ``batches(..., rows=store.docs >= 0)`` skips them. A document longer than ``context`` is then an error.
         Default: ``"concat"`` for causal models, ``"pad"`` for encoders (bidirectional attention would mix
         packed documents, so ``"concat"`` is refused for them; their documents carry ``[CLS] ... [SEP]`` as
-        the tokenizer defines them, and ``bos`` does not apply).
+        the tokenizer defines them, and ``bos`` does not apply). ``"concat"`` on a model trained one document
+        per row (mechwork's own models, ``core.kind.trained_per_document``) warns: its packed windows are out
+        of the model's distribution.
 
     Returns
     -------
@@ -183,6 +185,16 @@ class _Run:
             raise ConfigError(f"bos must be True or False, got {bos!r}")
         if packing is None:
             packing = "concat" if causal else "pad"
+        if packing == "concat" and trained_per_document(model):
+            warnings.warn(
+                "packing='concat' puts several documents back to back in one window, but this model was trained one "
+                "document per row: packed windows (and positions past its longest training document) are out of its "
+                "distribution (toy-mixed: cross-entropy 8.4 nats packed vs 1.8 per document), so their activations are "
+                "not the model's usual ones. Pass packing='pad' (one document per window) for in-distribution "
+                "activations.",
+                MechworkWarning,
+                stacklevel=3,
+            )
         if packing not in ("concat", "pad"):
             raise ConfigError(f"packing must be 'concat' or 'pad', got {packing!r}")
         if packing == "concat" and not causal:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..core.errors import CheckpointError
+from ..core.files import regular_file
 
 _MAP_FIXED = 0x10  # the same value on Linux and macOS
 
@@ -79,6 +80,7 @@ def map_parts(parts: Sequence[tuple[Path, int, int]], *, align: int) -> Tensor:
         for i, (path, offset, nbytes) in enumerate(parts):
             if i < len(parts) - 1 and nbytes % page:
                 raise CheckpointError(f"shard {path}: {nbytes} data bytes is not a multiple of the page size {page}")
+            _check_part(path, offset, nbytes)
             fd = os.open(path, os.O_RDONLY)
             try:
                 got = _LIBC.mmap(
@@ -104,11 +106,22 @@ def map_parts(parts: Sequence[tuple[Path, int, int]], *, align: int) -> Tensor:
         return torch.frombuffer(buf, dtype=torch.uint8)
 
 
+def _check_part(path: Path, offset: int, nbytes: int) -> None:
+    """A regular file (a FIFO would block ``open``) holding at least ``offset + nbytes`` bytes (a shorter file
+    would give SIGBUS on the first touch of the missing pages)."""
+    size = regular_file(path, what="shard").st_size
+    if size < offset + nbytes:
+        raise CheckpointError(
+            f"shard {path} has {size} bytes, expected {offset + nbytes}: truncated since it was opened"
+        )
+
+
 def _read_parts(parts: Sequence[tuple[Path, int, int]], *, reason: str) -> Tensor:
     warnings.warn(f"reading activation shards into memory instead of mapping them ({reason})", stacklevel=3)
     out = torch.empty(sum(n for _, _, n in parts), dtype=torch.uint8)
     at = 0
     for path, offset, nbytes in parts:
+        _check_part(path, offset, nbytes)
         with open(path, "rb") as f:
             f.seek(offset)
             f.readinto(memoryview(out[at : at + nbytes].numpy()))

@@ -439,7 +439,7 @@ def verify_shard(file: Path, manifest: F.Manifest, key: str, dtype: torch.dtype,
 
     expected = manifest.digests.get(key)
     if expected is not None:
-        check_digest(file, expected, offset=manifest.align, what="shard")
+        check_digest(file, expected, offset=manifest.align, what="shard", recorded_in=file.parent.parent / F.MANIFEST)
     if dtype.is_floating_point and shape[0]:
         data = torch.from_file(
             str(file), shared=False, size=manifest.align + F.element_size(dtype) * _prod(shape), dtype=torch.uint8

@@ -133,13 +133,42 @@ def recorded_digest(path: PathLike) -> str | None:
     return digest
 
 
-def check_digest(path: PathLike, expected: str, *, offset: int = 0, what: str = "file") -> None:
-    """Compare the SHA-256 of ``path`` (from ``offset``) with ``expected``; CheckpointError naming it otherwise."""
+def check_digest(
+    path: PathLike, expected: str, *, offset: int = 0, what: str = "file", recorded_in: PathLike | None = None
+) -> None:
+    """Compare the SHA-256 of ``path`` (from ``offset``) with ``expected``; CheckpointError naming it otherwise
+    (and ``recorded_in``, the file that holds the digest)."""
     got = sha256_file(path, offset=offset)
     if got != expected:
+        where = f" in {recorded_in}" if recorded_in is not None else ""
         raise CheckpointError(
-            f"{what} {path} has changed since it was written (SHA-256 {got[:16]}..., recorded {expected[:16]}...): "
-            "the file is corrupt; restore it or regenerate the artefact"
+            f"{what} {path} does not match the SHA-256 recorded{where} when it was written ({got}, recorded "
+            f"{expected}): one of them is corrupt; restore the artefact or regenerate it"
+        )
+
+
+DIGEST_KEY = "sha256"
+
+
+def json_digest(obj: dict[str, Any]) -> str:
+    """SHA-256 of a JSON object's canonical form (sorted keys, no spaces), leaving out its ``"sha256"`` key."""
+    body = {k: v for k, v in obj.items() if k != DIGEST_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal_json(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with ``"sha256"``: the digest of the rest, so that a changed number is detected at load."""
+    return {**obj, DIGEST_KEY: json_digest(obj)}
+
+
+def check_sealed(obj: dict[str, Any], path: PathLike, *, what: str = "file") -> None:
+    """Compare a sealed JSON object with its recorded digest (files written before sealing have none)."""
+    if DIGEST_KEY not in obj:
+        return
+    if obj[DIGEST_KEY] != json_digest(obj):
+        raise CheckpointError(
+            f"{what} {path} has changed since it was written (its content no longer matches the recorded SHA-256): "
+            "the file is corrupt or was edited"
         )
 
 
@@ -229,5 +258,8 @@ __all__ = [
     "recorded_digest",
     "check_digest",
     "safetensors_header",
+    "json_digest",
+    "seal_json",
+    "check_sealed",
     "VERIFY_LIMIT",
 ]

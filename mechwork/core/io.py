@@ -20,7 +20,15 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .files import VERIFY_LIMIT, check_digest, read_bytes, recorded_digest, safetensors_header, write_digest
+from .files import (
+    VERIFY_LIMIT,
+    check_digest,
+    digest_path,
+    read_bytes,
+    recorded_digest,
+    safetensors_header,
+    write_digest,
+)
 
 PathLike = str | os.PathLike
 
@@ -172,7 +180,8 @@ def load_tensors(
     expected = digest if digest is not None else (recorded_digest(path) if verify is not False else None)
     if expected is not None and verify is not False:
         if verify or path.stat().st_size <= VERIFY_LIMIT:
-            check_digest(path, expected, what=what)
+            side = None if digest is not None else digest_path(path)
+            check_digest(path, expected, what=what, recorded_in=side)
     try:
         out = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

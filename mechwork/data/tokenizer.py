@@ -132,8 +132,10 @@ def load_tokenizer(folder: str | Path, *, required: tuple[str, ...] = (), auto: 
 
             tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
     except Exception as e:  # noqa: BLE001 - tokenizers raises bare Exception, KeyError, TypeError...
+        names = ", ".join(f.name for f in sorted(folder.iterdir()) if f.is_file()) if folder.is_dir() else "nothing"
         raise CheckpointError(
-            f"cannot load the tokenizer in {folder} ({type(e).__name__}: {e}): corrupt or foreign"
+            f"cannot load the tokenizer in {folder} (files: {names}; {type(e).__name__}: {e}): one of these files is "
+            "corrupt or foreign"
         ) from e
     where = folder / "tokenizer_config.json"
     for name in required:

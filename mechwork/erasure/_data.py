@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -197,7 +197,7 @@ def _one_class(classes: tuple[Any, ...]) -> str:
     )
 
 
-def _warn_small(n: int, d: int, extra: str | None | bool) -> None:
+def _warn_small(n: int, d: int, extra: str | None | Literal[False]) -> None:
     if n > d or extra is False:
         return
     msg = (

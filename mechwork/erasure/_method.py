@@ -103,9 +103,13 @@ class Method(Config):
             n_samples=int(n),
             fit_seconds=float(seconds),
         )
-        cast = lambda t: None if t is None else t.detach().to("cpu", out)  # noqa: E731
-        extras = {k: v.detach().to("cpu", out) for k, v in sol.extras.items()}
-        return Eraser(cast(sol.left), cast(sol.right), cast(sol.bias), cfg, extras, dict(sol.card, fit_seconds=seconds))
+
+        def cpu(t: Tensor) -> Tensor:
+            return t.detach().to("cpu", out)
+
+        extras = {k: cpu(v) for k, v in sol.extras.items()}
+        bias = None if sol.bias is None else cpu(sol.bias)
+        return Eraser(cpu(sol.left), cpu(sol.right), bias, cfg, extras, dict(sol.card, fit_seconds=seconds))
 
     @property
     def method_label(self) -> str:

@@ -82,7 +82,7 @@ class INLP(Method):
             return LogisticRegression(C=self.C, max_iter=self.max_iter)
         from sklearn.svm import LinearSVC
 
-        return LinearSVC(C=self.C, dual=False, max_iter=self.max_iter)
+        return LinearSVC(C=self.C, dual=False, max_iter=self.max_iter)  # type: ignore[arg-type]
 
     def solve(self, c: Concept) -> Solution:
         from sklearn.exceptions import ConvergenceWarning
@@ -105,7 +105,7 @@ class INLP(Method):
         P = np.eye(d)
         S = np.zeros((d, d))  # Σ_i P_R(W_i)
         weights: list[np.ndarray] = []
-        history: list[dict[str, float]] = []
+        history: list[dict[str, Any]] = []
         B = np.zeros((d, 0))
         for i in range(self.n_iter):
             clf = self._classifier()

@@ -131,7 +131,7 @@ class LeaceFitter:
         self.n_classes = n_classes
         self.k = (1 if n_classes == 2 else n_classes) if n_classes is not None else int(z_dim)  # type: ignore[arg-type]
         self.options = options or LEACE()
-        kw = dict(dtype=torch.float64, device=device)
+        kw: dict[str, Any] = dict(dtype=torch.float64, device=device)
         self.n = 0
         self.mean_x = torch.zeros(self.d, **kw)
         self.mean_z = torch.zeros(self.k, **kw)

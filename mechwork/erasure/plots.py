@@ -43,8 +43,9 @@ def plot_sweep(
         for j, task in enumerate(all_tasks):
             if f"{task}_accuracy" in rs[0]:
                 y = [r[f"{task}_accuracy"] for r in rs]
-                style = dict(dash=DASHES[j % 4], marker=SYMBOLS[j % 4], mode="lines+markers")
-                behaviour.append(Line(y, x=xs, name=f"{m}: {task}", color=color, **style))
+                behaviour.append(
+                    Line(y, x=xs, name=f"{m}: {task}", color=color, dash=DASHES[j % 4], marker=SYMBOLS[j % 4])
+                )
     for j, task in enumerate(all_tasks):
         if clean and f"{task}_accuracy" in clean:
             y = [clean[f"{task}_accuracy"]] * len(sites)

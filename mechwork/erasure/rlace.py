@@ -200,6 +200,7 @@ class RLACE(Method):
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             step_seconds += time.perf_counter() - ts
+        assert best.U is not None and best.eigenvalues is not None  # set at the first evaluation
         U = best.U.to("cpu", torch.float64)
         U = orthonormal_basis(U)  # exact orthonormality in float64
         bias = mu.double() if self.affine else None
@@ -214,6 +215,7 @@ class RLACE(Method):
             "step_seconds": step_seconds,
             "device": str(dev),
             "schedule": self.schedule,
+            "normalise": bool(self.setting("normalise")),
         }
         extras = {"relaxed_eigenvalues": best.eigenvalues.cpu()}
         if directions:

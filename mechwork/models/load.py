@@ -102,7 +102,9 @@ def _looks_like_path(s: str) -> bool:
 def _load_mechwork(path: Path, backend: str, processing: bool) -> Any:
     cfg, state, tokenizer, _card = load_checkpoint(path)
     build = build_hooked if choose_backend(backend) == "hooked" else build_bridge
-    return build(cfg.tl_dict(), state, tokenizer, processing=processing)
+    model = build(cfg.tl_dict(), state, tokenizer, processing=processing)
+    model.mechwork_document_rows = True  # the zoo trainer feeds one document per row (data.corpus.docs_to_batch)
+    return model
 
 
 def _load_hf_folder(path: Path, backend: str, processing: bool) -> Any:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..core.errors import CheckpointError, ShapeError
+from ..core.config import Config
+from ..core.errors import CheckpointError, ConfigError, ShapeError
+from ..core.files import check_sealed, seal_json
 from ..core.io import atomic_write_json, read_json
 from .grid import Node
 
@@ -224,38 +226,74 @@ class PatchResult:
     def save(self, path: str | Path) -> Path:
         """Write the result as JSON (atomically)."""
         path = Path(path)
-        atomic_write_json(path, self.to_json())
+        atomic_write_json(path, seal_json(self.to_json()))
         return path
 
     @classmethod
     def from_json(cls, d: dict[str, Any], *, source: str = "<dict>") -> PatchResult:
+        """Rebuild a result from its JSON form, validated (:class:`ResultFile`: types, shapes, finite numbers)."""
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise CheckpointError(
                 f"{source}: not a mechwork patch result (format {d.get('format') if isinstance(d, dict) else None!r})"
             )
+        check_sealed(d, source, what="patch result")
         try:
-            pp = d.get("per_prompt")
+            f = ResultFile.from_dict(d, ignore=("sha256", "mechwork_version"), source=source)
+        except ConfigError as e:
+            raise CheckpointError(f"malformed patch result: {e}") from e
+        try:
+            scores = _tensor(f.scores)
+            pp = None if f.per_prompt is None else _tensor(f.per_prompt)
+            if torch.isinf(scores).any() or (pp is not None and torch.isinf(pp).any()):
+                raise ValueError("scores contain inf")
+            if not (math.isfinite(f.clean) and math.isfinite(f.corrupted)):
+                raise ValueError("clean/corrupted metrics must be finite")
+            if pp is not None and tuple(pp.shape[1:]) != tuple(scores.shape):
+                raise ValueError(f"per_prompt shape {tuple(pp.shape)} does not match scores {tuple(scores.shape)}")
+            missing = [a for a in f.axes if a not in f.labels]
+            if missing:
+                raise ValueError(f"axes {missing} have no labels")
             return cls(
-                scores=_tensor(d["scores"]),
-                axes=tuple(d["axes"]),
-                labels=d["labels"],
-                method=d["method"],
-                per=d["per"],
-                direction=d["direction"],
-                sites=list(d["sites"]),
-                aliases=list(d["aliases"]),
-                clean=float(d["clean"]),
-                corrupted=float(d["corrupted"]),
-                per_prompt=None if pp is None else _tensor(pp),
-                cost=d.get("cost", {}),
-                info=d.get("info", {}),
+                scores=scores,
+                axes=f.axes,
+                labels={k: list(v) for k, v in f.labels.items()},
+                method=f.method,
+                per=f.per,
+                direction=f.direction,
+                sites=list(f.sites),
+                aliases=list(f.aliases),
+                clean=f.clean,
+                corrupted=f.corrupted,
+                per_prompt=pp,
+                cost=f.cost,
+                info=f.info,
             )
         except (KeyError, TypeError, ValueError, ShapeError) as e:
             raise CheckpointError(f"{source}: malformed patch result ({type(e).__name__}: {e})") from e
 
     @classmethod
     def load(cls, path: str | Path) -> PatchResult:
-        return cls.from_json(read_json(path), source=str(path))
+        return cls.from_json(read_json(path, what="patch result"), source=str(path))
+
+
+@dataclass(frozen=True)
+class ResultFile(Config):
+    """The JSON layout of a saved :class:`PatchResult` (declared once; checked field by field at load)."""
+
+    format: str
+    method: str
+    per: str
+    direction: str
+    axes: tuple[Literal["component", "layer", "pos", "head"], ...]
+    labels: dict[str, list[int | str]]
+    sites: tuple[str, ...]
+    aliases: tuple[str, ...]
+    clean: float
+    corrupted: float
+    scores: Any
+    per_prompt: Any = None
+    cost: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _cell(n: Node) -> str:
@@ -275,7 +313,13 @@ def _nan_to_none(x: Any) -> Any:
 
 def _tensor(x: Any) -> Tensor:
     def fix(v: Any) -> Any:
-        return [fix(u) for u in v] if isinstance(v, list) else (float("nan") if v is None else v)
+        if isinstance(v, list):
+            return [fix(u) for u in v]
+        if v is None:
+            return float("nan")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"scores must be numbers or null, found {v!r}")
+        return v
 
     return torch.tensor(fix(x), dtype=torch.float32)
 

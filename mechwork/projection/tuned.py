@@ -156,14 +156,22 @@ class TunedLens(torch.nn.Module):
         """Load a lens folder; with ``model`` also check it belongs to that model."""
         path = Path(path)
         raw = read_json(path / "cfg.json", what="tuned-lens config")
-        if raw.get("format") != FORMAT:
-            raise CheckpointError(f"{path / 'cfg.json'} is not a tuned lens (format {raw.get('format')!r})")
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            found = raw.get("format") if isinstance(raw, dict) else f"a JSON {type(raw).__name__}"
+            raise CheckpointError(f"{path / 'cfg.json'} is not a tuned lens (format {found!r})")
         fields = set(TunedLensConfig.__dataclass_fields__)
         meta = {k: v for k, v in raw.items() if k not in fields and k not in ("format", "mechwork_version")}
         missing = [k for k in ("model_digest", "d_model", "n_layers", "d_vocab") if not meta.get(k)]
         if missing:
             raise CheckpointError(f"{path / 'cfg.json'} lacks {missing}; the lens folder is truncated or foreign")
-        cfg = TunedLensConfig.from_dict(raw, ignore=(*meta, "format", "mechwork_version"), source=str(path))
+        bad = [
+            k for k in ("d_model", "n_layers", "d_vocab") if not isinstance(meta[k], int) or isinstance(meta[k], bool)
+        ]
+        if bad or not 1 <= meta["n_layers"] <= 1024 or not 1 <= meta["d_model"] <= 1 << 16:
+            raise CheckpointError(f"{path / 'cfg.json'}: n_layers/d_model/d_vocab must be positive integers in range")
+        cfg = TunedLensConfig.from_dict(
+            raw, ignore=(*meta, "format", "mechwork_version"), source=str(path / "cfg.json")
+        )
         t = load_tensors(path / "lens.safetensors", what="tuned-lens weights", floating=True)
         L, d = meta["n_layers"], meta["d_model"]
         if set(t) != {"weight", "bias"} or tuple(t["weight"].shape) != (L, d, d) or tuple(t["bias"].shape) != (L, d):

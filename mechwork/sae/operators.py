@@ -51,6 +51,21 @@ def _grid_shape(cfg: SAEConfig) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
+class _StateTensors:
+    """Operator SAEs save their own parameters under their own names (SAELens has no such architecture)."""
+
+    def export_tensors(self) -> dict[str, Tensor]:
+        return {k: v for k, v in self.state_dict().items() if k != "norm_scale"}  # type: ignore[attr-defined]
+
+    def expected_tensors(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self.export_tensors().items()}
+
+    @torch.no_grad()
+    def import_tensors(self, w: dict[str, Tensor], raw: dict[str, Any], where: Any) -> None:
+        check_tensors(w, self.expected_tensors(), where, self)
+        self.load_state_dict({**w, "norm_scale": self.norm_scale}, strict=True)  # type: ignore[attr-defined]
+
+
 # ----------------------------------------------------------------------------------------------- lifted
 @dataclass(frozen=True)
 class LiftedConfig(TopKConfig):
@@ -77,7 +92,7 @@ class LiftedConfig(TopKConfig):
         return f"k{self.k}_L{self.lift}"
 
 
-class LiftedSAE(TopKSAE):
+class LiftedSAE(_StateTensors, TopKSAE):
     """``x -> P x`` (pointwise, ``L`` channels) ``-> TopK SAE on R^{L n} -> Q`` (pointwise back to ``C``)."""
 
     cfg: LiftedConfig
@@ -123,46 +138,17 @@ class LiftedSAE(TopKSAE):
         c, n = _grid_shape(self.cfg)
         return torch.einsum("cl,mln->mcn", self.Q, self.W_dec.reshape(self.d_sae, self.cfg.lift, n))
 
-    def training_loss(self, x, *, step, total_steps, dead, sparse=True, keep=False) -> StepOutput:
-        x_n, total_var = self._normalized_batch(x)
-        k = self.cfg.k_at(step, total_steps)
-        n_dead = 0 if dead is None else int(dead.sum())
-        k_aux = min(self.cfg.k_aux_eff, n_dead) if self.cfg.aux_coefficient > 0 else 0
-        vals, idx, aux_vals, aux_idx = sp.topk_encode(
-            self._lift(x_n) - self.b_dec, self.W_enc_T, self.b_enc, k, dead if k_aux else None, k_aux, sparse=sparse
-        )
-        x_hat = self._project(sp.decode(vals, idx, self.W_dec, self.b_dec, sparse=sparse))
-        err = x_n - x_hat
-        fvu = err.pow(2).sum() / total_var
-        loss, aux = fvu, x_n.new_zeros(())
-        if k_aux:
-            e = err.detach()
-            e_hat = self._project(sp.decode(aux_vals, aux_idx, self.W_dec, torch.zeros_like(self.b_dec), sparse=sparse))
-            aux = (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
-            loss = loss + self.cfg.aux_coefficient * min(1.0, n_dead / max(1, self.cfg.k_aux_eff)) * aux
-        active = vals > 0
-        fired = torch.zeros(self.d_sae, dtype=torch.bool, device=idx.device)
-        fired[idx[active]] = True
-        return StepOutput(
-            loss, fvu.detach(), active.sum(-1).float().mean(), aux.detach(), fired, x_hat if keep else None
-        )
+    def _code_input(self, x_n: Tensor) -> Tensor:
+        return self._lift(x_n) - self.b_dec
+
+    def _code_output(self, u: Tensor) -> Tensor:
+        return self._project(u)
 
     @torch.no_grad()
     def init_from_data(self, sample: Tensor) -> None:
         x, _ = self._flatten(sample.to(self.W_dec.device))
         if self.cfg.b_dec_init != "zeros":
             self.b_dec.copy_(self._lift(x).mean(0))
-
-    def export_tensors(self) -> dict[str, Tensor]:
-        return {k: v for k, v in self.state_dict().items() if k != "norm_scale"}
-
-    def expected_tensors(self) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape) for k, v in self.export_tensors().items()}
-
-    @torch.no_grad()
-    def import_tensors(self, w: dict[str, Tensor], raw: dict[str, Any], where: Any) -> None:
-        check_tensors(w, self.expected_tensors(), where, self)
-        self.load_state_dict({**w, "norm_scale": self.norm_scale}, strict=True)
 
     def saelens_fields(self) -> dict[str, Any]:
         return {"k": self.cfg.k_infer}
@@ -197,7 +183,7 @@ class ConvConfig(SAEConfig):
             raise ConfigError("operator SAEs take normalize='none' (normalise the functions beforehand)")
 
 
-class _ConvSAE(SAE):
+class _ConvSAE(_StateTensors, SAE):
     """Codes ``z [batch, d_sae, n]`` = relu(encoder(x) + b_enc); ``x_hat`` = decoder(z) + b_dec (per channel)."""
 
     activation: ClassVar[str] = "relu"
@@ -272,17 +258,6 @@ class _ConvSAE(SAE):
         x3, _ = self._grid(sample.to(self.b_dec.device))
         if self.cfg.b_dec_init != "zeros":
             self.b_dec.copy_(x3.mean((0, 2)))
-
-    def export_tensors(self) -> dict[str, Tensor]:
-        return {k: v for k, v in self.state_dict().items() if k != "norm_scale"}
-
-    def expected_tensors(self) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape) for k, v in self.export_tensors().items()}
-
-    @torch.no_grad()
-    def import_tensors(self, w: dict[str, Tensor], raw: dict[str, Any], where: Any) -> None:
-        check_tensors(w, self.expected_tensors(), where, self)
-        self.load_state_dict({**w, "norm_scale": self.norm_scale}, strict=True)
 
     @property
     def W_dec(self) -> Tensor:  # type: ignore[override]

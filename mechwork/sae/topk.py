@@ -121,6 +121,14 @@ class TopKSAE(SAE):
         vals, idx = self.pre_acts(self.normalize_in(x2)).topk(self.cfg.k_infer, dim=-1, sorted=False)
         return self.decode_topk(vals.relu(), idx).reshape(*lead, *self.input_shape)
 
+    def _code_input(self, x_n: Tensor) -> Tensor:
+        """What the encoder reads during training (a lifted SAE lifts first)."""
+        return x_n - self.b_dec
+
+    def _code_output(self, u: Tensor) -> Tensor:
+        """Decoder output -> reconstruction (a lifted SAE projects back)."""
+        return u
+
     def encoder_rows(self) -> Tensor:
         """``W_enc_T`` as the encoder sees it (a tied subclass returns the decoder)."""
         return self.W_enc_T
@@ -140,18 +148,19 @@ class TopKSAE(SAE):
         k = self.cfg.k_at(step, total_steps)
         n_dead = 0 if dead is None else int(dead.sum())
         k_aux = min(self.cfg.k_aux_eff, n_dead) if self.cfg.aux_coefficient > 0 else 0
-        x_in = x_n - self.b_dec
         vals, idx, aux_vals, aux_idx = sp.topk_encode(
-            x_in, self.encoder_rows(), self.b_enc, k, dead if k_aux else None, k_aux, sparse=sparse
+            self._code_input(x_n), self.encoder_rows(), self.b_enc, k, dead if k_aux else None, k_aux, sparse=sparse
         )
-        x_hat = sp.decode(vals, idx, self.W_dec, self.b_dec, sparse=sparse)
+        x_hat = self._code_output(sp.decode(vals, idx, self.W_dec, self.b_dec, sparse=sparse))
         err = x_n - x_hat
         fvu = err.pow(2).sum() / total_var
         loss = fvu
         aux = x_n.new_zeros(())
         if k_aux:
             e = err.detach()
-            e_hat = sp.decode(aux_vals, aux_idx, self.W_dec, torch.zeros_like(self.b_dec), sparse=sparse)
+            e_hat = self._code_output(
+                sp.decode(aux_vals, aux_idx, self.W_dec, torch.zeros_like(self.b_dec), sparse=sparse)
+            )
             aux = (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
             loss = loss + self.cfg.aux_coefficient * min(1.0, n_dead / max(1, self.cfg.k_aux_eff)) * aux
         active = vals > 0

@@ -38,7 +38,7 @@ class Line:
         Line colour and dash (``"solid"``, ``"dash"``, ``"dot"``, ``"dashdot"``).
     mode : {"lines", "markers", "lines+markers"}
     marker : str or None
-        Marker symbol (``"circle"``, ``"square"``, ...).
+        Marker symbol (``"circle"``, ``"square"``, ...); markers are drawn on the line.
     width : float or None
         Line width.
     hover : sequence of str or None
@@ -103,7 +103,8 @@ def lines(
             style: dict[str, Any] = {k: v for k, v in (("color", line.color), ("dash", line.dash)) if v is not None}
             if line.width is not None:
                 style["width"] = line.width
-            trace: dict[str, Any] = {"x": x, "y": list(line.y), "mode": line.mode, "name": escape_text(line.name)}
+            mode = line.mode if line.marker is None or "markers" in line.mode else line.mode + "+markers"
+            trace: dict[str, Any] = {"x": x, "y": list(line.y), "mode": mode, "name": escape_text(line.name)}
             if "lines" in line.mode:
                 trace["line"] = style
             if line.marker is not None or "markers" in line.mode:
