@@ -8,9 +8,10 @@ Public API::
 """
 
 from .card import LatentCard
+from .compute import latent_stats
 from .labels import NARROW_PRECISION, STRONG_F1, WEAK_F1, Label
 from .logits import LogitEffects, logit_effects
-from .stats import LatentStats, latent_stats
+from .stats import LatentStats
 
 __all__ = [
     "latent_stats",
