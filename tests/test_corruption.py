@@ -170,3 +170,20 @@ def test_digest_recorded_and_sha256sum_compatible(tmp_path):
     line = (tmp_path / "t.safetensors.sha256").read_text()
     assert line == f"{sha256_file(f)}  t.safetensors\n"
     assert torch.equal(load_tensors(f)["a"], torch.arange(6.0))
+
+
+def test_nan_in_a_shard_is_caught_when_batches_read_it(copy):
+    """A NaN written into a store after it was opened (no verify) surfaces as a NonFiniteError naming the shard."""
+    from mechwork.cache import ActivationStore
+    from mechwork.core.errors import NonFiniteError
+
+    root = copy("store")
+    store = ActivationStore.open(root)
+    shard = root / "blocks.1.hook_resid_post" / "shard-00000.safetensors"
+    b = bytearray(shard.read_bytes())
+    b[4096 + 4 * 20 : 4096 + 4 * 21] = struct.pack("<f", float("nan"))
+    shard.write_bytes(bytes(b))
+    with pytest.raises(NonFiniteError, match=r"NaN or inf at store row 0 .*blocks.1.hook_resid_post/shard-00000"):
+        for _ in ActivationStore.open(root).batches("resid_post.1", 16, shuffle=False):
+            pass
+    assert store.n_tokens > 0

@@ -10,14 +10,14 @@ the device.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, NonFiniteError
 from .background import Background
 
 
@@ -111,10 +111,15 @@ def iterate(
     flatten: bool,
     with_indices: bool,
     prefetch: int,
+    locate: Callable[[str, int], str] | None = None,
 ) -> Iterator[Any]:
-    """Turn index batches into tensors (one site) or dicts of tensors (several sites)."""
+    """Turn index batches into tensors (one site) or dicts of tensors (several sites).
+
+    Every gathered batch is checked for NaN/inf (a store damaged after it was written); ``locate(name, row)``
+    says where such a row lives (the shard file) for the error.
+    """
     cuda = device.type == "cuda"
-    gathered = _gathered(sources, index_iter, pin=cuda)
+    gathered = _gathered(sources, index_iter, pin=cuda, locate=locate)
     batches = Background(gathered, depth=prefetch, name="mechwork-cache-loader") if prefetch > 0 else gathered
     try:
         for idx, raw in batches:
@@ -132,10 +137,24 @@ def iterate(
 
 
 def _gathered(
-    sources: dict[str, Tensor], index_iter: Iterator[Tensor], *, pin: bool
+    sources: dict[str, Tensor],
+    index_iter: Iterator[Tensor],
+    *,
+    pin: bool,
+    locate: Callable[[str, int], str] | None = None,
 ) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
     for idx in index_iter:
-        yield idx, {name: gather_rows(src, idx, pin=pin) for name, src in sources.items()}
+        out = {name: gather_rows(src, idx, pin=pin) for name, src in sources.items()}
+        for name, t in out.items():
+            if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+                bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+                row = int(idx[bad.nonzero()[0, 0]])
+                where = locate(name, row) if locate is not None else "the store"
+                raise NonFiniteError(
+                    f"site {name}: NaN or inf at store row {row} ({where}): the store is corrupt; "
+                    "ActivationStore.open(path, verify=True) checks every shard"
+                )
+        yield idx, out
 
 
 def as_site_list(sites: Any) -> tuple[list[Any], bool]:

@@ -363,7 +363,15 @@ class ActivationStore:
             flatten=flatten,
             with_indices=with_indices,
             prefetch=prefetch,
+            locate=self._locate,
         )
+
+    def _locate(self, name: str, row: int) -> str:
+        """The shard file holding ``row`` of site ``name`` (for error messages)."""
+        if self.path is None:
+            return "in memory"
+        shard = min(row // self.manifest.shard_tokens, len(self.manifest.shards) - 1)
+        return str(self.path / self._entry(name).dir / F.shard_name(shard))
 
     # ------------------------------------------------------------------------------------------ saving
     def save(self, path: PathLike, *, overwrite: bool = False) -> ActivationStore:
