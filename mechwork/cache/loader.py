@@ -10,6 +10,7 @@ the device.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -146,7 +147,7 @@ def _gathered(
     for idx in index_iter:
         out = {name: gather_rows(src, idx, pin=pin) for name, src in sources.items()}
         for name, t in out.items():
-            if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            if t.is_floating_point() and t.numel() and not _finite(t):
                 bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
                 row = int(idx[bad.nonzero()[0, 0]])
                 where = locate(name, row) if locate is not None else "the store"
@@ -155,6 +156,13 @@ def _gathered(
                     "ActivationStore.open(path, verify=True) checks every shard"
                 )
         yield idx, out
+
+
+def _finite(t: Tensor) -> bool:
+    """Whether every value is finite: the sum first (about 10x cheaper than ``isfinite``; NaN/inf make it
+    non-finite), the exact check only when the sum is not finite (it may have overflowed)."""
+    total = float(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32))
+    return math.isfinite(total) or bool(torch.isfinite(t).all())
 
 
 def as_site_list(sites: Any) -> tuple[list[Any], bool]:
