@@ -205,7 +205,12 @@ def test_eraser_roundtrip_and_shapes(tmp_path, method):
     assert out.shape == x.shape and out.dtype == x.dtype
     torch.testing.assert_close(out.reshape(-1, 8), eraser(x.reshape(-1, 8)))
     eraser.save(tmp_path / "e")
-    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["card.json", "cfg.json", "eraser.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [
+        "card.json",
+        "cfg.json",
+        "eraser.safetensors",
+        "eraser.safetensors.sha256",
+    ]
     back = mechwork.erasure.load(tmp_path / "e")
     torch.testing.assert_close(back(x), out)
     assert back.config == eraser.config and back.rank == eraser.rank
