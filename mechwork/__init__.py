@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,9 @@ from .core.errors import (  # noqa: E402
     UnsupportedModelError,
 )
 from .core.sites import Site, site, sites  # noqa: E402
+
+if TYPE_CHECKING:  # imported lazily at run time (see __getattr__)
+    from .models import load_model
 
 # the capability subpackages that exist in this installation (a new folder appears here by itself)
 _SUBMODULES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg))
